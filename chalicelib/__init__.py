@@ -1,0 +1,1 @@
+"""Code shared by the Chalice API (Lambda) and the container worker."""

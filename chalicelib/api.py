@@ -1,0 +1,128 @@
+"""The Chalice application: thin routes over JobService, errors mapped in one place."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+
+from botocore.exceptions import BotoCoreError, ClientError
+from chalice import Chalice, Response
+
+from .auth import authenticate
+from .context import Context
+from .dead_letters import fail_dead_letter
+from .errors import C3RenderError, InvalidRequest, PayloadTooLarge
+from .jobs import JobService
+from .logs import configure, get_logger
+from .models import JobType
+from .openapi import openapi_document
+from .webhooks import WebhookSender
+
+log = get_logger("c3.api")
+JSON_TYPES = ["application/json"]
+
+
+def _json_response(body: Any, status: int = 200) -> Response:
+    return Response(
+        body=json.dumps(body), status_code=status, headers={"Content-Type": "application/json"}
+    )
+
+
+def create_app(ctx: Context, events: Any = None) -> Chalice:
+    settings = ctx.settings
+    configure(settings.log_level)
+    app = Chalice(app_name="c3-render")
+    app.log.handlers.clear()  # Our JSON handler on the root logger does the logging.
+    service = JobService(ctx.store, ctx.jobs_queue, ctx.results, ctx.clock, settings.job_ttl_days, events)
+    keys = settings.api_key_list
+    if not keys:
+        log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
+
+    def handled(fn: Callable[..., Any]) -> Callable[..., Response]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            try:
+                return _json_response(fn(*args, **kwargs))
+            except C3RenderError as exc:
+                return _json_response(exc.to_body(), exc.status_code)
+            except (ClientError, BotoCoreError) as exc:
+                log.error("api.backend_error", exc_info=True, reason=str(exc))
+                return _json_response({"error": "A backing AWS service is unavailable; retry later"}, 503)
+
+        return wrapper
+
+    def owner() -> str:
+        return authenticate(app.current_request.headers, keys)
+
+    def body() -> Any:
+        raw = app.current_request.raw_body or b""
+        if len(raw) > settings.max_body_bytes:
+            raise PayloadTooLarge(
+                f"Request body is {len(raw)} bytes; the limit is {settings.max_body_bytes}",
+                [{"field": "body", "message": f"must be at most {settings.max_body_bytes} bytes"}],
+            )
+        if not raw.strip():
+            raise InvalidRequest("Request body is empty", [{"field": "body", "message": "must be a JSON object"}])
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(
+                "Request body is not valid JSON", [{"field": "body", "message": str(exc)}]
+            ) from None
+
+    @app.route("/")
+    @handled
+    def health() -> dict[str, Any]:
+        return {"service": "c3-render", "status": "ok"}
+
+    @app.route("/openapi.json")
+    @handled
+    def openapi() -> dict[str, Any]:
+        return openapi_document()
+
+    def submit_route(job_type: JobType) -> None:
+        @handled
+        def submit() -> dict[str, Any]:
+            who = owner()
+            data = body()
+            key = app.current_request.headers.get("idempotency-key")
+            job, _ = service.submit(job_type, data, who, key)
+            return {"id": job.id, "status": job.status.value}
+
+        submit.__name__ = f"submit_{job_type.value}"
+        app.route(f"/{job_type.value}", methods=["POST"], content_types=JSON_TYPES)(submit)
+
+    for job_type in JobType:
+        submit_route(job_type)
+
+    @app.route("/status/{job_id}")
+    @handled
+    def status(job_id: str) -> dict[str, Any]:
+        return service.get(job_id, owner()).status_view()
+
+    @app.route("/job/{job_id}", methods=["POST"], content_types=JSON_TYPES)
+    @handled
+    def update(job_id: str) -> dict[str, Any]:
+        who = owner()
+        job = service.update(job_id, who, body())
+        return {"message": f"Job {job.id} marked as {job.status.value}"}
+
+    @app.route("/result/{job_id}")
+    @handled
+    def result(job_id: str) -> dict[str, Any]:
+        return service.result(job_id, owner())
+
+    webhooks = WebhookSender(
+        settings.webhook_attempts, settings.webhook_interval, settings.webhook_timeout,
+        settings.webhook_secret,
+    )
+
+    @app.on_sqs_message(queue=settings.jobs_dlq, batch_size=10)
+    def dead_letters(event: Any) -> None:
+        for record in event:
+            count = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", "0"))
+            fail_dead_letter(record.body, count, ctx.store, ctx.results, webhooks, events)
+
+    app.service = service  # type: ignore[attr-defined]
+    return app

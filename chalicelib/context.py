@@ -1,0 +1,54 @@
+"""Builds the shared objects (clients, store, queue, results) once per process."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
+
+from . import aws
+from .queue import JobQueue, Queue
+from .results import ResultStore
+from .settings import Settings, get_settings
+from .store import JobStore
+
+
+@dataclass
+class Context:
+    settings: Settings
+    clock: Callable[[], float] = time.time
+
+    @cached_property
+    def dynamodb(self):
+        return aws.client("dynamodb", self.settings.aws_region)
+
+    @cached_property
+    def sqs(self):
+        return aws.client("sqs", self.settings.aws_region)
+
+    @cached_property
+    def s3(self):
+        return aws.client("s3", self.settings.aws_region)
+
+    @cached_property
+    def store(self) -> JobStore:
+        return JobStore(self.dynamodb, self.settings.jobs_table, self.clock)
+
+    @cached_property
+    def jobs_queue(self) -> JobQueue:
+        return JobQueue(self.sqs, self.settings.jobs_queue)
+
+    @cached_property
+    def dlq(self) -> Queue:
+        return Queue(self.sqs, self.settings.jobs_dlq)
+
+    @cached_property
+    def results(self) -> ResultStore:
+        s = self.settings
+        signer = aws.client("s3", s.aws_region, s.s3_public_endpoint) if s.s3_public_endpoint else None
+        return ResultStore(self.s3, s.results_bucket, s.presign_expires, signer)
+
+
+def default_context() -> Context:
+    return Context(get_settings())

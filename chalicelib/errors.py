@@ -1,0 +1,61 @@
+"""One error root for the domain; the API maps each class onto one HTTP status.
+
+    C3RenderError
+     ├── InvalidRequest      400/422  bad input, with per-field details
+     ├── PayloadTooLarge     413
+     ├── Unauthorized        401
+     ├── NotFound            404
+     ├── Conflict            409      a state-machine transition lost or is illegal
+     └── QueueUnavailable    503      the job could not be enqueued (it is marked failed)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class C3RenderError(Exception):
+    status_code = 500
+
+    def __init__(self, message: str, details: list[dict[str, str]] | None = None, **extra: Any):
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        self.extra = extra
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message}
+        if self.details:
+            body["details"] = self.details
+        body.update(self.extra)
+        return body
+
+
+class InvalidRequest(C3RenderError):
+    status_code = 400
+
+
+class UnprocessableRequest(InvalidRequest):
+    """Well-formed JSON whose fields break a rule."""
+
+    status_code = 422
+
+
+class PayloadTooLarge(C3RenderError):
+    status_code = 413
+
+
+class Unauthorized(C3RenderError):
+    status_code = 401
+
+
+class NotFound(C3RenderError):
+    status_code = 404
+
+
+class Conflict(C3RenderError):
+    status_code = 409
+
+
+class QueueUnavailable(C3RenderError):
+    status_code = 503

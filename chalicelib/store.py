@@ -1,0 +1,236 @@
+"""JobStore: job records in DynamoDB, changed only by conditional writes.
+
+Every status change names the states it may start from (``models.TRANSITIONS``)
+and any ownership it depends on (the worker holding the lease, the API key that
+created the job). A write whose condition fails never overwrites: it raises
+``TransitionConflict`` carrying the record as it was.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Callable, Iterable
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from .job import Job
+from .models import JobStatus, sources_of
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def _to_ddb(value: Any) -> dict[str, Any]:
+    if isinstance(value, float):
+        value = Decimal(repr(value))
+    return _serializer.serialize(value)
+
+
+def _from_ddb(attr: dict[str, Any]) -> Any:
+    value = _deserializer.deserialize(attr)
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def decode_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _from_ddb(v) for k, v in item.items()}
+
+
+def encode_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _to_ddb(v) for k, v in item.items()}
+
+
+class JobExists(Exception):
+    def __init__(self, existing: Job | None):
+        super().__init__("job id already exists")
+        self.existing = existing
+
+
+class TransitionConflict(Exception):
+    """A conditional write lost: ``current`` is the record as it was (None if absent)."""
+
+    def __init__(self, job_id: str, target: JobStatus, current: Job | None):
+        state = current.status.value if current else "missing"
+        super().__init__(f"job {job_id}: cannot move to {target.value} from {state}")
+        self.job_id = job_id
+        self.target = target
+        self.current = current
+
+
+class _Expr:
+    """Accumulates an UpdateExpression with its placeholders."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+        self.values: dict[str, Any] = {}
+        self.sets: list[str] = []
+        self.removes: list[str] = []
+        self.conditions: list[str] = []
+
+    def name(self, attr: str) -> str:
+        ph = f"#{attr}"
+        self.names[ph] = attr
+        return ph
+
+    def value(self, key: str, value: Any) -> str:
+        ph = f":{key}"
+        self.values[ph] = _to_ddb(value)
+        return ph
+
+    def set(self, attr: str, value: Any) -> None:
+        self.sets.append(f"{self.name(attr)} = {self.value('set_' + attr, value)}")
+
+    def kwargs(self) -> dict[str, Any]:
+        update = ""
+        if self.sets:
+            update += "SET " + ", ".join(self.sets)
+        if self.removes:
+            update += " REMOVE " + ", ".join(self.name(a) for a in self.removes)
+        out: dict[str, Any] = {
+            "UpdateExpression": update.strip(),
+            "ExpressionAttributeNames": self.names,
+        }
+        if self.conditions:
+            out["ConditionExpression"] = " AND ".join(f"({c})" for c in self.conditions)
+        if self.values:
+            out["ExpressionAttributeValues"] = self.values
+        return out
+
+
+class JobStore:
+    def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float]):
+        self._ddb = dynamodb
+        self._table = table
+        self._clock = clock
+
+    # -- reads and creation ---------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        resp = self._ddb.get_item(
+            TableName=self._table, Key={"id": {"S": job_id}}, ConsistentRead=True
+        )
+        item = resp.get("Item")
+        return Job.from_item(decode_item(item)) if item else None
+
+    def create(self, job: Job) -> None:
+        """Put a new record; raises JobExists (with the existing record) on an id clash."""
+        try:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item=encode_item(job.to_item()),
+                ConditionExpression="attribute_not_exists(#id)",
+                ExpressionAttributeNames={"#id": "id"},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                raise JobExists(self._old_or_fetch(exc, job.id)) from exc
+            raise
+
+    def delete(self, job_id: str) -> None:
+        self._ddb.delete_item(TableName=self._table, Key={"id": {"S": job_id}})
+
+    # -- transitions ------------------------------------------------------
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        from_states: Iterable[JobStatus] | None = None,
+        worker: str | None = None,
+        owner: str | None = None,
+        fields: dict[str, Any] | None = None,
+        remove: Iterable[str] = (),
+    ) -> Job:
+        """Move a job to ``target`` if it is in one of ``from_states`` (default: every
+        state the state machine allows) and, when given, held by ``worker`` / owned by
+        ``owner``. Returns the new record."""
+        now = self._clock()
+        allowed = [s for s in (from_states or sources_of(target)) if s in sources_of(target)]
+        expr = _Expr()
+        status = expr.name("status")
+        expr.conditions.append(
+            " OR ".join(f"{status} = {expr.value('from_' + s.value, s.value)}" for s in allowed)
+        )
+        if worker is not None:
+            expr.conditions.append(f"{expr.name('worker')} = {expr.value('worker', worker)}")
+        if owner is not None:
+            expr.conditions.append(f"{expr.name('owner')} = {expr.value('owner', owner)}")
+        expr.set("status", target.value)
+        expr.set("updated_at", now)
+        if target.is_terminal:
+            expr.set("finished_at", now)
+            expr.removes.extend(["lease_expires"])
+        for attr, value in (fields or {}).items():
+            if value is None:
+                expr.removes.append(attr)
+            else:
+                expr.set(attr, value)
+        expr.removes.extend(remove)
+        return self._update(job_id, target, expr)
+
+    def claim(self, job_id: str, worker: str, lease_seconds: float) -> Job:
+        """queued -> running, or take over a running job whose lease lapsed.
+
+        The whole claim is one conditional write: attempts + 1, lease owner and
+        expiry set together, so two workers can never both hold the job."""
+        now = self._clock()
+        expr = _Expr()
+        status, lease = expr.name("status"), expr.name("lease_expires")
+        queued = expr.value("queued", JobStatus.QUEUED.value)
+        running = expr.value("running", JobStatus.RUNNING.value)
+        expr.conditions.append(
+            f"{status} = {queued} OR ({status} = {running} AND "
+            f"(attribute_not_exists({lease}) OR {lease} < {expr.value('now', now)}))"
+        )
+        expr.set("status", JobStatus.RUNNING.value)
+        expr.set("worker", worker)
+        expr.set("lease_expires", now + lease_seconds)
+        expr.set("started_at", now)
+        expr.set("updated_at", now)
+        first = expr.name("first_started_at")
+        expr.sets.append(f"{first} = if_not_exists({first}, {expr.value('first', now)})")
+        attempts = expr.name("attempts")
+        expr.sets.append(
+            f"{attempts} = if_not_exists({attempts}, {expr.value('zero', 0)}) + {expr.value('one', 1)}"
+        )
+        return self._update(job_id, JobStatus.RUNNING, expr)
+
+    def renew_lease(self, job_id: str, worker: str, lease_seconds: float) -> Job:
+        """Extend the lease of a running job this worker holds; a conflict means the job
+        was cancelled, finished or taken over, and ``current`` says which."""
+        now = self._clock()
+        expr = _Expr()
+        expr.conditions.append(
+            f"{expr.name('status')} = {expr.value('running', JobStatus.RUNNING.value)}"
+        )
+        expr.conditions.append(f"{expr.name('worker')} = {expr.value('worker', worker)}")
+        expr.set("lease_expires", now + lease_seconds)
+        return self._update(job_id, JobStatus.RUNNING, expr)
+
+    def _update(self, job_id: str, target: JobStatus, expr: _Expr) -> Job:
+        try:
+            resp = self._ddb.update_item(
+                TableName=self._table,
+                Key={"id": {"S": job_id}},
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **expr.kwargs(),
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                raise TransitionConflict(job_id, target, self._old_or_fetch(exc, job_id)) from exc
+            raise
+        return Job.from_item(decode_item(resp["Attributes"]))
+
+    def _old_or_fetch(self, exc: ClientError, job_id: str) -> Job | None:
+        item = exc.response.get("Item")
+        if item:
+            return Job.from_item(decode_item(item))
+        # Emulators that do not return the old item on a failed condition.
+        return self.get(job_id)
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"

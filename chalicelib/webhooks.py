@@ -1,0 +1,113 @@
+"""Webhook payloads and delivery (retries, Standard Webhooks signatures).
+
+Delivery failures are logged, never raised: a receiver that is down must not
+change a job's status.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any, Callable
+
+import requests
+
+from .job import Job
+from .logs import get_logger
+from .models import JobStatus
+from .results import ResultStore
+
+log = get_logger("c3.webhooks")
+
+
+def webhook_payload(job: Job, results: ResultStore) -> dict[str, Any]:
+    """The seed's payload: result_url (media) or text on success, error otherwise."""
+    payload: dict[str, Any] = {"id": job.id, "status": job.status.value}
+    if job.status is JobStatus.SUCCESS:
+        if job.result_key:
+            payload["result_url"] = results.presign(job.result_key)
+        else:
+            payload["text"] = job.result_text or ""
+    else:
+        payload["error"] = job.error or f"Job {job.status.value}"
+    return payload
+
+
+def _secret_bytes(secret: str) -> bytes:
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret[len("whsec_"):])
+    return secret.encode()
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
+    """``webhook-signature`` value per the Standard Webhooks spec (v1, HMAC-SHA256)."""
+    digest = hmac.new(
+        _secret_bytes(secret), f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256
+    ).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        attempts: int = 5,
+        interval: float = 5.0,
+        timeout: float = 10.0,
+        secret: str | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.attempts = attempts
+        self.interval = interval
+        self.timeout = timeout
+        self.secret = secret
+        self._session = session or requests.Session()
+        self._sleep = sleep
+        self._clock = clock
+
+    def deliver(self, url: str, payload: dict[str, Any]) -> bool:
+        """POST ``payload`` up to ``attempts`` times; True once a 2xx answer arrives."""
+        body = json.dumps(payload, separators=(",", ":"))
+        # The id stays the same across retries so a receiver can deduplicate.
+        msg_id = f"msg_{payload['id']}_{payload['status']}"
+        for attempt in range(1, self.attempts + 1):
+            headers = {"Content-Type": "application/json", "User-Agent": "c3-render-webhook/1"}
+            if self.secret:
+                ts = int(self._clock())
+                headers.update(
+                    {
+                        "webhook-id": msg_id,
+                        "webhook-timestamp": str(ts),
+                        "webhook-signature": sign(self.secret, msg_id, ts, body),
+                    }
+                )
+            started = self._clock()
+            try:
+                resp = self._session.post(url, data=body, headers=headers, timeout=self.timeout)
+                ok, outcome = 200 <= resp.status_code < 300, f"HTTP {resp.status_code}"
+            except requests.RequestException as exc:
+                ok, outcome = False, f"{type(exc).__name__}: {exc}"
+            log.info(
+                "webhook.attempt",
+                job_id=payload["id"],
+                status=payload["status"],
+                attempt=attempt,
+                of=self.attempts,
+                delivered=ok,
+                outcome=outcome,
+                seconds=round(self._clock() - started, 3),
+            )
+            if ok:
+                return True
+            if attempt < self.attempts:
+                self._sleep(self.interval)
+        log.warning(
+            "webhook.gave_up",
+            job_id=payload["id"],
+            reason=f"no 2xx answer after {self.attempts} attempts; the job's status is unchanged",
+        )
+        return False

@@ -1,0 +1,111 @@
+"""Create the system's AWS resources idempotently against any endpoint.
+
+    python -m infra.local.stack            # uses AWS_ENDPOINT_URL* and the settings' names
+
+Works against a moto server, LocalStack, DynamoDB Local and AWS itself: boto3 picks
+the endpoints from the standard variables.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib import aws
+from chalicelib.settings import Settings, get_settings
+
+MAX_RECEIVE_COUNT = 5
+JOBS_VISIBILITY = 60
+
+
+def ensure_table(ddb: Any, name: str, ttl_attribute: str = "expires_at") -> None:
+    try:
+        ddb.create_table(
+            TableName=name,
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceInUseException":
+            raise
+    ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
+    try:
+        ddb.update_time_to_live(
+            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute}
+        )
+    except ClientError as exc:
+        # Already enabled (AWS answers ValidationException for a repeat).
+        if exc.response["Error"]["Code"] != "ValidationException":
+            raise
+
+
+def ensure_queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> str:
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    if attributes:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return url
+
+
+def queue_arn(sqs: Any, url: str) -> str:
+    return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def ensure_bucket(s3: Any, name: str, region: str) -> None:
+    try:
+        if region == "us-east-1":
+            s3.create_bucket(Bucket=name)
+        else:
+            s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    s3.put_public_access_block(
+        Bucket=name,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True, "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True, "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_encryption(
+        Bucket=name,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    )
+
+
+def create_stack(settings: Settings, visibility: int = JOBS_VISIBILITY,
+                 max_receive_count: int = MAX_RECEIVE_COUNT) -> dict[str, str]:
+    """Create every resource; returns the queue URLs by role."""
+    region = settings.aws_region
+    ddb, sqs, s3 = (aws.client(s, region) for s in ("dynamodb", "sqs", "s3"))
+    ensure_table(ddb, settings.jobs_table)
+    ensure_table(ddb, settings.gpu_table)
+    dlq_url = ensure_queue(sqs, settings.jobs_dlq, {"MessageRetentionPeriod": "1209600"})
+    redrive = json.dumps({"deadLetterTargetArn": queue_arn(sqs, dlq_url), "maxReceiveCount": str(max_receive_count)})
+    jobs_url = ensure_queue(
+        sqs, settings.jobs_queue,
+        {"VisibilityTimeout": str(visibility), "ReceiveMessageWaitTimeSeconds": "20", "RedrivePolicy": redrive},
+    )
+    intake_url = ensure_queue(sqs, settings.intake_queue)
+    events_url = ensure_queue(sqs, settings.events_queue)
+    ensure_bucket(s3, settings.results_bucket, region)
+    return {"jobs": jobs_url, "dlq": dlq_url, "intake": intake_url, "events": events_url}
+
+
+def main() -> int:
+    started = time.time()
+    settings = get_settings()
+    urls = create_stack(settings)
+    print(json.dumps({"event": "stack.ready", "seconds": round(time.time() - started, 2),
+                      "table": settings.jobs_table, "bucket": settings.results_bucket, **urls}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
