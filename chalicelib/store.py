@@ -87,7 +87,7 @@ class _Expr:
         if self.sets:
             update += "SET " + ", ".join(self.sets)
         if self.removes:
-            update += " REMOVE " + ", ".join(self.name(a) for a in self.removes)
+            update += " REMOVE " + ", ".join(self.name(a) for a in dict.fromkeys(self.removes))
         out: dict[str, Any] = {
             "UpdateExpression": update.strip(),
             "ExpressionAttributeNames": self.names,

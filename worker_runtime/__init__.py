@@ -1,0 +1,1 @@
+"""The container worker: long-polls SQS, leases jobs, runs them on rented GPUs."""

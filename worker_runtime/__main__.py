@@ -1,0 +1,52 @@
+"""``python -m worker_runtime``: build the worker from the environment and run it."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+from chalicelib.context import Context
+from chalicelib.logs import configure, get_logger
+from chalicelib.webhooks import WebhookSender
+
+from .notify import Notifier
+from .settings import get_worker_settings
+from .tasks import load_tasks
+from .worker import Shutdown, Worker
+
+
+def build_worker() -> Worker:
+    settings = get_worker_settings()
+    configure(settings.log_level)
+    ctx = Context(settings)
+    webhooks = WebhookSender(settings.webhook_attempts, settings.webhook_interval,
+                             settings.webhook_timeout, settings.webhook_secret)
+    notifier = Notifier(webhooks, ctx.results)
+    tasks = load_tasks(settings.tasks, settings=settings)
+    return Worker(ctx, settings, tasks, notifier)
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    log = get_logger("c3.worker")
+
+    def handle(signum: int, _frame: Any) -> None:
+        log.info("worker.signal", signal=signal.Signals(signum).name,
+                 reason="stop receiving; the running job gets the shutdown grace")
+        worker.request_stop()
+        if worker.idle.is_set():
+            raise Shutdown()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def main() -> int:
+    worker = build_worker()
+    install_signal_handlers(worker)
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

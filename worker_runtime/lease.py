@@ -1,0 +1,49 @@
+"""One received message as a lease on one job.
+
+The lease lives in two places that are renewed together: the SQS message's
+visibility timeout (so the message reappears if this worker dies) and the job
+record's ``lease_expires`` (so another worker may take the job over only after
+this one has gone silent)."""
+
+from __future__ import annotations
+
+from chalicelib.job import Job
+from chalicelib.queue import Message, Queue
+from chalicelib.store import JobStore, TransitionConflict
+
+
+class LeaseLost(Exception):
+    """The record says the job is no longer ours: ``current`` tells why."""
+
+    def __init__(self, current: Job | None):
+        super().__init__("lease lost")
+        self.current = current
+
+
+class Lease:
+    def __init__(self, queue: Queue, store: JobStore, message: Message, job_id: str,
+                 worker: str, seconds: int):
+        self.queue = queue
+        self.store = store
+        self.message = message
+        self.job_id = job_id
+        self.worker = worker
+        self.seconds = seconds
+
+    def renew(self) -> Job:
+        """Extend both halves; raises LeaseLost when the record moved on (cancel,
+        takeover, or the job finished elsewhere)."""
+        try:
+            job = self.store.renew_lease(self.job_id, self.worker, self.seconds)
+        except TransitionConflict as exc:
+            raise LeaseLost(exc.current) from exc
+        self.queue.set_visibility(self.message.receipt, self.seconds)
+        return job
+
+    def ack(self) -> None:
+        """The final state is written: the message is done."""
+        self.queue.delete(self.message.receipt)
+
+    def release_message(self, delay: int = 0) -> None:
+        """Make the message visible again (after ``delay`` seconds)."""
+        self.queue.set_visibility(self.message.receipt, delay)

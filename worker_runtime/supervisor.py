@@ -1,0 +1,111 @@
+"""Runs one task beside its watchers: lease heartbeat, client cancel, max_time,
+complete_by and shutdown. The task knows nothing about any of them; it only sees
+its cancel token.
+
+The task runs in its own thread so that a task that ignores its token still
+cannot hold the job past a limit: the supervisor returns within one check
+interval and the worker writes the outcome."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from chalicelib.logs import EventLogger
+from chalicelib.models import JobStatus
+
+from .cancel import CancelToken, TaskCancelled
+from .lease import Lease, LeaseLost
+from .tasks.base import Task, TaskContext, TaskError, TaskResult
+
+# How long a cancelled task gets to wind down (remote cancel calls) before the
+# worker moves on without it.
+WIND_DOWN_SECONDS = 5.0
+
+
+@dataclass
+class Outcome:
+    result: TaskResult | None = None
+    error: str | None = None  # the job's error when it failed
+    stop_kind: str | None = None  # set when the task was stopped: see CancelToken.kind
+
+
+class Supervisor:
+    def __init__(self, heartbeat_interval: float, max_render_time: int,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.heartbeat_interval = heartbeat_interval
+        self.max_render_time = max_render_time
+        self.clock = clock
+        self.monotonic = monotonic
+
+    def run(self, task: Task, ctx: TaskContext, lease: Lease, stopping: threading.Event,
+            shutdown_grace: float, log: EventLogger) -> Outcome:
+        token = ctx.cancel
+        box: dict[str, Outcome] = {}
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                box["outcome"] = Outcome(result=task.run(ctx))
+            except TaskCancelled:
+                box["outcome"] = Outcome(stop_kind=token.kind or "failed")
+            except TaskError as exc:
+                box["outcome"] = Outcome(error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - any task crash fails the job, readably
+                log.error("task.crashed", exc_info=True)
+                box["outcome"] = Outcome(error=f"Task failed: {type(exc).__name__}: {exc}")
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=target, name=f"task-{ctx.job.id[:8]}", daemon=True)
+        limit = min(ctx.job.max_time, self.max_render_time)
+        run_deadline = self.monotonic() + limit
+        shutdown_deadline: float | None = None
+        next_beat = self.monotonic() + self.heartbeat_interval
+        thread.start()
+        while not done.is_set():
+            now = self.monotonic()
+            if now >= next_beat:
+                self._heartbeat(lease, token, log)
+                next_beat = now + self.heartbeat_interval
+            if now >= run_deadline:
+                token.cancel(f"Job exceeded max_time of {limit} seconds", "failed")
+            elif self.clock() >= ctx.job.complete_by:
+                token.cancel("Job did not complete before its complete_by deadline", "failed")
+            if stopping.is_set() and shutdown_deadline is None:
+                shutdown_deadline = now + shutdown_grace
+                log.info("job.shutdown_grace", grace=shutdown_grace,
+                         reason="worker is stopping; the job gets the grace period to finish")
+            if shutdown_deadline is not None and now >= shutdown_deadline:
+                token.cancel("worker shut down before the job finished", "shutdown")
+            if token.cancelled:
+                break
+            wake = min(next_beat, run_deadline, now + max(0.0, ctx.job.complete_by - self.clock()))
+            if shutdown_deadline is not None:
+                wake = min(wake, shutdown_deadline)
+            done.wait(max(0.01, wake - self.monotonic()))
+        if token.cancelled and not done.wait(WIND_DOWN_SECONDS):
+            log.warning("task.abandoned", reason="task did not stop within the wind-down time")
+        if token.cancelled:
+            # A token cancelled while the task was finishing still decides: the
+            # limit or the client's status wins over a late result.
+            return Outcome(error=token.reason if token.kind == "failed" else None, stop_kind=token.kind)
+        return box["outcome"]
+
+    def _heartbeat(self, lease: Lease, token: CancelToken, log: EventLogger) -> None:
+        try:
+            lease.renew()
+        except LeaseLost as exc:
+            current = exc.current
+            if current is not None and current.status.is_terminal:
+                token.cancel(f"job was marked {current.status.value} while running", "client")
+            elif current is not None and current.status is JobStatus.RUNNING:
+                token.cancel(f"lease taken over by worker {current.worker}", "lease_lost")
+            else:
+                token.cancel("job record disappeared or was requeued", "lease_lost")
+        except Exception:  # noqa: BLE001 - a transient AWS error: retry at the next beat
+            log.warning("lease.renew_failed", exc_info=True,
+                        reason="could not renew the lease; retrying at the next heartbeat")

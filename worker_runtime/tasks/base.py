@@ -1,0 +1,50 @@
+"""The interface between the worker and a task: job in, media file or text out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from chalicelib.job import Job
+from chalicelib.logs import EventLogger
+
+from ..cancel import CancelToken
+
+
+class TaskError(Exception):
+    """A task failed for a reason the job's error should carry verbatim."""
+
+
+@dataclass
+class TaskResult:
+    """Either a media file (``path`` with extension ``ext``) or ``text``."""
+
+    path: Path | None = None
+    ext: str | None = None
+    text: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.text is None):
+            raise ValueError("a task result is either a file or text")
+
+
+@dataclass
+class TaskContext:
+    job: Job
+    request: Any  # the validated pydantic request model
+    output_dir: Path
+    cancel: CancelToken
+    log: EventLogger
+    node: Any = None  # the GPU node handle when the task needs one
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, suffix: str) -> Path:
+        """Temp file named per the spec: ``{job_id}{suffix}`` in OUTPUT_DIR."""
+        return self.output_dir / f"{self.job.id}{suffix}"
+
+
+class Task(Protocol):
+    needs_gpu: bool
+
+    def run(self, ctx: TaskContext) -> TaskResult: ...
