@@ -20,7 +20,7 @@ class WorkerSettings(Settings):
     worker_id: str = Field(default_factory=_default_worker_id, validation_alias="WORKER_ID")
     output_dir: str = Field("/app/output", validation_alias="OUTPUT_DIR")
     # Lease = the message's visibility timeout and the record's lease_expires.
-    lease_seconds: int = Field(60, ge=5, le=43200, validation_alias="LEASE_SECONDS")
+    lease_seconds: int = Field(60, ge=2, le=43200, validation_alias="LEASE_SECONDS")
     receive_wait_seconds: int = Field(20, ge=0, le=20, validation_alias="RECEIVE_WAIT_SECONDS")
     # How often cancel, max_time and complete_by are checked while a job runs.
     polling_interval: float = Field(5.0, gt=0, validation_alias="RENDER_POLLING_INTERVAL")

@@ -164,9 +164,12 @@ class Worker:
             return
         # Another live worker holds the job. Keep the message (hidden for a lease)
         # as a safety net: if that worker dies, the job is taken over from it.
-        log.info("message.duplicate_running", holder=current.worker,
+        # Look again just after that lease would lapse.
+        remaining = (current.lease_expires or 0) - self.clock()
+        delay = int(min(self.settings.lease_seconds, max(1, remaining + 1)))
+        log.info("message.duplicate_running", holder=current.worker, retry_in=delay,
                  reason="another worker holds a live lease; no work done")
-        lease.release_message(delay=self.settings.lease_seconds)
+        lease.release_message(delay=delay)
 
     def perform(self, job: Job, lease: Lease, log: Any) -> None:
         task = self.tasks.get(job.type)
