@@ -1,58 +1,11 @@
-"""Start and stop real server processes for tests (moto server, chalice local, workers)."""
+"""Process helpers for tests: the same ones `make run` uses."""
 
-from __future__ import annotations
-
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import requests
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-def start(args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None,
-          cwd: Path = ROOT) -> subprocess.Popen:
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(
-        args, env={**os.environ, **(env or {})}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def start_moto(port: int, log_path: Path | None = None) -> subprocess.Popen:
-    proc = start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path=log_path)
-    wait_http(f"http://127.0.0.1:{port}/moto-api/", proc=proc)
-    return proc
+from infra.local.processes import (  # noqa: F401
+    ROOT,
+    free_port,
+    start,
+    start_api,
+    start_moto,
+    stop,
+    wait_http,
+)
