@@ -65,9 +65,8 @@ def start_moto(port: int, log_path: Path | None = None) -> subprocess.Popen:
 
 
 def start_api(port: int, env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
-    """Serve app.py with `chalice local` (stage dev, no autoreload) on 127.0.0.1."""
-    chalice = str(Path(sys.executable).with_name("chalice"))
-    proc = start([chalice, "local", "--host", "127.0.0.1", "--port", str(port), "--stage", "dev",
-                  "--no-autoreload"], env=env, log_path=log_path)
+    """Serve app.py with Chalice's local server (stage dev) on 127.0.0.1."""
+    proc = start([sys.executable, "-m", "infra.local.api_server", "--host", "127.0.0.1", "--port", str(port),
+                  "--stage", "dev"], env=env, log_path=log_path)
     wait_http(f"http://127.0.0.1:{port}/", timeout=60, proc=proc)
     return proc

@@ -1,0 +1,129 @@
+"""`make bench`: throughput and dispatch figures on the local stack.
+
+Reports medians of several runs (this machine is small and noisy):
+- submissions/s from one API process (`chalice local`) against the moto server,
+  with 1 and with 8 concurrent clients;
+- dispatch latency: job submitted -> claimed by an idle worker in a long poll;
+- worker memory (RSS) before and after a batch of jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from chalicelib import aws
+from chalicelib.context import Context
+from chalicelib.settings import Settings
+from infra.local import processes
+from infra.local.stack import create_stack
+
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+SUBMISSIONS = int(os.environ.get("BENCH_SUBMISSIONS", "300"))
+DISPATCH_JOBS = int(os.environ.get("BENCH_DISPATCH_JOBS", "20"))
+MEMORY_JOBS = int(os.environ.get("BENCH_MEMORY_JOBS", "300"))
+
+
+def submissions_per_second(base: str, clients: int) -> float:
+    session_per_thread: dict[int, requests.Session] = {}
+
+    def one(_: int) -> int:
+        import threading
+
+        s = session_per_thread.setdefault(threading.get_ident(), requests.Session())
+        return s.post(f"{base}/csm", json={"text": "bench"}, timeout=10).status_code
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        codes = list(pool.map(one, range(SUBMISSIONS)))
+    elapsed = time.perf_counter() - started
+    assert codes.count(200) == SUBMISSIONS, codes[:5]
+    return SUBMISSIONS / elapsed
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="c3-bench-"))
+    moto_port = processes.free_port()
+    moto = processes.start_moto(moto_port, work / "moto.log")
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}", "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    aws.reset_clients()
+    children = [moto]
+    report: dict[str, object] = {}
+    try:
+        # 1. API throughput
+        sub = {1: [], 8: []}
+        for run in range(RUNS):
+            env = {"JOBS_TABLE": f"b{run}-jobs", "JOBS_QUEUE": f"b{run}-jobs", "JOBS_DLQ": f"b{run}-dlq",
+                   "RESULTS_BUCKET": f"b{run}-results", "LOG_LEVEL": "WARNING"}
+            create_stack(Settings(**env))
+            port = processes.free_port()
+            api = processes.start_api(port, env, work / f"api{run}.log")
+            try:
+                for clients in sub:
+                    sub[clients].append(submissions_per_second(f"http://127.0.0.1:{port}", clients))
+            finally:
+                processes.stop(api)
+        report["api_submissions_per_s_median"] = {f"{c}_clients": round(statistics.median(v), 1)
+                                                 for c, v in sub.items()}
+
+        # 2. Dispatch latency and 3. worker memory, one idle worker in a long poll
+        env = {"JOBS_TABLE": "bd-jobs", "JOBS_QUEUE": "bd-jobs", "JOBS_DLQ": "bd-dlq", "RESULTS_BUCKET": "bd-results",
+               "GPU_TABLE": "bd-gpus", "WORKER_TASKS": "tests.support.fake_tasks:fake_tasks", "LOG_LEVEL": "WARNING",
+               "OUTPUT_DIR": str(work / "out"), "RECEIVE_WAIT_SECONDS": "20"}
+        settings = Settings(**env)
+        create_stack(settings)
+        ctx = Context(settings)
+        worker = processes.start([sys.executable, "-m", "worker_runtime"], env=env, log_path=work / "worker.log")
+        children.append(worker)
+        from chalicelib.jobs import JobService
+        from chalicelib.models import JobType
+
+        service = JobService(ctx.store, ctx.jobs_queue, ctx.results, time.time)
+        time.sleep(2)  # let the worker settle into its long poll
+
+        def run_job(body: dict) -> float:
+            job, _ = service.submit(JobType.WHISPER, body, "anonymous")
+            while True:
+                j = ctx.store.get(job.id)
+                if j.status.is_terminal:
+                    return j.started_at - j.created_at
+                time.sleep(0.01)
+
+        latencies = []
+        for _ in range(DISPATCH_JOBS):
+            time.sleep(0.3)  # the worker is idle, in a long poll, when the job arrives
+            latencies.append(run_job({"audio_url": "https://x.org/a.mp3"}))
+        report["dispatch_ms"] = {"median": round(statistics.median(latencies) * 1000, 1),
+                                 "max": round(max(latencies) * 1000, 1), "jobs": DISPATCH_JOBS}
+        before = rss_kib(worker.pid)
+        for _ in range(MEMORY_JOBS):
+            run_job({"audio_url": "https://x.org/b.mp3"})
+        after = rss_kib(worker.pid)
+        report["worker_rss_kib"] = {"before": before, "after": after, "jobs": MEMORY_JOBS,
+                                    "ratio": round(after / before, 3) if before else None}
+    finally:
+        for child in reversed(children):
+            processes.stop(child)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

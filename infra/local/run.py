@@ -1,0 +1,203 @@
+"""`make run`: the whole system on this machine.
+
+AWS on a moto server (127.0.0.1:4566) unless AWS_ENDPOINT_URL points at an existing
+emulator or LOCALSTACK=1 asks for LocalStack + DynamoDB Local; the API with
+`chalice local` on 127.0.0.1:8000; one worker; the SQS-triggered handlers polled
+locally; and the Comput3 simulator when no real C3_API_KEY is set."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from chalicelib.settings import Settings
+from infra.local import processes
+from infra.local.stack import create_stack
+
+ROOT = processes.ROOT
+RUN_DIR = ROOT / ".run"
+API_PORT = int(os.environ.get("API_PORT", "8000"))
+MOTO_PORT = int(os.environ.get("MOTO_PORT", "4566"))
+SIM_PORT = int(os.environ.get("SIMULATOR_PORT", "8700"))
+SAMPLES_PORT = int(os.environ.get("SAMPLES_PORT", "8002"))
+
+
+def say(message: str) -> None:
+    print(f"[make run] {message}", flush=True)
+
+
+def banner(lines: list[str]) -> None:
+    width = max(len(line) for line in lines) + 4
+    print("\n" + "=" * width, flush=True)
+    for line in lines:
+        print(f"  {line}", flush=True)
+    print("=" * width + "\n", flush=True)
+
+
+class Supervisor:
+    """Children with prefixed, logged output; stopping one way for all."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.cleanups: list[Callable[[], None]] = []
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log_path = RUN_DIR / "logs" / f"{name}.log"
+        proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=self._pump, args=(name, proc, log_path), daemon=True).start()
+        self.children.append((name, proc))
+        return proc
+
+    def adopt(self, name: str, proc: subprocess.Popen) -> None:
+        self.children.append((name, proc))
+
+    @staticmethod
+    def _pump(name: str, proc: subprocess.Popen, log_path: Path) -> None:
+        assert proc.stdout is not None
+        with open(log_path, "ab") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
+                sys.stdout.flush()
+
+    def wait_any(self) -> str:
+        while True:
+            for name, proc in self.children:
+                if proc.poll() is not None:
+                    return name
+            time.sleep(0.5)
+
+    def stop_all(self) -> None:
+        for name, proc in reversed(self.children):
+            if proc.poll() is None:
+                say(f"stopping {name}")
+                processes.stop(proc, timeout=30 if name == "worker" else 10)
+        for cleanup in reversed(self.cleanups):
+            cleanup()
+
+
+def aws_profile(sup: Supervisor) -> dict[str, str]:
+    env = {k: os.environ.get(k, v) for k, v in
+           {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items()}
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        say(f"using the AWS endpoint you set: AWS_ENDPOINT_URL={os.environ['AWS_ENDPOINT_URL']}")
+        return env
+    if os.environ.get("LOCALSTACK", "") not in ("", "0"):
+        from infra.local.emulators import start_localstack_profile
+
+        say("starting LocalStack (SQS, S3) + DynamoDB Local (LOCALSTACK=1)")
+        endpoints, stop = start_localstack_profile(RUN_DIR / "emulators")
+        sup.cleanups.append(stop)
+        return {**env, **endpoints}
+    if processes.port_in_use(MOTO_PORT):
+        sys.exit(f"[make run] port {MOTO_PORT} is busy: stop what runs there, or set MOTO_PORT")
+    say(f"starting moto server on 127.0.0.1:{MOTO_PORT}")
+    sup.adopt("moto", processes.start_moto(MOTO_PORT, RUN_DIR / "logs" / "moto.log"))
+    return {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{MOTO_PORT}"}
+
+
+def comput3_profile(sup: Supervisor) -> dict[str, str]:
+    if os.environ.get("C3_API_KEY"):
+        say("C3_API_KEY is set: jobs run on REAL Comput3 GPUs and cost money")
+        return {}
+    banner([
+        "NO C3_API_KEY SET: using the LOCAL COMPUT3 SIMULATOR",
+        f"simulated control plane on http://127.0.0.1:{SIM_PORT}/api/v0",
+        "GPU nodes, CSM, Whisper, ComfyUI and the vision model are SIMULATED:",
+        "results are real files, but synthetic (tones, still-image videos, canned text).",
+        "Set C3_API_KEY=<your key> to use real Comput3 GPUs.",
+    ])
+    sim = sup.spawn("simulator", [sys.executable, "-m", "infra.local.simulator", "--port", str(SIM_PORT)], {})
+    processes.wait_http(f"http://127.0.0.1:{SIM_PORT}/admin/ledger", timeout=60, proc=sim)
+    return {
+        "C3_API_KEY": "simulated-local-key",
+        "C3_API_URL": f"http://127.0.0.1:{SIM_PORT}/api/v0",
+        "C3_NODE_URL": "http://{node}",
+        "C3_COMFYUI_URL": "http://{node}/comfyui",
+        "C3_OLLAMA_URL": "http://{node}/ollama",
+        # Local runs need no cost-saving launch jitter.
+        "PRE_LAUNCH_TIMEOUT": os.environ.get("PRE_LAUNCH_TIMEOUT", "0"),
+        "PRE_LAUNCH_TIMEOUT_MAX": os.environ.get("PRE_LAUNCH_TIMEOUT_MAX", "1"),
+        "GPU_INIT_WAIT": os.environ.get("GPU_INIT_WAIT", "1"),
+    }
+
+
+def main() -> int:
+    (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
+    if processes.port_in_use(API_PORT):
+        sys.exit(f"[make run] port {API_PORT} is busy: stop what runs there, or set API_PORT")
+    sup = Supervisor()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        env = aws_profile(sup)
+        os.environ.update(env)
+        settings = Settings()
+        urls = create_stack(settings)
+        say(f"resources ready: table {settings.jobs_table}, bucket {settings.results_bucket}, queue {urls['jobs']}")
+        env.update(comput3_profile(sup))
+        env.update(samples_profile(sup))
+        env.update({"OUTPUT_DIR": str(RUN_DIR / "output"), "ALLOW_PRIVATE_URLS": "true",
+                    "WORKER_HEALTH_FILE": str(RUN_DIR / "worker.health")})
+        os.environ.update(env)
+        say(f"starting the API on http://127.0.0.1:{API_PORT}")
+        api = processes.start_api(API_PORT, env, RUN_DIR / "logs" / "api.log")
+        sup.adopt("api", api)
+        sup.spawn("worker", [sys.executable, "-m", "worker_runtime"], env)
+        sup.spawn("handlers", [sys.executable, "-m", "infra.local.lambda_poller"], env)
+        walkthrough(settings)
+        name = sup.wait_any()
+        say(f"{name} exited; stopping everything (its log: .run/logs/{name}.log)")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted; stopping")
+        return 0
+    finally:
+        sup.stop_all()
+
+
+def samples_profile(sup: Supervisor) -> dict[str, str]:
+    """Serve sample inputs (image, speech) for the walkthrough on 127.0.0.1."""
+    from infra.local.samples import write_samples
+
+    folder = write_samples(RUN_DIR / "samples")
+    sup.spawn("samples", [sys.executable, "-m", "http.server", str(SAMPLES_PORT), "--bind", "127.0.0.1",
+                          "--directory", str(folder)], {})
+    processes.wait_http(f"http://127.0.0.1:{SAMPLES_PORT}/", timeout=15)
+    return {}
+
+
+def walkthrough(settings: Settings) -> None:
+    api = f"http://127.0.0.1:{API_PORT}"
+    samples = f"http://127.0.0.1:{SAMPLES_PORT}"
+    key = f' -H "X-C3-RENDER-KEY: {settings.api_key_list[0]}"' if settings.api_key_list else ""
+    banner([
+        f"c3-render is up.  API: {api}   OpenAPI: {api}/openapi.json",
+        f"AWS endpoint: {os.environ.get('AWS_ENDPOINT_URL') or os.environ.get('AWS_ENDPOINT_URL_SQS')}",
+        f"Sample inputs: {samples}/portrait.jpg  {samples}/speech.wav  Logs: .run/logs/",
+        "",
+        "Try:",
+        f"  curl -s -X POST {api}/csm{key} -H 'Content-Type: application/json' \\",
+        "       -d '{\"text\": \"Hello from c3-render\"}'",
+        f"  curl -s {api}/status/JOB_ID{key}",
+        f"  curl -s {api}/result/JOB_ID{key}",
+        "Press Ctrl-C to stop everything.",
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
