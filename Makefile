@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean deploy destroy
 
 $(STAMP): requirements.txt requirements-worker.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ test: setup
 
 bench: setup
 	$(PY) -m infra.bench
+
+# AWS (credentials + region from the usual AWS variables or profile), or the data plane
+# only when AWS_ENDPOINT_URL points at an emulator. See infra/aws/README.md.
+STAGE ?= prod
+deploy: setup
+	$(PY) -m infra.aws.deploy deploy --stage $(STAGE) $(DEPLOY_ARGS)
+
+destroy: setup
+	$(PY) -m infra.aws.deploy destroy --stage $(STAGE) $(DEPLOY_ARGS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache

@@ -13,6 +13,8 @@ from .auth import authenticate
 from .context import Context
 from .dead_letters import fail_dead_letter
 from .errors import C3RenderError, InvalidRequest, PayloadTooLarge
+from .events import EventPublisher
+from .intake import IntakeHandler
 from .jobs import JobService
 from .logs import configure, get_logger
 from .models import JobType
@@ -34,6 +36,8 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     configure(settings.log_level)
     app = Chalice(app_name="c3-render")
     app.log.handlers.clear()  # Our JSON handler on the root logger does the logging.
+    if events is None:
+        events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results, ctx.clock)
     service = JobService(ctx.store, ctx.jobs_queue, ctx.results, ctx.clock, settings.job_ttl_days, events)
     keys = settings.api_key_list
     if not keys:
@@ -123,6 +127,14 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         for record in event:
             count = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", "0"))
             fail_dead_letter(record.body, count, ctx.store, ctx.results, webhooks, events)
+
+    intake_handler = IntakeHandler(service, events, settings)
+
+    @app.on_sqs_message(queue=settings.intake_queue, batch_size=10, name="intake")
+    def intake(event: Any) -> dict[str, Any]:
+        # Partial batch response: only the messages listed are redelivered (the
+        # event source mapping has ReportBatchItemFailures on, see infra/aws).
+        return intake_handler.handle_batch(record.to_dict() for record in event)
 
     app.service = service  # type: ignore[attr-defined]
     return app

@@ -1,19 +1,22 @@
-"""Fixtures: a real moto server over HTTP, and per-test AWS resources with unique names."""
+"""Fixtures: real AWS emulators over HTTP (moto, or LocalStack + DynamoDB Local: see
+C3_TEST_PROFILE), and per-test AWS resources with unique names."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from chalicelib import aws
 from chalicelib.context import Context
 from chalicelib.settings import Settings
+from infra.local import emulators
 from infra.local.stack import create_stack
 from tests.support import procs
+from tests.support.receiver import Receiver
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -23,10 +26,28 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
-@pytest.fixture(scope="session")
-def aws_endpoints(log_dir: Path) -> Iterator[dict[str, str]]:
-    """Start the AWS emulator for the session and point boto3 at it through the
-    standard variables (set in os.environ, so subprocesses inherit them)."""
+# Which AWS emulators the suite runs on: "moto" (default, one moto server) or "localstack"
+# (LocalStack for SQS and S3 + DynamoDB Local for DynamoDB). Only the endpoints differ.
+PROFILE = os.environ.get("C3_TEST_PROFILE", "moto")
+PROFILES = ("moto", "localstack")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if PROFILE not in PROFILES:
+        raise pytest.UsageError(f"C3_TEST_PROFILE={PROFILE!r}: must be one of {', '.join(PROFILES)}")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"AWS profile: {PROFILE} (C3_TEST_PROFILE)"
+
+
+def _start_profile(log_dir: Path) -> tuple[dict[str, str], Callable[[], None]]:
+    if PROFILE == "localstack":
+        try:
+            return emulators.start_localstack_profile(log_dir / "emulators")
+        except emulators.EmulatorError as exc:
+            # Loud and failing: a profile that cannot run must never pass as skipped.
+            pytest.exit(f"C3_TEST_PROFILE=localstack cannot run: {exc}", returncode=3)
     port = procs.free_port()
     proc = procs.start_moto(port, log_dir / "moto.log")
     env = {
@@ -36,11 +57,23 @@ def aws_endpoints(log_dir: Path) -> Iterator[dict[str, str]]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
     }
-    saved = {k: os.environ.get(k) for k in env}
+    return env, lambda: procs.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def aws_endpoints(log_dir: Path) -> Iterator[dict[str, str]]:
+    """Start the AWS emulators of the profile for the session and point boto3 at them through
+    the standard variables (set in os.environ, so subprocesses inherit them; endpoint
+    variables the profile does not set are removed for the session)."""
+    env, stop = _start_profile(log_dir)
+    managed = {*env, "AWS_ENDPOINT_URL", *emulators.ENDPOINT_VARS}
+    saved = {k: os.environ.get(k) for k in managed}
+    for k in managed - set(env):
+        os.environ.pop(k, None)
     os.environ.update(env)
     aws.reset_clients()
     yield env
-    procs.stop(proc)
+    stop()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -71,6 +104,14 @@ def stack_env(aws_endpoints: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local webhook receiver that records every delivery."""
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
 def settings(stack_env: dict[str, str]) -> Settings:
     return Settings(**stack_env)
 
@@ -78,3 +119,15 @@ def settings(stack_env: dict[str, str]) -> Settings:
 @pytest.fixture
 def ctx(settings: Settings) -> Context:
     return Context(settings)
+
+
+@pytest.fixture
+def c3_sim(log_dir: Path, request: pytest.FixtureRequest):
+    """A fresh simulated Comput3 process for one test: control plane + bare nodes (health
+    only; C3_SIM_APPS=0 keeps the node apps out). ``.worker_env()`` points a worker at it."""
+    from infra.local.simulator import SimulatorProcess
+
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)
+    sim = SimulatorProcess.start(env={"C3_SIM_APPS": "0"}, log_path=log_dir / f"c3sim-{name}.log")
+    yield sim
+    sim.stop()

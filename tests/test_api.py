@@ -12,6 +12,8 @@ from chalicelib.context import Context
 from chalicelib.models import JobStatus
 from chalicelib.settings import Settings
 
+pytestmark = pytest.mark.integration
+
 K1 = {"X-C3-RENDER-KEY": "key-one", "Content-Type": "application/json"}
 K2 = {"Authorization": "Bearer key-two", "Content-Type": "application/json"}
 CSM = {"text": "Hello there", "notify_url": "https://hooks.example.com/x"}

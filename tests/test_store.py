@@ -9,6 +9,8 @@ from chalicelib.job import Job
 from chalicelib.models import JobStatus, JobType
 from chalicelib.store import JobExists, JobStore, TransitionConflict
 
+pytestmark = pytest.mark.integration
+
 
 class Clock:
     def __init__(self, now: float = 1_800_000_000.0):

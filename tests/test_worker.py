@@ -14,15 +14,9 @@ import requests
 from chalicelib.context import Context
 from chalicelib.models import JobStatus
 from tests.support.harness import ThreadWorker, submit, task_events, wait_until
-from tests.support.receiver import Receiver
 from worker_runtime.worker import EXPIRED_ERROR
 
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

@@ -16,16 +16,8 @@ from chalicelib.settings import Settings
 from chalicelib.webhooks import WebhookSender
 from tests.support import procs
 from tests.support.harness import start_worker_process, submit, task_events, wait_until
-from tests.support.receiver import Receiver
 
 LEASE = "3"
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

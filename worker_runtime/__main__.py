@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from chalicelib.context import Context
+from chalicelib.events import EventPublisher
 from chalicelib.logs import configure, get_logger
 from chalicelib.webhooks import WebhookSender
 
@@ -22,9 +23,14 @@ def build_worker() -> Worker:
     ctx = Context(settings)
     webhooks = WebhookSender(settings.webhook_attempts, settings.webhook_interval,
                              settings.webhook_timeout, settings.webhook_secret)
-    notifier = Notifier(webhooks, ctx.results)
+    events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results)
+    notifier = Notifier(webhooks, ctx.results, events)
     tasks = load_tasks(settings.tasks, settings=settings)
-    return Worker(ctx, settings, tasks, notifier)
+    gpu = None
+    if any(getattr(task, "needs_gpu", False) for task in tasks.values()):
+        from .gpu import build_gpu_manager
+        gpu = build_gpu_manager(ctx, settings.worker_id)
+    return Worker(ctx, settings, tasks, notifier, gpu=gpu)
 
 
 def install_signal_handlers(worker: Worker) -> None:

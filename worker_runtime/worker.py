@@ -22,6 +22,7 @@ from chalicelib.store import TransitionConflict
 
 from .cancel import CancelToken
 from .files import remove_job_files
+from .gpu.task import GpuTask
 from .lease import Lease, LeaseLost
 from .notify import Notifier
 from .settings import WorkerSettings
@@ -176,29 +177,23 @@ class Worker:
         request = parse_job_request(job.type, job.params)
         token = CancelToken()
         started = time.monotonic()
-        node = None
         try:
             if task is None:
                 outcome = Outcome(error=f"No task implementation for job type {job.type.value}")
             else:
                 if getattr(task, "needs_gpu", False) and self.gpu is not None:
-                    node = self.gpu.acquire(token, log)
+                    # Acquires the node inside the supervised run (lease heartbeat, max_time,
+                    # shutdown cover a launch too) and calls gpu.watch/unwatch/job_done.
+                    task = GpuTask(task, self.gpu)
                 ctx = TaskContext(job=job, request=request, output_dir=self.output_dir,
-                                  cancel=token, log=log, node=node)
-                if node is not None:
-                    self.gpu.watch(node, token)
+                                  cancel=token, log=log)
                 outcome = self.supervisor.run(task, ctx, lease, self.stopping,
                                               self.settings.shutdown_grace, log)
-        except Exception as exc:  # noqa: BLE001 - e.g. no GPU could be had: the job fails readably
+        except Exception as exc:  # noqa: BLE001 - the job fails readably
             log.error("job.setup_failed", exc_info=True)
             outcome = Outcome(error=str(exc) or type(exc).__name__)
-        finally:
-            if node is not None:
-                self.gpu.unwatch(node)
         log.info("job.ran", run_time=round(time.monotonic() - started, 3),
                  stopped=outcome.stop_kind, failed=outcome.error is not None)
-        if self.gpu is not None and node is not None:
-            self.gpu.job_done(node, failed=outcome.error is not None or outcome.stop_kind is not None)
         self.finish(job, outcome, lease, log)
 
     # -- writing the outcome ---------------------------------------------------

@@ -29,7 +29,7 @@ from botocore.config import Config
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ROOT = Path(__file__).resolve().parents[2]
+from infra.local.processes import ROOT, free_port
 
 # Why each pin: shared/EMULATORS.md. All in one pip command, or cryptography drifts.
 LOCALSTACK_PINS = (
@@ -127,14 +127,6 @@ def install(settings: EmulatorSettings | None = None) -> None:
 
 
 # -- processes ----------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     """The parent's environment minus its AWS endpoints and Python path (the emulators run
     their own interpreters and must not talk to each other through inherited settings)."""
@@ -221,6 +213,14 @@ def start_localstack(run_dir: Path, settings: EmulatorSettings | None = None) ->
         "SQS_ENDPOINT_STRATEGY": "path",  # queue URLs on 127.0.0.1, no DNS names
         "DISABLE_EVENTS": "1",
         "SKIP_SSL_CERT_DOWNLOAD": "1",
+        # As strict as AWS where LocalStack can be: presigned URLs are checked (signature and
+        # expiry), PurgeQueue twice in 60 s and re-creating a just-deleted queue are refused,
+        # and messages past MessageRetentionPeriod are dropped.
+        "S3_SKIP_SIGNATURE_VALIDATION": "0",
+        "SQS_DELAY_PURGE_RETRY": "1",
+        "SQS_DELAY_RECENTLY_DELETED": "1",
+        "SQS_ENABLE_MESSAGE_RETENTION_PERIOD": "1",
+        "SQS_DISABLE_CLOUDWATCH_METRICS": "1",
     })
     endpoint = f"http://127.0.0.1:{port}"
     proc = _spawn([str(python), "-c", _LOCALSTACK_LAUNCHER, str(s3_dir)], env, run_dir / "localstack.log", run_dir)

@@ -1,0 +1,229 @@
+"""Local stand-in for Lambda's SQS event source mappings.
+
+``chalice local`` serves only HTTP, so locally nothing would call the app's
+``on_sqs_message`` handlers. This polls each queue the app subscribes to and
+invokes the very same handler (``app.handler_map[name]``) with a Lambda-shaped
+SQS event, then does what Lambda does with the answer: delete the whole batch on
+success, keep it on an exception, and keep only the ``batchItemFailures`` when the
+handler reports a partial failure. Kept messages reappear after the queue's own
+visibility timeout, as on AWS.
+
+    python -m infra.local.lambda_poller        # polls until SIGINT/SIGTERM
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import sys
+import threading
+import uuid
+from typing import Any
+
+from chalice import Chalice
+from chalice.app import SQSEventConfig
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chalicelib import aws
+from chalicelib.logs import configure, get_logger
+from chalicelib.queue import Queue
+from chalicelib.settings import Settings, get_settings
+
+log = get_logger("c3.lambda_poller")
+
+
+class PollerSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Lambda long-polls for up to 20 s; shorter waits make shutdown quicker.
+    poll_wait_seconds: int = Field(20, ge=0, le=20, validation_alias="LAMBDA_POLL_WAIT_SECONDS")
+    # Pause after an SQS error before polling again.
+    poll_error_backoff: float = Field(1.0, ge=0, validation_alias="LAMBDA_POLL_ERROR_BACKOFF")
+    # On shutdown, how long a batch already in a handler may take to finish.
+    stop_timeout: float = Field(30.0, ge=0, validation_alias="LAMBDA_POLL_STOP_TIMEOUT")
+
+
+class LambdaContext:
+    """The few attributes of Lambda's context object a handler may read."""
+
+    def __init__(self, function_name: str, timeout_seconds: float = 60.0):
+        self.function_name = function_name
+        self.aws_request_id = str(uuid.uuid4())
+        self.memory_limit_in_mb = 128
+        self._timeout_ms = int(timeout_seconds * 1000)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._timeout_ms
+
+
+def sqs_sources(app: Chalice) -> list[SQSEventConfig]:
+    return [s for s in app.event_sources if isinstance(s, SQSEventConfig)]
+
+
+def _message_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    """SQS API shape (``StringValue``) -> Lambda event shape (``stringValue``)."""
+    out = {}
+    for name, value in attrs.items():
+        out[name] = {
+            "stringValue": value.get("StringValue"),
+            "binaryValue": value.get("BinaryValue"),
+            "stringListValues": value.get("StringListValues", []),
+            "binaryListValues": value.get("BinaryListValues", []),
+            "dataType": value.get("DataType"),
+        }
+    return out
+
+
+def lambda_record(message: dict[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
+    body = message.get("Body", "")
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": body,
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": _message_attributes(message.get("MessageAttributes", {})),
+        "md5OfBody": message.get("MD5OfBody") or hashlib.md5(body.encode()).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+
+
+class QueuePoller:
+    """One event source mapping: one queue feeding one handler."""
+
+    def __init__(self, app: Chalice, source: SQSEventConfig, sqs: Any, region: str,
+                 settings: PollerSettings):
+        if source.queue is None:
+            raise ValueError(f"handler {source.name}: only queues given by name can be polled locally")
+        self.handler = app.handler_map[source.name]
+        self.name = source.name
+        self.batch_size = min(source.batch_size, 10)
+        self.queue = Queue(sqs, source.queue)
+        self.sqs = sqs
+        self.region = region
+        self.settings = settings
+        self.log = log.bind(handler=source.name, queue=source.queue)
+        self._arn: str | None = None
+        self._invoking = threading.Lock()  # held while a batch is in the handler
+
+    @property
+    def arn(self) -> str:
+        if self._arn is None:
+            attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue.url, AttributeNames=["QueueArn"])
+            self._arn = attrs["Attributes"]["QueueArn"]
+        return self._arn
+
+    def poll_once(self, wait_seconds: int | None = None) -> int:
+        """Receive one batch and hand it to the handler; returns how many messages came."""
+        wait = self.settings.poll_wait_seconds if wait_seconds is None else wait_seconds
+        resp = self.sqs.receive_message(
+            QueueUrl=self.queue.url, MaxNumberOfMessages=self.batch_size, WaitTimeSeconds=wait,
+            MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"],
+        )
+        messages = resp.get("Messages", [])
+        if messages:
+            self.invoke([lambda_record(m, self.arn, self.region) for m in messages])
+        return len(messages)
+
+    def invoke(self, records: list[dict[str, Any]]) -> None:
+        with self._invoking:
+            self._invoke(records)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for a batch in the handler to finish (a long poll is not waited for)."""
+        if self._invoking.acquire(timeout=timeout):
+            self._invoking.release()
+            return True
+        return False
+
+    def _invoke(self, records: list[dict[str, Any]]) -> None:
+        try:
+            response = self.handler({"Records": records}, LambdaContext(self.name))
+        except Exception:  # noqa: BLE001 - Lambda's rule: the whole batch is retried
+            self.log.error("poller.handler_failed", exc_info=True, count=len(records),
+                           reason="handler raised; the batch reappears after the visibility timeout")
+            return
+        keep = self._failed_ids(response, records)
+        for record in records:
+            if record["messageId"] not in keep:
+                self.queue.delete(record["receiptHandle"])
+        self.log.info("poller.invoked", count=len(records), retried=len(keep))
+
+    def _failed_ids(self, response: Any, records: list[dict[str, Any]]) -> set[str]:
+        if not isinstance(response, dict) or not response.get("batchItemFailures"):
+            return set()
+        ids = {r["messageId"] for r in records}
+        failed = {f.get("itemIdentifier") for f in response["batchItemFailures"] if isinstance(f, dict)}
+        if not failed <= ids:
+            # Lambda treats an unknown or empty identifier as a failure of the whole batch.
+            self.log.warning("poller.bad_batch_response", reason="unknown itemIdentifier; batch kept")
+            return ids
+        return failed  # type: ignore[return-value]
+
+    def run(self, stop: threading.Event) -> None:
+        self.log.info("poller.started")
+        while not stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - emulator restarting, queue missing: keep polling
+                self.log.error("poller.receive_failed", exc_info=True,
+                               reason=f"retrying in {self.settings.poll_error_backoff} s")
+                stop.wait(self.settings.poll_error_backoff)
+        self.log.info("poller.stopped")
+
+
+class PollerThread(threading.Thread):
+    def __init__(self, poller: QueuePoller, stop_event: threading.Event):
+        super().__init__(target=poller.run, args=(stop_event,), name=f"poll-{poller.name}", daemon=True)
+        self.poller = poller
+
+
+def start_pollers(app: Chalice, settings: Settings, stop_event: threading.Event,
+                  poller_settings: PollerSettings | None = None) -> list[PollerThread]:
+    """One daemon thread per SQS handler of ``app``; they stop when ``stop_event`` is set."""
+    knobs = poller_settings or PollerSettings()
+    sqs = aws.client("sqs", settings.aws_region)
+    threads = []
+    for source in sqs_sources(app):
+        thread = PollerThread(QueuePoller(app, source, sqs, settings.aws_region, knobs), stop_event)
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+def run_pollers(app: Chalice, settings: Settings, stop_event: threading.Event,
+                poller_settings: PollerSettings | None = None) -> None:
+    """Poll every SQS handler's queue until ``stop_event`` is set (blocks). On stop, a batch
+    already in a handler is finished; an idle long poll is simply abandoned (the daemon
+    threads end with the process, and an unreceived message stays in its queue)."""
+    knobs = poller_settings or PollerSettings()
+    threads = start_pollers(app, settings, stop_event, knobs)
+    stop_event.wait()
+    for thread in threads:
+        if not thread.poller.wait_idle(timeout=knobs.stop_timeout):
+            log.warning("poller.abandoned_batch", handler=thread.poller.name,
+                        reason="handler still busy at shutdown; its messages will be redelivered")
+
+
+def main() -> int:
+    settings = get_settings()
+    configure(settings.log_level)
+    from app import app  # the Lambda entry point itself, so the handlers are the deployed ones
+
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: Any) -> None:
+        log.info("poller.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    log.info("poller.ready", handlers=[s.name for s in sqs_sources(app)])
+    run_pollers(app, settings, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Downloads of the URLs users hand in (image_url, audio_url, reference_audio_url).
+
+Streamed to disk with a size cap and a whole-download deadline; the body must not
+be a web page; and, outside local mode, no request may reach a private, loopback,
+link-local or cloud-metadata address. That last check runs twice: on the host name
+before each hop (so the error can name the address) and on the connected socket
+itself (so a DNS answer that changes between the two cannot slip through).
+Redirects are followed by hand so every hop gets both checks.
+
+Every failure raises TaskError naming the field, the URL and the reason."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError
+
+from .cancel import CancelToken
+from .tasks.base import TaskError
+
+CHUNK = 64 * 1024
+DEADLINE_SLACK = 0.05  # a read timeout this close to the deadline is the deadline
+REDIRECTS = (301, 302, 303, 307, 308)
+# Well-known instance metadata endpoints (AWS/GCP/Azure/OpenStack, AWS IPv6, ECS, Alibaba).
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")
+)
+NOT_MEDIA_TYPES = ("text/", "application/json", "application/xhtml", "application/xml")
+WHAT = {"image": "an image", "audio": "an audio or video file"}
+HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")
+
+
+class AddressRefused(Exception):
+    """A connection would reach an address user URLs must not reach."""
+
+    def __init__(self, host: str, address: str, why: str):
+        super().__init__(f"{host} resolves to {address}, {why} (refused outside local mode)")
+
+
+def refusal_reason(address: str) -> str | None:
+    """Why ``address`` is off limits for user URLs, or None when it is public."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip in METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+        return "a reserved address"
+    if ip.is_private:
+        return "a private address"
+    if not ip.is_global:
+        return "a non-public address"
+    return None
+
+
+Policy = Callable[[str, int], "str | None"]  # (address, port) -> why refused, or None
+
+
+def default_policy(address: str, port: int) -> str | None:
+    return refusal_reason(address)
+
+
+def public_only_adapter(policy: Policy) -> HTTPAdapter:
+    """An adapter whose every new socket is checked against ``policy`` right after the
+    TCP connect, before a byte of the request is sent."""
+
+    def check(sock: socket.socket, host: str) -> None:
+        address, port = sock.getpeername()[:2]
+        why = policy(address, port)
+        if why is not None:
+            sock.close()
+            raise AddressRefused(host, address, why)
+
+    class CheckedHTTP(HTTPConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            check(sock, self.host)
+            return sock
+
+    class CheckedHTTPS(HTTPSConnection):
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            check(sock, self.host)
+            return sock
+
+    class HTTPPool(HTTPConnectionPool):
+        ConnectionCls = CheckedHTTP
+
+    class HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = CheckedHTTPS
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+    return Adapter()
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    url: str  # the final URL after redirects
+    content_type: str
+    size: int
+
+
+class Downloader:
+    def __init__(self, max_bytes: int, timeout: float, max_redirects: int = 5,
+                 allow_private: bool = False,
+                 resolve: Callable[[str], list[str]] | None = None,
+                 policy: Policy = default_policy,
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.max_redirects = max_redirects
+        self.allow_private = allow_private
+        self.resolve = resolve or _resolve
+        self.policy = policy
+        self.monotonic = monotonic
+
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False  # a proxy from the environment would hide the real peer
+        if not self.allow_private:
+            adapter = public_only_adapter(self.policy)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        return session
+
+    def fetch(self, url: str, dest: Path, *, field: str, kind: str,
+              cancel: CancelToken | None = None) -> Download:
+        """Download ``url`` (the request's ``field``) to ``dest``; ``kind`` is "image" or "audio"."""
+
+        def fail(reason: str) -> TaskError:
+            return TaskError(f"Could not download {field} {url}: {reason}")
+
+        deadline = self.monotonic() + self.timeout
+        current = url
+        with self._session() as session:
+            for hop in range(self.max_redirects + 1):
+                prefix = f"redirected to {current}: " if hop else ""
+                self._check_target(current, fail, prefix)
+                try:
+                    response = session.get(current, stream=True, allow_redirects=False,
+                                           timeout=self._remaining(deadline, fail),
+                                           headers={"Accept": f"{kind}/*, */*;q=0.5"})
+                except AddressRefused as exc:
+                    raise fail(prefix + str(exc)) from None
+                except requests.Timeout:
+                    raise fail(f"no answer within {self.timeout:g} s") from None
+                except requests.RequestException as exc:
+                    raise fail(f"connection failed ({_short(exc)})") from None
+                with response:
+                    if response.status_code in REDIRECTS and response.headers.get("Location"):
+                        current = urljoin(current, response.headers["Location"])
+                        continue
+                    return self._save(response, current, dest, kind, deadline, cancel, fail)
+            raise fail(f"more than {self.max_redirects} redirects")
+
+    # -- steps -------------------------------------------------------------
+    def _check_target(self, url: str, fail: Callable[[str], TaskError], prefix: str) -> None:
+        """Scheme, and outside local mode the addresses the host name resolves to."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise fail(f"{prefix}only absolute http(s) URLs can be downloaded")
+        if self.allow_private:
+            return
+        try:
+            addresses = self.resolve(parts.hostname)
+        except OSError as exc:
+            raise fail(f"{prefix}host {parts.hostname} could not be resolved ({exc})") from None
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        for address in addresses:
+            why = self.policy(address, port)
+            if why is not None:
+                raise fail(f"{prefix}{AddressRefused(parts.hostname, address, why)}")
+
+    def _remaining(self, deadline: float, fail: Callable[[str], TaskError]) -> float:
+        left = deadline - self.monotonic()
+        if left <= 0:
+            raise fail(f"not finished within {self.timeout:g} s")
+        return left
+
+    def _save(self, response: requests.Response, final_url: str, dest: Path, kind: str,
+              deadline: float, cancel: CancelToken | None,
+              fail: Callable[[str], TaskError]) -> Download:
+        if response.status_code != 200:
+            raise fail(f"HTTP {response.status_code} {response.reason or ''}".rstrip())
+        ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype.startswith(NOT_MEDIA_TYPES):
+            raise fail(f"the server sent {ctype}, not {WHAT[kind]}")
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise fail(f"{int(declared)} bytes is over the limit of {self.max_bytes} bytes")
+        size = 0
+        if cancel is not None:
+            cancel.on_cancel(lambda: _abort(response))
+        try:
+            with open(dest, "wb") as out:
+                while chunk := response.raw.read1(CHUNK, decode_content=True):
+                    if size == 0 and chunk.lstrip()[:16].lower().startswith(HTML_STARTS):
+                        raise fail(f"the server sent a web page, not {WHAT[kind]}")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise fail(f"more than the limit of {self.max_bytes} bytes")
+                    out.write(chunk)
+                    self._remaining(deadline, fail)
+        except (OSError, HTTPError, requests.RequestException) as exc:
+            dest.unlink(missing_ok=True)
+            if cancel is not None:
+                cancel.raise_if_cancelled()  # the break was our own abort
+            if self.monotonic() >= deadline - DEADLINE_SLACK:  # reads time out at the deadline
+                raise fail(f"not finished within {self.timeout:g} s") from None
+            raise fail(f"transfer broke off after {size} bytes ({_short(exc)})") from None
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        if size == 0:
+            dest.unlink(missing_ok=True)
+            raise fail("the server sent an empty body")
+        return Download(path=dest, url=final_url, content_type=ctype, size=size)
+
+
+def _abort(response: requests.Response) -> None:
+    """Wake a read blocked on this response's socket (called from the canceller's thread)."""
+    conn = getattr(response.raw, "connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _resolve(host: str) -> list[str]:
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."

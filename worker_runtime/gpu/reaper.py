@@ -1,0 +1,144 @@
+"""Stopping instances: one's own, and any that nobody should be paying for any more.
+
+Any worker (at start and every GPU_REAP_INTERVAL) looks through the registry and claims,
+by a conditional write, records whose owner has been silent past GPU_OWNER_GRACE, that
+sat idle past GPU_IDLE_TIMEOUT, or whose rental already expired. Only the winner of the
+claim stops the instance, so two workers never both act on one record.
+
+A claimed "launching" intent has no workload id: its worker died between the launch
+call and recording the answer. The instance is found in the workloads list by the
+``expires`` value the intent sent, among workloads no record knows.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from chalicelib.logs import EventLogger
+
+from ..comput3 import Comput3Client, Comput3Error, WorkloadNotFound
+from .registry import LAUNCHING, RUNNING, STOPPING, GpuRecord, GpuRegistry, RecordLost
+from .settings import GpuSettings
+
+
+class SweepDeferred(Comput3Error):
+    """A live launch shares the ``expires`` value: which workload is whose cannot be told yet."""
+
+
+class Reaper:
+    def __init__(self, client: Comput3Client, registry: GpuRegistry, settings: GpuSettings, worker_id: str,
+                 clock: Callable[[], float], log: EventLogger,
+                 live_ids: Callable[[], set[str]] = set):
+        self.client = client
+        self.registry = registry
+        self.settings = settings
+        self.worker_id = worker_id
+        self.clock = clock
+        self.log = log
+        self.live_ids = live_ids  # records this worker is using right now (never reaped)
+
+    # -- stopping one record ----------------------------------------------------
+    def claim(self, record: GpuRecord, reason: str) -> GpuRecord | None:
+        """Take responsibility for stopping ``record``; None if someone wrote to it first."""
+        try:
+            return self.registry.update(record, state=STOPPING, owner=self.worker_id, heartbeat=self.clock(),
+                                        busy=False, reason=reason)
+        except RecordLost as exc:
+            self.log.info("gpu.claim_lost", record=record.id, workload=record.workload, reason=str(exc))
+            return None
+
+    def finish(self, record: GpuRecord) -> bool:
+        """Stop a record we claimed at Comput3, then delete it. On failure the record stays
+        ``stopping`` under us and the next reap pass (ours or, once we are silent, anyone's)
+        tries again."""
+        unrecorded: list[str] = []
+        try:
+            if record.workload:
+                try:
+                    self.client.stop(record.workload)
+                except WorkloadNotFound:
+                    self.log.info("gpu.already_gone", workload=record.workload,
+                                  reason="Comput3 no longer knows the workload (stopped or expired)")
+            else:
+                unrecorded = self.sweep(record.expires, exclude_id=record.id)
+            self.registry.delete(record)
+        except RecordLost as exc:
+            self.log.info("gpu.stop_handed_over", record=record.id, reason=str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - keep the record; retried on the next pass
+            self.log.warning("gpu.stop_failed", record=record.id, workload=record.workload, error=str(exc),
+                             reason="record kept as 'stopping'; retried on the next reap pass")
+            return False
+        if record.workload is None:
+            self.log.info("gpu.intent_resolved", record=record.id, unrecorded_stopped=unrecorded,
+                          reason=record.reason)
+            return True
+        self.log.info("gpu.stopped", record=record.id, workload=record.workload, node=record.node,
+                      rented_seconds=round(self.clock() - (record.launched_at or record.created_at), 1),
+                      reason=record.reason)
+        return True
+
+    def stop(self, record: GpuRecord, reason: str) -> bool:
+        claimed = self.claim(record, reason)
+        return claimed is not None and self.finish(claimed)
+
+    # -- looking for orphans ------------------------------------------------------
+    def reason_to_reap(self, record: GpuRecord, now: float) -> str | None:
+        s = self.settings
+        if record.silent_for(now) > s.owner_grace:
+            return (f"owner {record.owner} silent for {record.silent_for(now):.0f} s "
+                    f"(GPU_OWNER_GRACE={s.owner_grace:g}) while {record.state}")
+        if record.state == RUNNING and not record.busy and record.last_used is not None \
+                and now - record.last_used > s.idle_timeout:
+            return f"idle for {now - record.last_used:.0f} s (GPU_IDLE_TIMEOUT={s.idle_timeout:g})"
+        if record.workload and record.expires <= now:
+            return "its rental expired at Comput3"
+        return None
+
+    def reap_pass(self) -> int:
+        """One look through the registry; returns how many records were stopped."""
+        stopped = 0
+        now = self.clock()
+        live = self.live_ids()
+        for record in self.registry.all():
+            if record.owner == self.worker_id:
+                if record.state == STOPPING:  # an earlier stop of ours failed
+                    stopped += self.finish(record)
+                    continue
+                if record.id in live:
+                    continue
+                # Ours but no longer tracked (e.g. recording a launch failed): same rules.
+            reason = self.reason_to_reap(record, now)
+            if reason is None:
+                continue
+            self.log.warning("gpu.reaping", record=record.id, workload=record.workload, node=record.node,
+                             previous_owner=record.owner, state=record.state, reason=reason)
+            stopped += self.stop(record, reason)
+        return stopped
+
+    def sweep(self, expires: int, exclude_id: str) -> list[str]:
+        """Stop running workloads launched with ``expires`` that no record knows: the answer
+        of a launch whose worker died before recording it, or a duplicate left by a launch
+        attempt that timed out but went through."""
+        workloads = self.client.workloads()
+        records = self.registry.all()
+        now = self.clock()
+        known = {r.workload for r in records if r.workload}
+        for r in records:
+            if r.id != exclude_id and r.state == LAUNCHING and r.expires == expires \
+                    and r.silent_for(now) <= self.settings.owner_grace:
+                raise SweepDeferred(f"launch {r.id} of live worker {r.owner} uses the same expires {expires}; "
+                                    "its workload cannot be told apart yet")
+        stopped = []
+        for w in workloads:
+            if w.workload in known or w.expires != expires:
+                continue
+            try:
+                self.client.stop(w.workload)
+            except WorkloadNotFound:
+                pass
+            self.log.warning("gpu.unrecorded_stopped", workload=w.workload, node=w.node, expires=expires,
+                             reason="running at Comput3 but never recorded: its launch outlived the launcher")
+            stopped.append(w.workload)
+        return stopped
+

@@ -1,0 +1,45 @@
+"""Image analysis: the node's vision model through Ollama's generate API -> text."""
+
+from __future__ import annotations
+
+import base64
+
+from chalicelib.models import AnalyzeRequest
+
+from .. import media
+from ..downloads import Downloader
+from . import ollama
+from .base import TaskContext, TaskError, TaskResult
+from .settings import TaskSettings
+
+
+class AnalyzeTask:
+    needs_gpu = True
+
+    def __init__(self, settings: TaskSettings, downloader: Downloader):
+        self.settings = settings
+        self.downloader = downloader
+
+    def run(self, ctx: TaskContext) -> TaskResult:
+        if ctx.node is None:
+            raise TaskError("Image analysis needs a GPU node and none was assigned")
+        s = self.settings
+        request: AnalyzeRequest = ctx.request
+        raw = self.downloader.fetch(request.image_url, ctx.path("_input.download"), field="image_url",
+                                    kind="image", cancel=ctx.cancel).path
+        # The model takes JPEG/PNG; anything Pillow reads is re-encoded as JPEG at a size it handles.
+        image_path = ctx.path("_input.jpg")
+        image = media.prepare_image(raw, image_path, s.analyze_max_side, f"image_url {request.image_url}")
+        ctx.log.info("analyze.image_ready", size=f"{image.width}x{image.height}",
+                     original=f"{image.original_width}x{image.original_height}", model=s.analyze_model)
+        body = {
+            "model": s.analyze_model,
+            "prompt": s.analyze_prompt,
+            "images": [base64.b64encode(image_path.read_bytes()).decode("ascii")],
+        }
+        text = ollama.generate(ctx.node.ollama_url, ctx.node.headers, body, ctx.cancel,
+                               s.node_request_timeout)
+        if not text:
+            raise TaskError(f"The vision model {s.analyze_model} returned an empty description")
+        ctx.log.info("analyze.done", chars=len(text))
+        return TaskResult(text=text)

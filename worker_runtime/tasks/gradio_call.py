@@ -1,0 +1,60 @@
+"""One call to a Gradio app on the node (CSM, Whisper), stoppable from the cancel token.
+
+The call is submitted asynchronously and polled: a cancel (client status, max_time,
+complete_by, shutdown, GPU loss) cancels the remote Gradio job through the client,
+which removes it from the app's queue or stops the running event."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from gradio_client import Client, handle_file  # noqa: E402,F401 - after the analytics switch
+from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
+
+from .base import TaskContext, TaskError  # noqa: E402
+
+
+def connect(ctx: TaskContext, app: str, url: str) -> Client:
+    try:
+        return Client(url, headers=ctx.node.headers, verbose=False, analytics_enabled=False,
+                      download_files=str(ctx.path("_gradio")))
+    except AuthenticationError:
+        raise TaskError(f"{app} app at {url} refused the node's API key") from None
+    except Exception as exc:  # noqa: BLE001 - connection refused, bad config, HTTP errors ...
+        raise TaskError(f"{app} app at {url} is not reachable: {_describe(exc)}") from None
+
+
+def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, Any],
+         poll_interval: float) -> Any:
+    """Run ``api_name`` with named ``inputs``; returns its result or raises TaskError
+    (app failure) / TaskCancelled (token cancelled, remote job cancelled)."""
+    client = connect(ctx, app, url)
+    try:
+        job = client.submit(api_name=api_name, **inputs)
+        ctx.log.info("gradio.submitted", app=app, api_name=api_name, url=url)
+
+        def cancel_remote() -> None:
+            ctx.log.info("gradio.cancelling", app=app, api_name=api_name,
+                         reason=ctx.cancel.reason or "cancelled")
+            job.cancel()
+
+        ctx.cancel.on_cancel(cancel_remote)
+        while not job.done() and not ctx.cancel.wait(poll_interval):
+            pass
+        ctx.cancel.raise_if_cancelled()
+        try:
+            return job.result(timeout=0)
+        except AppError as exc:
+            raise TaskError(f"{app} app failed: {_describe(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - transport or protocol failure mid-call
+            raise TaskError(f"{app} app call {api_name} failed: {_describe(exc)}") from None
+    finally:
+        client.close()
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 500 else text[:500] + "..."

@@ -1,0 +1,86 @@
+"""Ollama's generate API (``POST {base}/api/generate``), streamed and stoppable.
+
+The answer is streamed (NDJSON, one chunk per few tokens) over a connection this
+module holds, so that a cancel can shut the socket: Ollama stops generating when
+its client goes away, and the task thread wakes at once, even while the model is
+still loading and nothing has been sent yet."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..cancel import CancelToken
+from .base import TaskError
+
+
+def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    return cls(parts.hostname or "", parts.port, timeout=timeout)
+
+
+def generate(base_url: str, headers: dict[str, str], body: dict[str, Any], cancel: CancelToken,
+             connect_timeout: float) -> str:
+    """Run one generation; returns the concatenated ``response`` text."""
+    url = base_url.rstrip("/") + "/api/generate"
+    path = urlsplit(url).path
+    conn = _connection(url, connect_timeout)
+
+    def abort() -> None:
+        sock = conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    try:
+        try:
+            conn.connect()
+            conn.sock.settimeout(None)  # generation time is bounded by max_time via the token
+            cancel.on_cancel(abort)
+            conn.request("POST", path, body=json.dumps({**body, "stream": True}),
+                         headers={**headers, "Content-Type": "application/json"})
+            response = conn.getresponse()
+            if response.status != 200:
+                raise TaskError(f"Ollama at {url} answered HTTP {response.status}: {_error(response.read())}")
+            return _collect(response, url)
+        except (OSError, http.client.HTTPException, TaskError) as exc:
+            cancel.raise_if_cancelled()  # the failure is our own abort
+            if isinstance(exc, TaskError):
+                raise
+            raise TaskError(f"Ollama at {url} failed: {exc or type(exc).__name__}") from None
+    finally:
+        conn.close()
+
+
+def _collect(response: http.client.HTTPResponse, url: str) -> str:
+    parts: list[str] = []
+    for line in response:
+        if not line.strip():
+            continue
+        try:
+            chunk = json.loads(line)
+        except ValueError:
+            raise TaskError(f"Ollama at {url} sent a line that is not JSON: {line[:200]!r}") from None
+        if chunk.get("error"):
+            raise TaskError(f"Ollama at {url} reported: {chunk['error']}")
+        parts.append(chunk.get("response", ""))
+        if chunk.get("done"):
+            return "".join(parts).strip()
+    raise TaskError(f"Ollama at {url} closed the stream before the answer was done")
+
+
+def _error(raw: bytes) -> str:
+    try:
+        data = json.loads(raw)
+        if isinstance(data, dict) and data.get("error"):
+            return str(data["error"])
+    except ValueError:
+        pass
+    text = raw.decode("utf-8", "replace").strip()
+    return text[:300] or "(empty body)"

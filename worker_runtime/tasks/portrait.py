@@ -1,0 +1,66 @@
+"""Portrait video: image + audio -> the SONIC workflow on the node's ComfyUI -> MP4."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+
+from chalicelib.models import PortraitRequest
+
+from .. import media
+from ..downloads import Downloader
+from .base import TaskContext, TaskError, TaskResult
+from .comfyui import ComfyUI, find_video
+from .settings import TaskSettings
+from .sonic_workflow import VIDEO_NODE, sonic_workflow
+
+MAX_SEED = 2**31 - 1  # SONICSampler's seed range
+
+
+class PortraitTask:
+    needs_gpu = True
+
+    def __init__(self, settings: TaskSettings, downloader: Downloader):
+        self.settings = settings
+        self.downloader = downloader
+
+    def run(self, ctx: TaskContext) -> TaskResult:
+        if ctx.node is None:
+            raise TaskError("Portrait needs a GPU node and none was assigned")
+        s = self.settings
+        request: PortraitRequest = ctx.request
+        image_path = ctx.path("_portrait.jpg")
+        image = media.prepare_image(self._fetch(ctx, request.image_url, "image_url", "image", "_portrait.download"),
+                                    image_path, s.max_image_side, f"image_url {request.image_url}")
+        audio_raw = self._fetch(ctx, request.audio_url, "audio_url", "audio", "_audio.download")
+        audio_path, audio = media.plain_audio(audio_raw, ctx.path("_audio"), f"audio_url {request.audio_url}")
+        duration = media.clip_seconds(audio.duration, s.portrait_extra_seconds)
+        width, height = media.fit_within(image.width, image.height, s.portrait_max_width, s.portrait_max_height)
+        ctx.log.info("portrait.inputs_ready", image=f"{image.width}x{image.height}",
+                     original=f"{image.original_width}x{image.original_height}",
+                     fit=f"{width}x{height}", audio_seconds=round(audio.duration, 3),
+                     audio_format=audio.container, duration=duration)
+
+        comfy = ComfyUI(ctx.node.comfyui_url, ctx.node.headers, s.node_request_timeout, ctx.log)
+        try:
+            comfy.wait_ready(ctx.cancel, s.comfyui_ready_timeout, s.comfyui_poll_interval)
+            image_name = comfy.upload(image_path, image_path.name)
+            audio_name = comfy.upload(audio_path, audio_path.name)
+            ctx.cancel.raise_if_cancelled()
+            seed = s.portrait_seed if s.portrait_seed is not None else random.randint(0, MAX_SEED)
+            workflow = sonic_workflow(image_name, audio_name, width, height, duration, seed,
+                                      prefix=f"c3render/{ctx.job.id}")
+            prompt_id = comfy.queue(workflow, client_id=uuid.uuid4().hex)
+            ctx.log.info("portrait.queued", prompt_id=prompt_id, seed=seed)
+            ctx.cancel.on_cancel(lambda: comfy.stop(prompt_id))
+            outputs = comfy.wait(prompt_id, ctx.cancel, s.comfyui_poll_interval)
+            video = comfy.download(find_video(outputs, prefer=VIDEO_NODE), ctx.path(".mp4"))
+        finally:
+            comfy.close()
+        media.check_video(video, "ComfyUI's output")
+        ctx.log.info("portrait.done", prompt_id=prompt_id, bytes=video.stat().st_size)
+        return TaskResult(path=video, ext="mp4")
+
+    def _fetch(self, ctx: TaskContext, url: str, field: str, kind: str, suffix: str) -> Path:
+        return self.downloader.fetch(url, ctx.path(suffix), field=field, kind=kind, cancel=ctx.cancel).path
