@@ -143,6 +143,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # also when started with SIGINT ignored (background)
     try:
         env = aws_profile(sup)
         os.environ.update(env)
