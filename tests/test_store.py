@@ -125,3 +125,30 @@ def test_race_two_updaters_exactly_one_wins(store, rounds):
         final = store.get(job.id)
         assert final.error == winner
         assert final.status is (JobStatus.FAILED if winner == "worker" else JobStatus.CANCELLED)
+
+
+def test_concurrent_claims_have_exactly_one_winner(store):
+    """Eight workers claim one job at once, twenty times: one claim wins each time.
+    (Plain moto server lets several conditional writes win; see infra/local/moto_server.py.)"""
+    for _ in range(20):
+        job = new_job()
+        store.create(job)
+        barrier = threading.Barrier(8)
+        winners: list[str] = []
+
+        def claim(name: str) -> None:
+            barrier.wait()
+            try:
+                store.claim(job.id, name, 60)
+                winners.append(name)
+            except TransitionConflict:
+                pass
+
+        threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(winners) == 1
+        final = store.get(job.id)
+        assert (final.worker, final.attempts) == (winners[0], 1)

@@ -59,7 +59,8 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 
 def start_moto(port: int, log_path: Path | None = None) -> subprocess.Popen:
-    proc = start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log_path=log_path)
+    proc = start([sys.executable, "-m", "infra.local.moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                 log_path=log_path)
     wait_http(f"http://127.0.0.1:{port}/moto-api/", proc=proc)
     return proc
 
