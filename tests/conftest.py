@@ -47,7 +47,7 @@ def _start_profile(log_dir: Path) -> tuple[dict[str, str], Callable[[], None]]:
             return emulators.start_localstack_profile(log_dir / "emulators")
         except emulators.EmulatorError as exc:
             # Loud and failing: a profile that cannot run must never pass as skipped.
-            pytest.exit(f"C3_TEST_PROFILE=localstack cannot run: {exc}", returncode=3)
+            pytest.exit(f"LOCALSTACK PROFILE FAILED (C3_TEST_PROFILE=localstack): {exc}", returncode=3)
     port = procs.free_port()
     proc = procs.start_moto(port, log_dir / "moto.log")
     env = {

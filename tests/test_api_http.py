@@ -14,6 +14,8 @@ from infra.local.stack import create_stack
 from tests.conftest import resource_env
 from tests.support import procs
 
+pytestmark = pytest.mark.integration
+
 KEY = {"X-C3-RENDER-KEY": "sock-key"}
 
 

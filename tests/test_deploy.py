@@ -202,6 +202,24 @@ def test_deploy_data_plane_to_moto_and_use_it(moto, stage, capsys):
     assert bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 
 
+def test_per_service_endpoints_never_reach_aws(moto, stage, monkeypatch, capsys):
+    """LocalStack-style setup: only SQS, S3 and DynamoDB have endpoints. ECR (and STS) have
+    none, so they are skipped instead of being sent to real AWS with whatever credentials."""
+    url = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    for service in ("SQS", "S3", "DYNAMODB"):
+        monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", url)
+    assert deploy.main(["deploy", "--stage", stage]) == 0
+    out = capsys.readouterr().out
+    skipped = [line.strip() for line in out.splitlines() if " skipped " in line]
+    assert len(skipped) == 1 and skipped[0].startswith("WorkerRepository (AWS::ECR::Repository): skipped no "
+                                                         "emulator endpoint for ecr")
+    assert f"RESULTS_BUCKET=c3-render-{stage}-results-000000000000" in out  # no STS: placeholder account
+    assert f"c3-render-{stage}-jobs" in client("dynamodb").list_tables()["TableNames"]
+    assert deploy.main(["destroy", "--stage", stage]) == 0
+    assert f"c3-render-{stage}-jobs" not in client("dynamodb").list_tables()["TableNames"]
+
+
 def _expiry_days(s3, bucket: str) -> int:
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
     assert rules["expire-results"]["Filter"] == {"Prefix": "results/"}

@@ -16,6 +16,8 @@ from tests.support.harness import FAST, ThreadWorker, submit, task_events, wait_
 from worker_runtime.gpu import GpuSettings, build_gpu_manager
 from worker_runtime.gpu.registry import LAUNCHING, GpuRegistry
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def genv(stack_env, c3_sim, tmp_path, monkeypatch):

@@ -17,6 +17,8 @@ from tests.support.fake_gpu_tasks import GPU_FAST
 from tests.support.harness import start_worker_process, submit, task_events, wait_until
 from worker_runtime.gpu.registry import LAUNCHING, RUNNING, GpuRegistry
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def penv(stack_env, c3_sim, tmp_path):

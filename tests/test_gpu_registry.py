@@ -15,6 +15,8 @@ from worker_runtime.gpu import GpuSettings
 from worker_runtime.gpu.reaper import Reaper, SweepDeferred
 from worker_runtime.gpu.registry import LAUNCHING, RUNNING, STOPPING, GpuRegistry, RecordLost
 
+pytestmark = pytest.mark.integration
+
 GRACE, IDLE = 3.0, 5.0
 
 

@@ -17,6 +17,8 @@ from chalicelib.webhooks import WebhookSender
 from tests.support import procs
 from tests.support.harness import start_worker_process, submit, task_events, wait_until
 
+pytestmark = pytest.mark.integration
+
 LEASE = "3"
 
 

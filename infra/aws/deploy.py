@@ -37,7 +37,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from chalicelib.aws import client_config
 
 from .cloudformation import DeployError, delete_stack, deploy_stack, stack_outputs, stack_status
-from .emulator import Applier, Report, empty_bucket
+from .emulator import Applier, Report, Unsupported, empty_bucket
 from .image import ImageError, build_and_push, docker_available
 from .ssm_secrets import plan_secrets, purge_secrets, secrets_path, store_secrets
 from .template import (APP_TEMPLATE, DATA_TEMPLATE, ParameterError, env_name, load_template,
@@ -72,16 +72,28 @@ def stack_names(stage: str) -> tuple[str, str]:
 
 
 class Target:
-    """Clients for one region, created on first use."""
+    """Clients for one region, created on first use.
 
-    def __init__(self, session: boto3.session.Session):
+    With ``emulator_only`` (endpoint variables set), a service that no endpoint
+    variable covers is refused instead of silently reaching real AWS: with only
+    AWS_ENDPOINT_URL_SQS/_S3/_DYNAMODB set, an ECR call would otherwise create a
+    real repository in whatever account the credentials belong to."""
+
+    def __init__(self, session: boto3.session.Session, environ: Mapping[str, str] | None = None):
         if not session.region_name:
             raise ParameterError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)")
         self.session = session
         self.region = session.region_name
+        self.endpoints = endpoint_variables(environ or {})
         self._clients: dict[str, Any] = {}
 
+    def emulated(self, service: str) -> bool:
+        return "AWS_ENDPOINT_URL" in self.endpoints or f"AWS_ENDPOINT_URL_{service.upper()}" in self.endpoints
+
     def client(self, service: str) -> Any:
+        if self.endpoints and not self.emulated(service):
+            raise Unsupported(f"no emulator endpoint for {service} (AWS_ENDPOINT_URL_{service.upper()} "
+                              "is not set); not sent to AWS")
         if service not in self._clients:
             self._clients[service] = self.session.client(service, config=client_config(service))
         return self._clients[service]
@@ -89,7 +101,7 @@ class Target:
     def account(self, fallback: str | None = None) -> str:
         try:
             return self.client("sts").get_caller_identity()["Account"]
-        except (ClientError, BotoCoreError):
+        except (ClientError, BotoCoreError, Unsupported):
             if fallback is None:
                 raise
             return fallback
@@ -260,8 +272,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         given = parse_params(args.param)
         if args.stage:
             given["Stage"] = args.stage
-        target = Target(boto3.session.Session(region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")))
-        endpoints = endpoint_variables(env)
+        target = Target(boto3.session.Session(region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")),
+                        env)
+        endpoints = target.endpoints
         if endpoints:
             out(f"{args.action} to an emulator ({', '.join(f'{k}={v}' for k, v in endpoints.items())}): "
                 "data plane only")

