@@ -88,8 +88,9 @@ def aws_profile(sup: Supervisor) -> dict[str, str]:
     env = {k: os.environ.get(k, v) for k, v in
            {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items()}
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        say(f"using the AWS endpoint you set: AWS_ENDPOINT_URL={os.environ['AWS_ENDPOINT_URL']}")
+    chosen = {k: v for k, v in os.environ.items() if k == "AWS_ENDPOINT_URL" or k.startswith("AWS_ENDPOINT_URL_")}
+    if chosen:
+        say("using the AWS endpoints you set: " + ", ".join(f"{k}={v}" for k, v in sorted(chosen.items())))
         return env
     if os.environ.get("LOCALSTACK", "") not in ("", "0"):
         from infra.local.emulators import start_localstack_profile

@@ -9,20 +9,17 @@ from chalicelib.models import AnalyzeRequest
 from .. import media
 from ..downloads import Downloader
 from . import ollama
-from .base import TaskContext, TaskError, TaskResult
+from .base import NodeTask, TaskContext, TaskError, TaskResult
 from .settings import TaskSettings
 
 
-class AnalyzeTask:
-    needs_gpu = True
-
-    def __init__(self, settings: TaskSettings, downloader: Downloader):
-        self.settings = settings
-        self.downloader = downloader
+class AnalyzeTask(NodeTask):
+    label = "Image analysis"
+    settings: TaskSettings
+    downloader: Downloader
 
     def run(self, ctx: TaskContext) -> TaskResult:
-        if ctx.node is None:
-            raise TaskError("Image analysis needs a GPU node and none was assigned")
+        self.require_node(ctx)
         s = self.settings
         request: AnalyzeRequest = ctx.request
         raw = self.downloader.fetch(request.image_url, ctx.path("_input.download"), field="image_url",

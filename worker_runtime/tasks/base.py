@@ -48,3 +48,19 @@ class Task(Protocol):
     needs_gpu: bool
 
     def run(self, ctx: TaskContext) -> TaskResult: ...
+
+
+class NodeTask:
+    """Base of the four GPU tasks: settings, the downloader, and the node they need."""
+
+    needs_gpu = True
+    label = "This task"
+
+    def __init__(self, settings: Any, downloader: Any):
+        self.settings = settings
+        self.downloader = downloader
+
+    def require_node(self, ctx: TaskContext) -> Any:
+        if ctx.node is None:
+            raise TaskError(f"{self.label} needs a GPU node and none was assigned")
+        return ctx.node

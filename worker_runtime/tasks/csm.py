@@ -11,7 +11,7 @@ from chalicelib.models import CsmRequest
 from .. import media
 from ..downloads import Downloader
 from . import gradio_call
-from .base import TaskContext, TaskError, TaskResult
+from .base import NodeTask, TaskContext, TaskError, TaskResult
 from .settings import TaskSettings
 
 API_NAME = "/generate_monologue_audio"
@@ -38,16 +38,13 @@ def csm_inputs(request: CsmRequest, reference: Path | None) -> dict[str, object]
     }
 
 
-class CsmTask:
-    needs_gpu = True
-
-    def __init__(self, settings: TaskSettings, downloader: Downloader):
-        self.settings = settings
-        self.downloader = downloader
+class CsmTask(NodeTask):
+    label = "CSM"
+    settings: TaskSettings
+    downloader: Downloader
 
     def run(self, ctx: TaskContext) -> TaskResult:
-        if ctx.node is None:
-            raise TaskError("CSM needs a GPU node and none was assigned")
+        self.require_node(ctx)
         request: CsmRequest = ctx.request
         reference = self.reference_audio(ctx, request) if request.voice == "clone" else None
         result = gradio_call.call(ctx, "CSM", ctx.node.csm_url, API_NAME,

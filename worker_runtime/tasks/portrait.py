@@ -10,7 +10,7 @@ from chalicelib.models import PortraitRequest
 
 from .. import media
 from ..downloads import Downloader
-from .base import TaskContext, TaskError, TaskResult
+from .base import NodeTask, TaskContext, TaskError, TaskResult
 from .comfyui import ComfyUI, find_video
 from .settings import TaskSettings
 from .sonic_workflow import VIDEO_NODE, sonic_workflow
@@ -18,16 +18,13 @@ from .sonic_workflow import VIDEO_NODE, sonic_workflow
 MAX_SEED = 2**31 - 1  # SONICSampler's seed range
 
 
-class PortraitTask:
-    needs_gpu = True
-
-    def __init__(self, settings: TaskSettings, downloader: Downloader):
-        self.settings = settings
-        self.downloader = downloader
+class PortraitTask(NodeTask):
+    label = "Portrait"
+    settings: TaskSettings
+    downloader: Downloader
 
     def run(self, ctx: TaskContext) -> TaskResult:
-        if ctx.node is None:
-            raise TaskError("Portrait needs a GPU node and none was assigned")
+        self.require_node(ctx)
         s = self.settings
         request: PortraitRequest = ctx.request
         image_path = ctx.path("_portrait.jpg")

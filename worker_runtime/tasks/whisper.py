@@ -9,7 +9,7 @@ from chalicelib.models import WhisperRequest
 from .. import media
 from ..downloads import Downloader
 from . import gradio_call
-from .base import TaskContext, TaskError, TaskResult
+from .base import NodeTask, TaskContext, TaskError, TaskResult
 from .settings import TaskSettings
 
 API_NAME = "/transcribe_audio"
@@ -34,16 +34,13 @@ def whisper_inputs(request: WhisperRequest, audio: Path) -> dict[str, object]:
     }
 
 
-class WhisperTask:
-    needs_gpu = True
-
-    def __init__(self, settings: TaskSettings, downloader: Downloader):
-        self.settings = settings
-        self.downloader = downloader
+class WhisperTask(NodeTask):
+    label = "Whisper"
+    settings: TaskSettings
+    downloader: Downloader
 
     def run(self, ctx: TaskContext) -> TaskResult:
-        if ctx.node is None:
-            raise TaskError("Whisper needs a GPU node and none was assigned")
+        self.require_node(ctx)
         request: WhisperRequest = ctx.request
         raw = self.downloader.fetch(request.audio_url, ctx.path("_input.download"), field="audio_url",
                                     kind="audio", cancel=ctx.cancel).path
