@@ -1,7 +1,8 @@
 """`make bench`: throughput and dispatch figures on the local stack.
 
 Reports medians of several runs (this machine is small and noisy):
-- submissions/s from one API process (`chalice local`) against the moto server,
+- submissions/s from one API process (Chalice's local server) against the moto server, beside the same
+  submit loop in-process (the moto-bound ceiling),
   with 1 and with 8 concurrent clients;
 - dispatch latency: job submitted -> claimed by an idle worker in a long poll;
 - worker memory (RSS) before and after a batch of jobs.
@@ -50,6 +51,18 @@ def submissions_per_second(base: str, clients: int) -> float:
     return SUBMISSIONS / elapsed
 
 
+def in_process_submissions_per_second(settings: Settings) -> float:
+    from chalicelib.jobs import JobService
+    from chalicelib.models import JobType
+
+    ctx = Context(settings)
+    service = JobService(ctx.store, ctx.jobs_queue, ctx.results, time.time)
+    started = time.perf_counter()
+    for _ in range(SUBMISSIONS):
+        service.submit(JobType.CSM, {"text": "bench"}, "anonymous")
+    return SUBMISSIONS / (time.perf_counter() - started)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -67,21 +80,29 @@ def main() -> int:
     children = [moto]
     report: dict[str, object] = {}
     try:
-        # 1. API throughput
-        sub = {1: [], 8: []}
+        # 1. API throughput, against the same submit loop run in-process (no HTTP): the
+        #    ratio is the API's own cost; moto's SQS slows as a queue grows, so every
+        #    measurement gets fresh resources.
+        sub: dict[str, list[float]] = {"in_process": [], "1_clients": [], "8_clients": []}
         for run in range(RUNS):
-            env = {"JOBS_TABLE": f"b{run}-jobs", "JOBS_QUEUE": f"b{run}-jobs", "JOBS_DLQ": f"b{run}-dlq",
-                   "RESULTS_BUCKET": f"b{run}-results", "LOG_LEVEL": "WARNING"}
-            create_stack(Settings(**env))
-            port = processes.free_port()
-            api = processes.start_api(port, env, work / f"api{run}.log")
-            try:
-                for clients in sub:
-                    sub[clients].append(submissions_per_second(f"http://127.0.0.1:{port}", clients))
-            finally:
-                processes.stop(api)
-        report["api_submissions_per_s_median"] = {f"{c}_clients": round(statistics.median(v), 1)
-                                                 for c, v in sub.items()}
+            for label in sub:
+                env = {"JOBS_TABLE": f"b{run}{label}-jobs", "JOBS_QUEUE": f"b{run}{label}-jobs",
+                       "JOBS_DLQ": f"b{run}{label}-dlq", "RESULTS_BUCKET": f"b{run}-{label.replace('_', '-')}",
+                       "LOG_LEVEL": "WARNING"}
+                create_stack(Settings(**env))
+                if label == "in_process":
+                    sub[label].append(in_process_submissions_per_second(Settings(**env)))
+                    continue
+                port = processes.free_port()
+                api = processes.start_api(port, env, work / f"api{run}{label}.log")
+                try:
+                    sub[label].append(submissions_per_second(f"http://127.0.0.1:{port}", int(label[0])))
+                finally:
+                    processes.stop(api)
+        medians = {label: round(statistics.median(v), 1) for label, v in sub.items()}
+        report["submissions_per_s_median"] = medians
+        report["api_vs_in_process_ratio"] = {
+            label: round(medians[label] / medians["in_process"], 2) for label in ("1_clients", "8_clients")}
 
         # 2. Dispatch latency and 3. worker memory, one idle worker in a long poll
         env = {"JOBS_TABLE": "bd-jobs", "JOBS_QUEUE": "bd-jobs", "JOBS_DLQ": "bd-dlq", "RESULTS_BUCKET": "bd-results",

@@ -198,9 +198,9 @@ def test_health_check_reports_fresh_stale_and_missing(tmp_path):
     os.utime(signal_file, (old, old))
     stale = health(signal_file, WORKER_HEALTH_MAX_AGE="60")
     assert stale.returncode == 1 and "limit is 60 s" in stale.stdout
-    # Default limit: a receive plus the longest job plus setup, so long jobs are not killed.
-    assert health(signal_file, MAX_RENDER_TIME="60", RECEIVE_WAIT_SECONDS="1",
-                  WORKER_HEALTH_SETUP_MARGIN="100").returncode == 0
+    # Default limit: a long poll + 3 heartbeat intervals (15 s) + the upload margin.
+    assert health(signal_file, RECEIVE_WAIT_SECONDS="1", WORKER_HEALTH_SETUP_MARGIN="110").returncode == 0
+    assert health(signal_file, RECEIVE_WAIT_SECONDS="1", WORKER_HEALTH_SETUP_MARGIN="90").returncode == 1
 
 
 @pytest.mark.integration

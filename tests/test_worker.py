@@ -222,3 +222,15 @@ def test_dead_letter_handler_fails_the_job_with_webhook(wenv, receiver):
     job = ctx.store.get(job_id)
     assert job.status is JobStatus.FAILED and "dead-letter queue" in job.error
     assert receiver.wait_for(1)[0].json()["status"] == "failed"
+
+
+def test_health_file_stays_fresh_during_a_long_job(wenv, tmp_path):
+    health = tmp_path / "health"
+    with ThreadWorker(wenv, WORKER_HEALTH_FILE=str(health)) as tw:
+        job_id = submit(tw.ctx, "csm", {"text": "sleep:2"})
+        wait_until(lambda: tw.ctx.store.get(job_id).status is JobStatus.RUNNING)
+        first = float(health.read_text())
+        # Heartbeats (every 0.2 s here) touch it while the job runs, not only the loop.
+        wait_until(lambda: float(health.read_text()) > first + 0.5 and
+                   tw.ctx.store.get(job_id).status is JobStatus.RUNNING, 5)
+        final(tw.ctx, job_id)

@@ -2,12 +2,11 @@
 
     python -m worker_runtime.health      # exit 0 = alive, 1 = stale or missing
 
-The worker loop touches ``WORKER_HEALTH_FILE`` before every receive. Between two
-touches lie one long poll and at most one job, so the file may legitimately be as
-old as RECEIVE_WAIT_SECONDS + MAX_RENDER_TIME + a setup margin (GPU launch,
-downloads, upload). That is the default limit; WORKER_HEALTH_MAX_AGE overrides it.
-A stricter limit would have the platform kill healthy workers in the middle of
-long jobs; the leases already hand a silent worker's job to another one.
+The worker touches ``WORKER_HEALTH_FILE`` before every receive and at every lease
+heartbeat while a job runs (GPU launch and downloads included). Between two touches
+lie at most one long poll, a heartbeat interval, or the work outside the supervised
+run (result upload, final write), so the default limit is RECEIVE_WAIT_SECONDS +
+3 heartbeat intervals + a margin for that work; WORKER_HEALTH_MAX_AGE overrides it.
 """
 
 from __future__ import annotations
@@ -26,14 +25,14 @@ class HealthSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     max_age: float | None = Field(None, gt=0, validation_alias="WORKER_HEALTH_MAX_AGE")
-    # Time a job may spend outside the supervised run limit: GPU launch, downloads, upload.
-    setup_margin: float = Field(600.0, ge=0, validation_alias="WORKER_HEALTH_SETUP_MARGIN")
+    # Time a job may spend outside the supervised run: result upload and final write.
+    setup_margin: float = Field(300.0, ge=0, validation_alias="WORKER_HEALTH_SETUP_MARGIN")
 
 
 def allowed_age(worker: WorkerSettings, health: HealthSettings) -> float:
     if health.max_age is not None:
         return health.max_age
-    return worker.receive_wait_seconds + worker.max_render_time + health.setup_margin
+    return worker.receive_wait_seconds + 3 * worker.heartbeat_interval + health.setup_margin
 
 
 def check(path: str | None, max_age: float, now: float | None = None) -> tuple[bool, str]:

@@ -42,7 +42,8 @@ class Supervisor:
         self.monotonic = monotonic
 
     def run(self, task: Task, ctx: TaskContext, lease: Lease, stopping: threading.Event,
-            shutdown_grace: float, log: EventLogger) -> Outcome:
+            shutdown_grace: float, log: EventLogger, on_beat: Callable[[], None] | None = None) -> Outcome:
+        """``on_beat`` runs at every heartbeat (the worker's liveness signal)."""
         token = ctx.cancel
         box: dict[str, Outcome] = {}
         done = threading.Event()
@@ -70,6 +71,8 @@ class Supervisor:
             now = self.monotonic()
             if now >= next_beat:
                 self._heartbeat(lease, token, log)
+                if on_beat is not None:
+                    on_beat()
                 next_beat = now + self.heartbeat_interval
             if now >= run_deadline:
                 token.cancel(f"Job exceeded max_time of {limit} seconds", "failed")

@@ -188,7 +188,7 @@ class Worker:
                 ctx = TaskContext(job=job, request=request, output_dir=self.output_dir,
                                   cancel=token, log=log)
                 outcome = self.supervisor.run(task, ctx, lease, self.stopping,
-                                              self.settings.shutdown_grace, log)
+                                              self.settings.shutdown_grace, log, on_beat=self.touch_health)
         except Exception as exc:  # noqa: BLE001 - the job fails readably
             log.error("job.setup_failed", exc_info=True)
             outcome = Outcome(error=str(exc) or type(exc).__name__)
