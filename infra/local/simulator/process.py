@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from infra.local.processes import free_port
 
 from .settings import DEFAULT_API_KEY
 
@@ -21,12 +22,6 @@ LOCAL_NODE_URLS = {
     "C3_COMFYUI_URL": "http://{node}/comfyui",
     "C3_OLLAMA_URL": "http://{node}/ollama",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SimulatorProcess:
