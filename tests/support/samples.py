@@ -26,6 +26,8 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw
 
+from infra.local.simulator.apps.synth import audio_seconds
+
 EXIF_ORIENTATION = 0x0112
 
 
@@ -244,13 +246,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def duration_of(path: Path) -> float:
-    """Seconds of the first audio track, by decoding it."""
-    samples, rate = 0, 0
-    with av.open(str(path)) as container:
-        for frame in container.decode(container.streams.audio[0]):
-            samples += frame.samples
-            rate = frame.sample_rate
-    return samples / rate
+    """Seconds of the first audio track, by decoding it (the simulator's own measure)."""
+    return audio_seconds(path)
 
 
 def video_facts(path: Path) -> dict[str, object]:
