@@ -7,11 +7,12 @@ import json
 from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
-from chalice import Chalice, Response
+from chalice import Chalice, Rate, Response
 
 from .auth import authenticate
 from .context import Context
-from .dead_letters import fail_dead_letter
+from .dead_letters import handle_dead_letters
+from .delivery import DeliveryHandler
 from .errors import C3RenderError, InvalidRequest, PayloadTooLarge
 from .events import EventPublisher
 from .intake import IntakeHandler
@@ -19,6 +20,7 @@ from .jobs import JobService
 from .logs import configure, get_logger
 from .models import JobType
 from .openapi import openapi_document
+from .outbox import Reconciler
 from .webhooks import WebhookSender
 
 log = get_logger("c3.api")
@@ -38,7 +40,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     app.log.handlers.clear()  # Our JSON handler on the root logger does the logging.
     if events is None:
         events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results, ctx.clock)
-    service = JobService(ctx.store, ctx.jobs_queue, ctx.results, ctx.clock, settings.job_ttl_days, events)
+    service = JobService(ctx.store, ctx.outbox, ctx.results, ctx.clock, settings.job_ttl_days)
     keys = settings.api_key_list
     if not keys:
         log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
@@ -121,20 +123,33 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         settings.webhook_attempts, settings.webhook_interval, settings.webhook_timeout,
         settings.webhook_secret,
     )
+    delivery = DeliveryHandler(ctx.store, ctx.outbox, events, webhooks, ctx.results, ctx.clock,
+                               settings.outbox_grace)
+    reconciler = Reconciler(ctx.store, ctx.outbox, ctx.clock, settings.outbox_grace,
+                            settings.outbox_max_backoff)
 
+    # Every SQS handler answers with a partial batch response: only the messages listed
+    # are redelivered (the event source mappings have ReportBatchItemFailures on, see infra/aws).
     @app.on_sqs_message(queue=settings.jobs_dlq, batch_size=10)
-    def dead_letters(event: Any) -> None:
-        for record in event:
-            count = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", "0"))
-            fail_dead_letter(record.body, count, ctx.store, ctx.results, webhooks, events)
+    def dead_letters(event: Any) -> dict[str, Any]:
+        return handle_dead_letters((record.to_dict() for record in event), ctx.store, ctx.outbox)
+
+    @app.on_sqs_message(queue=settings.webhooks_queue, batch_size=10, name="webhooks")
+    def deliveries(event: Any) -> dict[str, Any]:
+        return delivery.handle_batch(record.to_dict() for record in event)
+
+    @app.schedule(Rate(1, unit=Rate.MINUTES), name="reconcile")
+    def reconcile(event: Any) -> dict[str, Any]:
+        report = reconciler.run_once()
+        return {"resent": report.resent, "failed": report.failed}
 
     intake_handler = IntakeHandler(service, events, settings)
 
     @app.on_sqs_message(queue=settings.intake_queue, batch_size=10, name="intake")
     def intake(event: Any) -> dict[str, Any]:
-        # Partial batch response: only the messages listed are redelivered (the
-        # event source mapping has ReportBatchItemFailures on, see infra/aws).
         return intake_handler.handle_batch(record.to_dict() for record in event)
 
     app.service = service  # type: ignore[attr-defined]
+    app.delivery = delivery  # type: ignore[attr-defined]
+    app.reconciler = reconciler  # type: ignore[attr-defined]
     return app

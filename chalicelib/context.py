@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Callable
 
 from . import aws
+from .outbox import Outbox
 from .queue import JobQueue, Queue
 from .results import ResultStore
 from .settings import Settings, get_settings
@@ -33,11 +34,19 @@ class Context:
 
     @cached_property
     def store(self) -> JobStore:
-        return JobStore(self.dynamodb, self.settings.jobs_table, self.clock)
+        return JobStore(self.dynamodb, self.settings.jobs_table, self.clock, self.settings.outbox_grace)
 
     @cached_property
     def jobs_queue(self) -> JobQueue:
         return JobQueue(self.sqs, self.settings.jobs_queue)
+
+    @cached_property
+    def webhooks_queue(self) -> JobQueue:
+        return JobQueue(self.sqs, self.settings.webhooks_queue)
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        return Outbox(self.jobs_queue, self.webhooks_queue)
 
     @cached_property
     def dlq(self) -> Queue:

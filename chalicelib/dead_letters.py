@@ -1,48 +1,53 @@
-"""Jobs whose messages ended in the dead-letter queue are failed, with a webhook,
-so that no job stays queued or running forever."""
+"""Jobs whose messages ended in the dead-letter queue are failed (with their webhook
+through the outbox), so that no job stays queued or running forever.
+
+Lease-aware: a dead-lettered copy of a job that a worker is still running (its
+lease is live) is only a duplicate and is dropped; so is one of a finished job."""
 
 from __future__ import annotations
 
-import json
+from typing import Any, Iterable
 
 from .logs import get_logger
-from .models import JobStatus
+from .outbox import Outbox
+from .queue import job_id_of
 from .store import JobStore, TransitionConflict
-from .webhooks import WebhookSender, webhook_payload
-from .results import ResultStore
 
 log = get_logger("c3.dlq")
 
 DEAD_LETTER_ERROR = "Job could not be processed: its message failed {count} deliveries and was moved to the dead-letter queue"
 
 
-def fail_dead_letter(
-    body: str, receive_count: int, store: JobStore, results: ResultStore, webhooks: WebhookSender,
-    events: object | None = None,
-) -> str:
-    """Fail the job a dead-lettered message names. Returns what happened, for logs and tests."""
-    try:
-        job_id = json.loads(body).get("id")
-    except (ValueError, AttributeError):
-        job_id = None
-    if not isinstance(job_id, str):
+def fail_dead_letter(body: str, receive_count: int, store: JobStore, outbox: Outbox) -> str:
+    """Fail the job a dead-lettered message names, if nobody is working on it.
+    Returns what happened, for logs and tests; raises on transient AWS errors."""
+    job_id = job_id_of(body)
+    if job_id is None:
         log.warning("dlq.malformed_message", reason="body has no job id; dropped", body=body[:200])
         return "malformed"
     try:
-        job = store.transition(
-            job_id,
-            JobStatus.FAILED,
-            from_states=[JobStatus.QUEUED, JobStatus.RUNNING],
-            fields={"error": DEAD_LETTER_ERROR.format(count=receive_count)},
-        )
+        job = store.fail_stranded(job_id, DEAD_LETTER_ERROR.format(count=receive_count))
     except TransitionConflict as exc:
-        state = exc.current.status.value if exc.current else "missing"
-        log.info("dlq.already_final", job_id=job_id, state=state,
-                 reason="job already finished or gone; nothing to fail")
+        current = exc.current
+        state = current.status.value if current else "missing"
+        log.info("dlq.dropped", job_id=job_id, state=state, holder=current.worker if current else None,
+                 reason="job finished, gone, or still held by a live worker: only a copy died")
         return state
-    log.warning("dlq.job_failed", job_id=job_id, receive_count=receive_count)
-    if events is not None:
-        events.publish(job)  # type: ignore[attr-defined]
-    if job.notify_url:
-        webhooks.deliver(job.notify_url, webhook_payload(job, results))
+    log.warning("dlq.job_failed", job_id=job_id, receive_count=receive_count,
+                reason="no worker holds it and its message kept failing")
+    outbox.notify(job)
     return "failed"
+
+
+def handle_dead_letters(records: Iterable[dict[str, Any]], store: JobStore, outbox: Outbox) -> dict[str, Any]:
+    """Lambda SQS records in; ``batchItemFailures`` for the ones a transient error stopped."""
+    failures = []
+    for record in records:
+        count = int(record.get("attributes", {}).get("ApproximateReceiveCount", "0"))
+        try:
+            fail_dead_letter(record.get("body", ""), count, store, outbox)
+        except Exception as exc:  # noqa: BLE001 - SQS delivers it again
+            log.error("dlq.retry", message_id=record.get("messageId"),
+                      reason=f"{type(exc).__name__}: {exc}; the message will be delivered again")
+            failures.append({"itemIdentifier": record.get("messageId", "")})
+    return {"batchItemFailures": failures}

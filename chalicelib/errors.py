@@ -5,8 +5,7 @@
      ├── PayloadTooLarge     413
      ├── Unauthorized        401
      ├── NotFound            404
-     ├── Conflict            409      a state-machine transition lost or is illegal
-     └── QueueUnavailable    503      the job could not be enqueued (it is marked failed)
+     └── Conflict            409      a state-machine transition lost or is illegal
 """
 
 from __future__ import annotations
@@ -55,7 +54,3 @@ class NotFound(C3RenderError):
 
 class Conflict(C3RenderError):
     status_code = 409
-
-
-class QueueUnavailable(C3RenderError):
-    status_code = 503

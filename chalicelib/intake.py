@@ -13,6 +13,8 @@ Per message the outcome is one of:
   event names each field and rule; no job; the message is deleted (not retried);
 - a transient failure (DynamoDB, SQS): the message is reported as a batch item
   failure, so SQS delivers it again and, past maxReceiveCount, dead-letters it.
+  A job whose record was written is never failed for a send that did not go
+  through: the outbox owes it its message (see outbox.py).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from .auth import ANONYMOUS
-from .errors import Conflict, InvalidRequest, QueueUnavailable
+from .errors import Conflict, InvalidRequest
 from .events import EventPublisher, rejected_event
 from .jobs import JobService
 from .logs import get_logger
-from .models import JobStatus, JobType, validation_details
+from .models import JobType, validation_details
 from .settings import Settings
 
 log = get_logger("c3.intake")
@@ -81,7 +83,8 @@ class IntakeHandler:
         self.owner = intake_owner(settings)
         # Events must never be sent into the system's own work queues.
         self._own_queues = {_queue_name(q) for q in
-                            (settings.jobs_queue, settings.jobs_dlq, settings.intake_queue)}
+                            (settings.jobs_queue, settings.jobs_dlq, settings.intake_queue,
+                              settings.webhooks_queue)}
 
     # -- a Lambda batch ----------------------------------------------------------
     def handle_batch(self, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -101,8 +104,9 @@ class IntakeHandler:
 
     # -- one message -------------------------------------------------------------
     def handle(self, body: str, message_id: str) -> str:
-        """Returns ``created``, ``replayed``, ``rejected`` or ``failed``; raises on a
-        transient failure."""
+        """Returns ``created``, ``replayed`` or ``rejected``; raises on a transient
+        failure, so the message is delivered again (a replay re-sends a queued job's
+        message, in case the first try died before its send)."""
         try:
             return self._submit(body, message_id)
         except Rejected as rej:
@@ -117,13 +121,6 @@ class IntakeHandler:
                 request.type, request.params, self.owner, key,
                 reply_to=request.reply_to, source="intake",
             )
-        except QueueUnavailable as exc:
-            # The job exists and is already failed: its terminal event tells the sender.
-            job = self.service.store.get(exc.extra["id"])
-            if job is not None:
-                self.events.publish(job)
-            log.error("intake.enqueue_failed", message_id=message_id, job_id=exc.extra["id"])
-            return "failed"
         except Conflict as exc:
             raise Rejected(exc.message, [{"field": "idempotency_key",
                                           "message": "was already used with a different request"}],
@@ -132,10 +129,6 @@ class IntakeHandler:
             details = [{"field": f"params.{d['field']}" if d["field"] != "body" else "params",
                         "message": d["message"]} for d in exc.details]
             raise Rejected(exc.message, details, request.reply_to, request.idempotency_key) from None
-        if not created and job.status is JobStatus.QUEUED:
-            # A redelivery may mean the first attempt died between the record and the
-            # enqueue; a second job message is harmless (the claim is conditional).
-            self.service.queue.send(job.id)
         self.events.submitted(job)
         log.info("intake.accepted", job_id=job.id, message_id=message_id, type=job.type.value,
                  replayed=not created, reply_to=job.reply_to)

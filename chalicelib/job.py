@@ -43,6 +43,18 @@ class Job:
     request_hash: str | None = None
     reply_to: str | None = None
     source: str = "http"
+    # The outbox (see chalicelib/outbox.py): which message this job is owed
+    # ("dispatch" while queued or running, "notify" once final until delivered),
+    # when the reconciler should re-send it, and how often it already did.
+    outbox: str | None = None
+    outbox_at: float | None = None
+    outbox_sends: int = 0
+    # Final webhook delivery: pending | delivered | failed (only with a notify_url).
+    webhook: str | None = None
+    webhook_attempts: int = 0
+    webhook_error: str | None = None
+    webhook_lease: float | None = None
+    event_sent_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -82,4 +94,9 @@ class Job:
                 "max_time": self.max_time,
             }
         )
+        if self.webhook:
+            hook: dict[str, Any] = {"status": self.webhook, "attempts": self.webhook_attempts}
+            if self.webhook_error:
+                hook["last_error"] = self.webhook_error
+            view["webhook"] = hook
         return {k: v for k, v in view.items() if v is not None}

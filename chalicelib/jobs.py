@@ -10,17 +10,17 @@ import json
 import uuid
 from typing import Any, Callable
 
-from .errors import Conflict, InvalidRequest, NotFound, QueueUnavailable
+from .errors import Conflict, InvalidRequest, NotFound
 from .job import Job
 from .logs import get_logger
 from .models import CLIENT_STATES, JobStatus, JobType, StatusUpdate, parse_job_request, parse_model
+from .outbox import Outbox
 from .results import ResultStore
-from .store import JobExists, JobStore, TransitionConflict
+from .store import DISPATCH, JobExists, JobStore, TransitionConflict
 
 log = get_logger("c3.jobs")
 
 _IDEMPOTENCY_NS = uuid.UUID("6f1f9a52-3a8e-4c39-9a43-6f4d6c1d2e11")
-ENQUEUE_FAILED = "Job could not be queued (SQS send failed); submit it again"
 
 
 def parse_job_id(raw: str) -> str:
@@ -41,18 +41,16 @@ class JobService:
     def __init__(
         self,
         store: JobStore,
-        queue: Any,
+        outbox: Outbox,
         results: ResultStore,
         clock: Callable[[], float],
         ttl_days: int = 30,
-        events: Any = None,
     ):
         self.store = store
-        self.queue = queue
+        self.outbox = outbox
         self.results = results
         self.clock = clock
         self.ttl_days = ttl_days
-        self.events = events
 
     def submit(
         self,
@@ -66,7 +64,9 @@ class JobService:
     ) -> tuple[Job, bool]:
         """Validate, write the record (one conditional put), enqueue (one send).
 
-        Returns (job, created); created is False for an idempotent replay."""
+        The record is the commitment: if the send fails, or this process dies before
+        it, the job is still owed its message (the outbox) and the reconciler sends
+        it. Returns (job, created); created is False for an idempotent replay."""
         request = parse_job_request(job_type, body)
         params = request.model_dump(exclude_none=True)
         now = self.clock()
@@ -106,21 +106,15 @@ class JobService:
                     "Idempotency-Key was already used with a different request",
                     [{"field": "Idempotency-Key", "message": "reused with a different body"}],
                 ) from None
+            if existing.status is JobStatus.QUEUED:
+                # The first try may have died between the record and the send: an
+                # extra message is harmless (claims are conditional).
+                self.outbox.try_send(DISPATCH, existing)
             log.info("job.submit_replayed", job_id=existing.id, type=job_type.value)
             return existing, False
-        try:
-            self.queue.send(job.id)
-        except Exception as exc:  # noqa: BLE001 - any send failure must not strand the job
-            log.error("job.enqueue_failed", job_id=job.id, type=job_type.value, reason=str(exc))
-            try:
-                self.store.transition(
-                    job.id, JobStatus.FAILED, from_states=[JobStatus.QUEUED],
-                    fields={"error": ENQUEUE_FAILED},
-                )
-            except TransitionConflict:
-                pass
-            raise QueueUnavailable(ENQUEUE_FAILED, id=job.id, status="failed") from exc
-        log.info("job.submitted", job_id=job.id, type=job_type.value, source=source)
+        sent = self.outbox.try_send(DISPATCH, job)
+        log.info("job.submitted", job_id=job.id, type=job_type.value, source=source,
+                 dispatched=sent)
         return job, True
 
     def get(self, job_id: str, owner: str) -> Job:
@@ -152,8 +146,7 @@ class JobService:
                 status=exc.current.status.value,
             ) from None
         log.info("job.client_update", job_id=job.id, status=target.value, remove_data=update.remove_data)
-        if self.events is not None:
-            self.events.publish(job)
+        self.outbox.notify(job)
         if update.remove_data:
             if job.result_key:
                 self.results.delete(job.result_key)

@@ -8,6 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def job_id_of(body: str) -> str | None:
+    """The job id in a ``{"id": ...}`` message body, or None if the body is malformed."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    job_id = data.get("id") if isinstance(data, dict) else None
+    return job_id if isinstance(job_id, str) and job_id else None
+
+
 @dataclass(frozen=True)
 class Message:
     body: str
@@ -18,12 +28,7 @@ class Message:
 
     def job_id(self) -> str | None:
         """The job id in the body, or None if the body is malformed."""
-        try:
-            data = json.loads(self.body)
-        except ValueError:
-            return None
-        job_id = data.get("id") if isinstance(data, dict) else None
-        return job_id if isinstance(job_id, str) and job_id else None
+        return job_id_of(self.body)
 
 
 class Queue:
@@ -46,8 +51,9 @@ class Queue:
                         self._url = self._sqs.get_queue_url(QueueName=self.name)["QueueUrl"]
         return self._url
 
-    def send_json(self, payload: dict[str, Any]) -> str:
-        resp = self._sqs.send_message(QueueUrl=self.url, MessageBody=json.dumps(payload))
+    def send_json(self, payload: dict[str, Any], delay: int = 0) -> str:
+        extra = {"DelaySeconds": max(0, min(int(delay), 900))} if delay else {}
+        resp = self._sqs.send_message(QueueUrl=self.url, MessageBody=json.dumps(payload), **extra)
         return resp["MessageId"]
 
     def receive(self, wait_seconds: int, visibility: int, max_messages: int = 1) -> list[Message]:
@@ -83,5 +89,7 @@ class Queue:
 
 
 class JobQueue(Queue):
-    def send(self, job_id: str) -> str:
-        return self.send_json({"id": job_id})
+    """A queue whose messages name one job: ``{"id": ...}`` (jobs, webhooks)."""
+
+    def send(self, job_id: str, delay: int = 0) -> str:
+        return self.send_json({"id": job_id}, delay)

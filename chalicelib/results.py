@@ -8,8 +8,9 @@ from typing import Any
 CONTENT_TYPES = {"mp3": "audio/mpeg", "mp4": "video/mp4", "wav": "audio/wav", "txt": "text/plain"}
 
 
-def result_key(job_id: str, ext: str) -> str:
-    return f"results/{job_id}.{ext.lstrip('.')}"
+def result_key(job_id: str, attempt: int, ext: str) -> str:
+    """One key per attempt (``results/<job>/<attempt>.<ext>``), all under the job's prefix."""
+    return f"results/{job_id}/{attempt}.{ext.lstrip('.')}"
 
 
 def content_type_for(ext: str) -> str:

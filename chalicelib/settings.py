@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     jobs_dlq: str = Field("c3-render-jobs-dlq", validation_alias="JOBS_DLQ")
     intake_queue: str = Field("c3-render-intake", validation_alias="INTAKE_QUEUE")
     events_queue: str = Field("c3-render-events", validation_alias="EVENTS_QUEUE")
+    # Final-state deliveries (webhook + job event), one message per terminal job.
+    webhooks_queue: str = Field("c3-render-webhooks", validation_alias="WEBHOOKS_QUEUE")
     results_bucket: str = Field("c3-render-results", validation_alias="RESULTS_BUCKET")
     # Comma-separated list; empty means the API is open (local development).
     api_keys: str = Field("", validation_alias="C3_RENDER_API_KEY")
@@ -42,6 +44,14 @@ class Settings(BaseSettings):
     webhook_interval: float = Field(5.0, ge=0, validation_alias="WEBHOOK_INTERVAL")
     webhook_timeout: float = Field(10.0, gt=0, validation_alias="WEBHOOK_TIMEOUT")
     webhook_secret: str | None = Field(None, validation_alias="WEBHOOK_SECRET")
+
+    # The outbox: how long a job may sit queued with no message taken, or running
+    # past its lease, or finished with its notification undelivered, before the
+    # reconciler re-sends its message. Re-sends back off up to outbox_max_backoff.
+    outbox_grace: float = Field(30.0, gt=0, validation_alias="OUTBOX_GRACE")
+    outbox_max_backoff: float = Field(900.0, gt=0, validation_alias="OUTBOX_MAX_BACKOFF")
+    # A job claimed this many times (each claim after a worker died or lost it) fails.
+    max_attempts: int = Field(5, ge=1, validation_alias="MAX_ATTEMPTS")
 
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
 

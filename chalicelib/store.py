@@ -17,6 +17,11 @@ from botocore.exceptions import ClientError
 from .job import Job
 from .models import JobStatus, sources_of
 
+# The outbox index: a sparse GSI over the jobs that are owed a message (see outbox.py).
+OUTBOX_INDEX = "outbox-due"
+DISPATCH = "dispatch"  # queued or running: the job message must exist
+NOTIFY = "notify"  # final: the webhook/event delivery must still happen
+
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -100,10 +105,12 @@ class _Expr:
 
 
 class JobStore:
-    def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float]):
+    def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float],
+                 outbox_grace: float = 30.0):
         self._ddb = dynamodb
         self._table = table
         self._clock = clock
+        self.outbox_grace = outbox_grace
 
     # -- reads and creation ---------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -114,7 +121,13 @@ class JobStore:
         return Job.from_item(decode_item(item)) if item else None
 
     def create(self, job: Job) -> None:
-        """Put a new record; raises JobExists (with the existing record) on an id clash."""
+        """Put a new record; raises JobExists (with the existing record) on an id clash.
+
+        The record enters the outbox as owed a dispatch: if its message is never sent
+        (the API died between the two writes), the reconciler sends it."""
+        job.outbox, job.outbox_at, job.outbox_sends = DISPATCH, job.created_at + self.outbox_grace, 0
+        if job.notify_url and job.webhook is None:
+            job.webhook = "pending"
         try:
             self._ddb.put_item(
                 TableName=self._table,
@@ -162,6 +175,9 @@ class JobStore:
         if target.is_terminal:
             expr.set("finished_at", now)
             expr.removes.extend(["lease_expires"])
+            self._owe(expr, NOTIFY, now + self.outbox_grace)
+        elif target is JobStatus.QUEUED:
+            self._owe(expr, DISPATCH, now + self.outbox_grace)
         for attr, value in (fields or {}).items():
             if value is None:
                 expr.removes.append(attr)
@@ -187,6 +203,7 @@ class JobStore:
         expr.set("status", JobStatus.RUNNING.value)
         expr.set("worker", worker)
         expr.set("lease_expires", now + lease_seconds)
+        self._owe(expr, DISPATCH, now + lease_seconds + self.outbox_grace)
         expr.set("started_at", now)
         expr.set("updated_at", now)
         first = expr.name("first_started_at")
@@ -207,7 +224,92 @@ class JobStore:
         )
         expr.conditions.append(f"{expr.name('worker')} = {expr.value('worker', worker)}")
         expr.set("lease_expires", now + lease_seconds)
+        expr.set("outbox_at", now + lease_seconds + self.outbox_grace)
         return self._update(job_id, JobStatus.RUNNING, expr)
+
+    def fail_stranded(self, job_id: str, error: str) -> Job:
+        """Fail a job nobody is working on: queued, or running with a lapsed lease.
+        A job whose holder's lease is live raises TransitionConflict."""
+        now = self._clock()
+        expr = _Expr()
+        status, lease = expr.name("status"), expr.name("lease_expires")
+        expr.conditions.append(
+            f"{status} = {expr.value('queued', JobStatus.QUEUED.value)} OR ({status} = "
+            f"{expr.value('running', JobStatus.RUNNING.value)} AND "
+            f"(attribute_not_exists({lease}) OR {lease} < {expr.value('now', now)}))"
+        )
+        for attr, value in (("status", JobStatus.FAILED.value), ("updated_at", now),
+                            ("finished_at", now), ("error", error)):
+            expr.set(attr, value)
+        expr.removes.append("lease_expires")
+        self._owe(expr, NOTIFY, now + self.outbox_grace)
+        return self._update(job_id, JobStatus.FAILED, expr)
+
+    # -- the outbox ---------------------------------------------------------
+    @staticmethod
+    def _owe(expr: _Expr, kind: str, due: float) -> None:
+        expr.set("outbox", kind)
+        expr.set("outbox_at", due)
+        expr.set("outbox_sends", 0)
+
+    def due(self, kind: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Jobs owed a ``kind`` message whose due time has passed (oldest first):
+        ``{"id", "outbox_at", "outbox_sends"}`` each, from the sparse index."""
+        resp = self._ddb.query(
+            TableName=self._table, IndexName=OUTBOX_INDEX, Limit=limit,
+            KeyConditionExpression="#k = :k AND #at <= :now",
+            ExpressionAttributeNames={"#k": "outbox", "#at": "outbox_at"},
+            ExpressionAttributeValues={":k": {"S": kind}, ":now": _to_ddb(self._clock())},
+        )
+        return [decode_item(item) for item in resp.get("Items", [])]
+
+    def postpone(self, job_id: str, kind: str, seen_at: float, next_at: float) -> bool:
+        """Move a due outbox entry to ``next_at`` and count a re-send; False if the entry
+        changed meanwhile (claimed, finished, delivered, or another reconciler won)."""
+        expr = _Expr()
+        expr.conditions.append(f"{expr.name('outbox')} = {expr.value('kind', kind)}")
+        expr.conditions.append(f"{expr.name('outbox_at')} = {expr.value('seen', seen_at)}")
+        expr.set("outbox_at", next_at)
+        sends = expr.name("outbox_sends")
+        expr.sets.append(f"{sends} = if_not_exists({sends}, {expr.value('zero', 0)}) + {expr.value('one', 1)}")
+        return self._try_update(job_id, expr) is not None
+
+    def settle(self, job_id: str, fields: dict[str, Any], *, done: bool, next_at: float | None = None,
+               remove: Iterable[str] = ()) -> Job | None:
+        """Record a notification step of a final job: ``done`` takes it out of the
+        outbox, otherwise it is due again at ``next_at``. None if the job is gone."""
+        expr = _Expr()
+        expr.conditions.append(f"{expr.name('outbox')} = {expr.value('kind', NOTIFY)}")
+        for attr, value in fields.items():
+            expr.set(attr, value)
+        expr.removes.extend(remove)
+        if done:
+            expr.removes.extend(["outbox", "outbox_at"])
+        elif next_at is not None:
+            expr.set("outbox_at", next_at)
+        return self._try_update(job_id, expr)
+
+    def take_webhook_lease(self, job_id: str, hold: float) -> Job | None:
+        """Claim the next webhook attempt of a final job (one attempt in flight at a
+        time, across every deliverer); None when it is delivered, given up or held."""
+        now = self._clock()
+        expr = _Expr()
+        lease = expr.name("webhook_lease")
+        expr.conditions.append(f"{expr.name('webhook')} = {expr.value('pending', 'pending')}")
+        expr.conditions.append(f"{expr.name('outbox')} = {expr.value('kind', NOTIFY)}")
+        expr.conditions.append(f"attribute_not_exists({lease}) OR {lease} < {expr.value('now', now)}")
+        expr.set("webhook_lease", now + hold)
+        attempts = expr.name("webhook_attempts")
+        expr.sets.append(
+            f"{attempts} = if_not_exists({attempts}, {expr.value('zero', 0)}) + {expr.value('one', 1)}"
+        )
+        return self._try_update(job_id, expr)
+
+    def _try_update(self, job_id: str, expr: _Expr) -> Job | None:
+        try:
+            return self._update(job_id, JobStatus.RUNNING, expr)
+        except TransitionConflict:
+            return None
 
     def _update(self, job_id: str, target: JobStatus, expr: _Expr) -> Job:
         try:

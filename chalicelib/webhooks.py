@@ -1,7 +1,7 @@
 """Webhook payloads and delivery (retries, Standard Webhooks signatures).
 
-Delivery failures are logged, never raised: a receiver that is down must not
-change a job's status.
+Delivery failures are logged and returned, never raised: a receiver that is down
+must not change a job's status.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class WebhookSender:
         timeout: float = 10.0,
         secret: str | None = None,
         session: requests.Session | None = None,
-        sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ):
         self.attempts = attempts
@@ -66,48 +65,27 @@ class WebhookSender:
         self.timeout = timeout
         self.secret = secret
         self._session = session or requests.Session()
-        self._sleep = sleep
         self._clock = clock
 
-    def deliver(self, url: str, payload: dict[str, Any]) -> bool:
-        """POST ``payload`` up to ``attempts`` times; True once a 2xx answer arrives."""
+    def attempt(self, url: str, payload: dict[str, Any], attempt: int = 1) -> tuple[bool, str]:
+        """One POST of ``payload``: (delivered, outcome). Retries are the caller's:
+        they are driven by durable state (see chalicelib/delivery.py), not by a loop here."""
         body = json.dumps(payload, separators=(",", ":"))
-        # The id stays the same across retries so a receiver can deduplicate.
+        # The id stays the same across attempts so a receiver can deduplicate.
         msg_id = f"msg_{payload['id']}_{payload['status']}"
-        for attempt in range(1, self.attempts + 1):
-            headers = {"Content-Type": "application/json", "User-Agent": "c3-render-webhook/1"}
-            if self.secret:
-                ts = int(self._clock())
-                headers.update(
-                    {
-                        "webhook-id": msg_id,
-                        "webhook-timestamp": str(ts),
-                        "webhook-signature": sign(self.secret, msg_id, ts, body),
-                    }
-                )
-            started = self._clock()
-            try:
-                resp = self._session.post(url, data=body, headers=headers, timeout=self.timeout)
-                ok, outcome = 200 <= resp.status_code < 300, f"HTTP {resp.status_code}"
-            except requests.RequestException as exc:
-                ok, outcome = False, f"{type(exc).__name__}: {exc}"
-            log.info(
-                "webhook.attempt",
-                job_id=payload["id"],
-                status=payload["status"],
-                attempt=attempt,
-                of=self.attempts,
-                delivered=ok,
-                outcome=outcome,
-                seconds=round(self._clock() - started, 3),
-            )
-            if ok:
-                return True
-            if attempt < self.attempts:
-                self._sleep(self.interval)
-        log.warning(
-            "webhook.gave_up",
-            job_id=payload["id"],
-            reason=f"no 2xx answer after {self.attempts} attempts; the job's status is unchanged",
-        )
-        return False
+        headers = {"Content-Type": "application/json", "User-Agent": "c3-render-webhook/1",
+                   "webhook-id": msg_id}
+        if self.secret:
+            ts = int(self._clock())
+            headers.update({"webhook-timestamp": str(ts),
+                            "webhook-signature": sign(self.secret, msg_id, ts, body)})
+        started = self._clock()
+        try:
+            resp = self._session.post(url, data=body, headers=headers, timeout=self.timeout)
+            ok, outcome = 200 <= resp.status_code < 300, f"HTTP {resp.status_code}"
+        except requests.RequestException as exc:
+            ok, outcome = False, f"{type(exc).__name__}: {exc}"[:500]
+        log.info("webhook.attempt", job_id=payload["id"], status=payload["status"], attempt=attempt,
+                 of=self.attempts, delivered=ok, outcome=outcome,
+                 seconds=round(self._clock() - started, 3))
+        return ok, outcome

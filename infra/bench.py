@@ -56,7 +56,7 @@ def in_process_submissions_per_second(settings: Settings) -> float:
     from chalicelib.models import JobType
 
     ctx = Context(settings)
-    service = JobService(ctx.store, ctx.jobs_queue, ctx.results, time.time)
+    service = JobService(ctx.store, ctx.outbox, ctx.results, time.time)
     started = time.perf_counter()
     for _ in range(SUBMISSIONS):
         service.submit(JobType.CSM, {"text": "bench"}, "anonymous")
@@ -116,7 +116,7 @@ def main() -> int:
         from chalicelib.jobs import JobService
         from chalicelib.models import JobType
 
-        service = JobService(ctx.store, ctx.jobs_queue, ctx.results, time.time)
+        service = JobService(ctx.store, ctx.outbox, ctx.results, time.time)
         time.sleep(2)  # let the worker settle into its long poll
 
         def run_job(body: dict) -> float:

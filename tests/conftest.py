@@ -90,6 +90,7 @@ def resource_env(prefix: str) -> dict[str, str]:
         "JOBS_DLQ": f"{prefix}-jobs-dlq",
         "INTAKE_QUEUE": f"{prefix}-intake",
         "EVENTS_QUEUE": f"{prefix}-events",
+        "WEBHOOKS_QUEUE": f"{prefix}-webhooks",
         "RESULTS_BUCKET": f"{prefix}-results",
     }
 

@@ -1,6 +1,7 @@
 """Every route through Chalice's test client, on a real moto server."""
 
 import json
+import time
 import uuid
 
 import pytest
@@ -10,7 +11,9 @@ from chalice.test import Client
 from chalicelib.api import create_app
 from chalicelib.context import Context
 from chalicelib.models import JobStatus
+from chalicelib.outbox import Reconciler
 from chalicelib.settings import Settings
+from infra.local.stack import create_stack
 
 pytestmark = pytest.mark.integration
 
@@ -199,12 +202,25 @@ def test_idempotency_key(client):
     assert other != first
 
 
-def test_queue_send_failure_marks_job_failed(client, keyed_ctx):
+def test_queue_send_failure_keeps_the_job_and_the_reconciler_sends_it(client, keyed_ctx, stack_env):
     sqs = keyed_ctx.sqs
     sqs.delete_queue(QueueUrl=keyed_ctx.jobs_queue.url)
-    resp = post(client, "/csm", CSM)
-    assert resp.status_code == 503
+    h = {**K1, "Idempotency-Key": "send-fails"}
+    resp = post(client, "/csm", CSM, h)
+    # The record is the commitment: the job is accepted and owed its message.
+    assert resp.status_code == 200
     out = body_of(resp)
-    assert out["status"] == "failed" and "could not be queued" in out["error"]
     job = keyed_ctx.store.get(out["id"])
-    assert job.status is JobStatus.FAILED and "SQS" in job.error
+    assert (job.status, job.outbox) == (JobStatus.QUEUED, "dispatch")
+    # A retry with the same key while SQS is still down finds the same queued job.
+    again = post(client, "/csm", CSM, h)
+    assert again.status_code == 200 and body_of(again) == out
+    create_stack(Settings(**stack_env))  # SQS is back
+    later = Context(keyed_ctx.settings, clock=lambda: time.time() + keyed_ctx.settings.outbox_grace + 1)
+    reconciler = Reconciler(later.store, keyed_ctx.outbox, later.clock, 30, 900)
+    assert reconciler.run_once().resent["dispatch"] == 1
+    got = sqs.receive_message(QueueUrl=keyed_ctx.jobs_queue.url, WaitTimeSeconds=1)["Messages"]
+    assert [json.loads(m["Body"])["id"] for m in got] == [out["id"]]
+    # Re-sent once, then postponed: the next pass sends nothing.
+    assert reconciler.run_once().resent["dispatch"] == 0
+    assert keyed_ctx.store.get(out["id"]).outbox_sends == 1

@@ -193,7 +193,7 @@ def test_deploy_data_plane_to_moto_and_use_it(moto, stage, capsys):
     env = dict(line.strip().split("=", 1) for line in capsys.readouterr().out.splitlines()
                if line.startswith("  ") and "=" in line and line.strip().split("=", 1)[0].isupper())
     ctx = Context(Settings(**env))
-    job, _ = JobService(ctx.store, ctx.jobs_queue, ctx.results, ctx.clock).submit(JobType.CSM, {"text": "hi"}, "me")
+    job, _ = JobService(ctx.store, ctx.outbox, ctx.results, ctx.clock).submit(JobType.CSM, {"text": "hi"}, "me")
     assert [m.job_id() for m in ctx.jobs_queue.receive(wait_seconds=1, visibility=30)] == [job.id]
 
     assert deploy.main(["destroy", "--stage", stage]) == 0

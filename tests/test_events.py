@@ -1,5 +1,6 @@
-"""Completion events on SQS: payloads, routing to reply_to, and the three publishers
-(client update route, DLQ handler, worker) wired to them."""
+"""Completion events on SQS: payloads, routing to reply_to, and the final-state
+writers (client update route, DLQ handler, worker) wired to them through the
+outbox and the deliveries handler."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def publisher(ctx):
 
 @pytest.fixture
 def service(ctx, publisher):
-    return JobService(ctx.store, ctx.jobs_queue, ctx.results, ctx.clock, events=publisher)
+    return JobService(ctx.store, ctx.outbox, ctx.results, ctx.clock)
 
 
 def finished(ctx, service, job_type, params, status, reply_to=None, **fields):
@@ -83,12 +84,15 @@ def test_client_cancel_and_dead_letter_publish_terminal_events(ctx):
         resp = client.http.post(f"/job/{cancelled}", headers=headers, body=json.dumps({"status": "cancelled"}))
         assert resp.status_code == 200
         client.lambda_.invoke("dead_letters", client.events.generate_sqs_event([json.dumps({"id": dead})]))
+        owed = take(ctx.sqs, ctx.settings.webhooks_queue, 2)
+        assert sorted(m["id"] for m in owed) == sorted([cancelled, dead])
+        client.lambda_.invoke("webhooks", client.events.generate_sqs_event([json.dumps(m) for m in owed]))
     got = {e["id"]: e for e in take(ctx.sqs, ctx.settings.events_queue, 2)}
     assert got[cancelled]["type"] == "job.cancelled" and got[cancelled]["error"] == "Job marked as cancelled by client"
     assert got[dead]["type"] == "job.failed" and "dead-letter queue" in got[dead]["error"]
 
 
-def test_worker_entry_point_wires_events(stack_env, monkeypatch, tmp_path):
+def test_worker_entry_point_wires_the_outbox(stack_env, monkeypatch, tmp_path):
     from worker_runtime.__main__ import build_worker
 
     for name, value in {**FAST, **stack_env, "OUTPUT_DIR": str(tmp_path)}.items():
@@ -98,5 +102,5 @@ def test_worker_entry_point_wires_events(stack_env, monkeypatch, tmp_path):
         worker = build_worker()
     finally:
         get_worker_settings.cache_clear()
-    events = worker.notifier.events
-    assert isinstance(events, EventPublisher) and events.events_queue == stack_env["EVENTS_QUEUE"]
+    queues = worker.outbox.queues
+    assert (queues["dispatch"].name, queues["notify"].name) == (stack_env["JOBS_QUEUE"], stack_env["WEBHOOKS_QUEUE"])

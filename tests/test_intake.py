@@ -178,7 +178,6 @@ def test_full_loop_intake_to_completion_event(stack_env, ctx, app, tmp_path):
     stop = threading.Event()
     threads = start_pollers(app, ctx.settings, stop, FAST_POLL)
     worker = ThreadWorker(stack_env, OUTPUT_DIR=str(tmp_path / "out"))
-    worker.notifier.events = EventPublisher(worker.ctx.sqs, worker.settings.events_queue, worker.ctx.results)
     try:
         with worker:
             send(ctx, {"type": "csm", "params": {"text": "render me"}, "idempotency_key": f"k-{uuid.uuid4()}"})

@@ -13,7 +13,8 @@ import requests
 
 from chalicelib.context import Context
 from chalicelib.models import JobStatus
-from tests.support.harness import ThreadWorker, submit, task_events, wait_until
+from tests.support.harness import Handlers, ThreadWorker, submit, task_events, wait_until
+from tests.support.sqs_events import depth
 from worker_runtime.worker import EXPIRED_ERROR
 
 pytestmark = pytest.mark.integration
@@ -30,12 +31,20 @@ def final(ctx, job_id, timeout=15.0):
     return wait_until(lambda: (j := ctx.store.get(job_id)) and j.status.is_terminal and j, timeout)
 
 
+def settled(ctx, job_id, timeout=15.0):
+    """Every copy of the job's message consumed and its delivery settled (webhook
+    delivered or given up, event sent): nothing left that could cause another webhook."""
+    return wait_until(lambda: depth(ctx.sqs, ctx.settings.jobs_queue) == 0
+                      and depth(ctx.sqs, ctx.settings.webhooks_queue) == 0
+                      and (j := ctx.store.get(job_id)).outbox is None and j, timeout)
+
+
 def test_media_job_end_to_end(wenv, receiver, tmp_path):
     with ThreadWorker(wenv) as tw:
         job_id = submit(tw.ctx, "csm", {"text": "quick", "notify_url": receiver.url})
         job = final(tw.ctx, job_id)
         assert job.status is JobStatus.SUCCESS and job.attempts == 1
-        assert job.result_key == f"results/{job_id}.mp3"
+        assert job.result_key == f"results/{job_id}/1.mp3"
         head = tw.ctx.s3.head_object(Bucket=tw.settings.results_bucket, Key=job.result_key)
         assert head["ContentType"] == "audio/mpeg"
         hooks = receiver.wait_for(1)
@@ -89,7 +98,7 @@ def test_duplicate_delivery_runs_once(wenv, receiver, tmp_path):
         job_id = submit(tw.ctx, "csm", {"text": "sleep:0.5", "notify_url": receiver.url})
         tw.ctx.jobs_queue.send(job_id)  # a second copy of the message
         final(tw.ctx, job_id)
-        time.sleep(1.5)  # let the duplicate arrive and be dropped
+        settled(tw.ctx, job_id)  # both copies consumed, the webhook delivered
         assert [e for _, e in task_events(tmp_path / "tasks.log", job_id)] == ["start", "done"]
         assert len(receiver.for_job(job_id)) == 1
 
@@ -100,7 +109,7 @@ def test_two_workers_one_job_one_run_one_webhook(wenv, receiver, tmp_path):
         a.ctx.jobs_queue.send(job_id)
         a.ctx.jobs_queue.send(job_id)
         job = final(a.ctx, job_id)
-        time.sleep(1.5)
+        settled(a.ctx, job_id)
         assert job.attempts == 1
         assert [e for _, e in task_events(tmp_path / "tasks.log", job_id)] == ["start", "done"]
         assert len(receiver.for_job(job_id)) == 1
@@ -152,12 +161,13 @@ def test_client_cancel_mid_run(wenv, receiver, tmp_path):
         from tests.support.harness import service
         service(tw.ctx).update(job_id, "anonymous", {"status": "cancelled", "error": "user gave up"})
         wait_until(lambda: ("cancelled" in [e for _, e in task_events(tmp_path / "tasks.log", job_id)]), 5)
-        time.sleep(0.5)
-        job = tw.ctx.store.get(job_id)
+        job = settled(tw.ctx, job_id)  # the worker stopped and acked; the webhook went out
         assert (job.status, job.error, job.result_key) == (JobStatus.CANCELLED, "user gave up", None)
         keys = tw.ctx.s3.list_objects_v2(Bucket=tw.settings.results_bucket).get("Contents", [])
         assert keys == []
-        assert receiver.for_job(job_id) == []  # the client made the change itself
+        # Every final state gets its one webhook, whoever set it.
+        assert [h.json() for h in receiver.for_job(job_id)] == [
+            {"id": job_id, "status": "cancelled", "error": "user gave up"}]
 
 
 @pytest.mark.parametrize("mode", ["500", "timeout", "refused"])
@@ -178,8 +188,11 @@ def test_webhook_receiver_down_never_changes_status_or_blocks(wenv, receiver, mo
         assert job1.status is JobStatus.SUCCESS and job2.status is JobStatus.SUCCESS
         # The second job did not wait for the first job's webhook retries.
         assert job2.finished_at < job1.finished_at + 3 * 0.5 + 2 * 0.3
+        gave_up = settled(tw.ctx, first)
+        assert (gave_up.webhook, gave_up.webhook_attempts) == ("failed", 3)
+        assert gave_up.status_view()["webhook"]["status"] == "failed" and gave_up.webhook_error
         if mode != "refused":
-            wait_until(lambda: len(receiver.for_job(first)) == 3)
+            assert len(receiver.for_job(first)) == 3
 
 
 def test_webhook_is_signed_with_a_stable_id(wenv, receiver):
@@ -215,13 +228,14 @@ def test_dead_letter_handler_fails_the_job_with_webhook(wenv, receiver):
 
     ctx = Context(Settings(**wenv))
     job_id = submit(ctx, "csm", {"text": "quick", "notify_url": receiver.url})
-    with Client(create_app(ctx)) as client:
+    with Client(create_app(ctx)) as client, Handlers(ctx.settings):
         event = client.events.generate_sqs_event(message_bodies=[json.dumps({"id": job_id}), "junk"],
                                                  queue_name=ctx.settings.jobs_dlq)
-        client.lambda_.invoke("dead_letters", event)
-    job = ctx.store.get(job_id)
-    assert job.status is JobStatus.FAILED and "dead-letter queue" in job.error
-    assert receiver.wait_for(1)[0].json()["status"] == "failed"
+        answer = client.lambda_.invoke("dead_letters", event).payload
+        assert answer == {"batchItemFailures": []}
+        job = ctx.store.get(job_id)
+        assert job.status is JobStatus.FAILED and "dead-letter queue" in job.error
+        assert receiver.wait_for(1)[0].json()["status"] == "failed"
 
 
 def test_health_file_stays_fresh_during_a_long_job(wenv, tmp_path):

@@ -7,11 +7,8 @@ import sys
 from typing import Any
 
 from chalicelib.context import Context
-from chalicelib.events import EventPublisher
 from chalicelib.logs import configure, get_logger
-from chalicelib.webhooks import WebhookSender
 
-from .notify import Notifier
 from .settings import get_worker_settings
 from .tasks import load_tasks
 from .worker import Shutdown, Worker
@@ -21,16 +18,12 @@ def build_worker() -> Worker:
     settings = get_worker_settings()
     configure(settings.log_level)
     ctx = Context(settings)
-    webhooks = WebhookSender(settings.webhook_attempts, settings.webhook_interval,
-                             settings.webhook_timeout, settings.webhook_secret)
-    events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results)
-    notifier = Notifier(webhooks, ctx.results, events)
     tasks = load_tasks(settings.tasks, settings=settings)
     gpu = None
     if any(getattr(task, "needs_gpu", False) for task in tasks.values()):
         from .gpu import build_gpu_manager
         gpu = build_gpu_manager(ctx, settings.worker_id)
-    return Worker(ctx, settings, tasks, notifier, gpu=gpu)
+    return Worker(ctx, settings, tasks, gpu=gpu)
 
 
 def install_signal_handlers(worker: Worker) -> None:

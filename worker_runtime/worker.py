@@ -2,7 +2,12 @@
 
     run():  while not stopping: receive -> process(message)
     process(): parse -> load -> skip expired -> claim -> supervise the task ->
-               write the outcome (conditional) -> notify (winner only) -> ack
+               write the outcome (conditional) -> queue the delivery (winner only) -> ack
+
+Nothing here is the only copy of an effect: the terminal write puts the job in the
+outbox (chalicelib/outbox.py), so a worker that dies after it still has its webhook
+delivered; a message this worker fails to handle (an AWS error that outlasted the
+retries) is left to reappear, and the worker carries on with the next one.
 """
 
 from __future__ import annotations
@@ -18,18 +23,20 @@ from chalicelib.logs import get_logger
 from chalicelib.models import JobStatus, parse_job_request
 from chalicelib.queue import Message
 from chalicelib.results import content_type_for, result_key
-from chalicelib.store import TransitionConflict
+from chalicelib.retry import retry_transient
+from chalicelib.store import NOTIFY, TransitionConflict
 
 from .cancel import CancelToken
 from .files import remove_job_files
 from .gpu.task import GpuTask
 from .lease import Lease, LeaseLost
-from .notify import Notifier
 from .settings import WorkerSettings
 from .supervisor import Outcome, Supervisor
 from .tasks.base import Task, TaskContext
 
 EXPIRED_ERROR = "Job expired before processing could begin"
+ATTEMPTS_ERROR = ("Job was started {attempts} times and never finished (its worker died or lost "
+                  "it each time); giving up after MAX_ATTEMPTS={limit}")
 
 
 class Shutdown(BaseException):
@@ -38,11 +45,11 @@ class Shutdown(BaseException):
 
 class Worker:
     def __init__(self, ctx: Context, settings: WorkerSettings, tasks: dict[Any, Task],
-                 notifier: Notifier, gpu: Any = None, clock: Callable[[], float] = time.time):
+                 gpu: Any = None, clock: Callable[[], float] = time.time):
         self.ctx = ctx
         self.settings = settings
         self.tasks = tasks
-        self.notifier = notifier
+        self.outbox = ctx.outbox
         self.gpu = gpu
         self.clock = clock
         self.stopping = threading.Event()
@@ -60,11 +67,10 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 self.touch_health()
-                if self.gpu is not None:
-                    self.gpu.maintain()
+                self.guarded("gpu.maintain_failed", self.gpu.maintain if self.gpu is not None else None)
                 messages = self.receive()
                 for message in messages:
-                    self.process(message)
+                    self.guarded("message.process_failed", self.process, message)
                 if max_jobs is not None and self.jobs_done >= max_jobs:
                     break
         except Shutdown:
@@ -86,14 +92,23 @@ class Worker:
         finally:
             self.idle.clear()
 
+    def guarded(self, event: str, step: Callable[..., Any] | None, *args: Any) -> None:
+        """Run one step of the loop; an error it lets out (an AWS outage that outlasted
+        the retries) is logged and the loop goes on. A message it was handling is not
+        acked, so it reappears after its visibility timeout."""
+        if step is None:
+            return
+        try:
+            step(*args)
+        except Exception:  # noqa: BLE001 - only shutdown or bad configuration end a worker
+            self.log.error(event, exc_info=True,
+                           reason="step failed after retries; the message (if any) reappears later")
+            self.stopping.wait(1.0)
+
     def request_stop(self) -> None:
         self.stopping.set()
 
     def teardown(self) -> None:
-        left = self.notifier.drain(timeout=self.settings.shutdown_grace)
-        if left:
-            self.log.warning("worker.webhooks_abandoned", count=left,
-                             reason="shutdown grace ran out while webhooks were still retrying")
         if self.gpu is not None:
             self.gpu.shutdown()
         self.log.info("worker.stopped", jobs=self.jobs_done)
@@ -101,6 +116,10 @@ class Worker:
     def touch_health(self) -> None:
         if self.settings.health_file:
             Path(self.settings.health_file).write_text(str(self.clock()))
+
+    def aws(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """An AWS step a job cannot afford to lose, retried through transient errors."""
+        return retry_transient(fn, *args, what=what, **kwargs)
 
     # -- one message ----------------------------------------------------------
     def process(self, message: Message) -> None:
@@ -123,7 +142,7 @@ class Worker:
         if job.status.is_terminal:
             log.info("message.duplicate_final", status=job.status.value,
                      reason="job already finished; duplicate delivery dropped")
-            lease.ack()
+            self.settle_final(job, lease)
             return
         if job.status is JobStatus.QUEUED and self.clock() >= job.complete_by:
             self.skip_expired(job, lease, log)
@@ -131,8 +150,12 @@ class Worker:
         try:
             job = self.ctx.store.claim(job_id, self.settings.worker_id, self.settings.lease_seconds)
         except TransitionConflict as exc:
-            self.handle_lost_claim(exc.current, lease, log)
-            return
+            current = exc.current
+            if not (current and current.status is JobStatus.RUNNING
+                    and current.worker == self.settings.worker_id):
+                self.handle_lost_claim(current, lease, log)
+                return
+            job = current  # a retried claim whose first try had landed
         log = log.bind(attempt=job.attempts)
         queue_wait = round(job.started_at - job.created_at, 3) if job.started_at else None
         log.info("job.claimed", queue_wait=queue_wait, receive_count=message.receive_count)
@@ -148,29 +171,37 @@ class Worker:
 
     def skip_expired(self, job: Job, lease: Lease, log: Any) -> None:
         try:
-            failed = self.ctx.store.transition(job.id, JobStatus.FAILED, from_states=[JobStatus.QUEUED],
-                                               fields={"error": EXPIRED_ERROR})
+            failed = self.aws("expire", self.ctx.store.transition, job.id, JobStatus.FAILED,
+                              from_states=[JobStatus.QUEUED], fields={"error": EXPIRED_ERROR})
         except TransitionConflict as exc:
             self.handle_lost_claim(exc.current, lease, log)
             return
         log.warning("job.expired", reason="complete_by passed before the job started")
-        self.notifier.job_finished(failed)
-        lease.ack()
+        self.settle_final(failed, lease)
+
+    def settle_final(self, job: Job, lease: Lease) -> None:
+        """A final job's message: make sure its delivery is queued, then ack. (The
+        winner of the terminal write queues it; a duplicate re-ensures it, in case
+        that winner died in between.)"""
+        if job.outbox == NOTIFY:
+            self.outbox.notify(job)
+        self.aws("ack", lease.ack)
 
     def handle_lost_claim(self, current: Job | None, lease: Lease, log: Any) -> None:
         if current is None or current.status.is_terminal:
             log.info("message.dropped", state=current.status.value if current else "missing",
                      reason="job finished or removed meanwhile")
-            lease.ack()
+            if current is None:
+                self.aws("ack", lease.ack)
+            else:
+                self.settle_final(current, lease)
             return
-        # Another live worker holds the job. Keep the message (hidden for a lease)
-        # as a safety net: if that worker dies, the job is taken over from it.
-        # Look again just after that lease would lapse.
-        remaining = (current.lease_expires or 0) - self.clock()
-        delay = int(min(self.settings.lease_seconds, max(1, remaining + 1)))
-        log.info("message.duplicate_running", holder=current.worker, retry_in=delay,
-                 reason="another worker holds a live lease; no work done")
-        lease.release_message(delay=delay)
+        # Another live worker holds the job: this message is a copy. Dropping it is
+        # safe: the holder has its own message, and should the holder die with both
+        # lost, the outbox entry (due at its lease + grace) brings the job back.
+        log.info("message.duplicate_running", holder=current.worker,
+                 reason="another worker holds a live lease; copy dropped, no work done")
+        self.aws("ack", lease.ack)
 
     def perform(self, job: Job, lease: Lease, log: Any) -> None:
         task = self.tasks.get(job.type)
@@ -200,7 +231,7 @@ class Worker:
     def finish(self, job: Job, outcome: Outcome, lease: Lease, log: Any) -> None:
         if outcome.stop_kind == "client":
             log.info("job.stopped_by_client", reason="client changed the status; nothing written")
-            lease.ack()
+            self.aws("ack", lease.ack)
             return
         if outcome.stop_kind == "lease_lost":
             log.warning("job.lease_lost", reason="another worker owns the job now; result dropped")
@@ -217,15 +248,20 @@ class Worker:
         key = None
         if result.path is not None:
             try:
-                lease.renew()  # still ours? never upload over a new holder's result
-                key = result_key(job.id, result.ext or result.path.suffix)
-                ctype = content_type_for(result.ext or result.path.suffix)
-                self.ctx.results.upload_file(str(result.path), key, ctype)
+                # Still ours? Never upload for a job that was cancelled or taken over.
+                self.aws("renew", lease.renew)
             except LeaseLost as exc:
                 self.finish(job, Outcome(stop_kind="client" if exc.current and exc.current.status.is_terminal
                                          else "lease_lost"), lease, log)
                 return
-            except Exception as exc:  # noqa: BLE001
+            ext = result.ext or result.path.suffix
+            # One key per attempt: a worker that loses the final write deletes only
+            # what it uploaded itself, never the winner's result.
+            key = result_key(job.id, job.attempts, ext)
+            ctype = content_type_for(ext)
+            try:
+                self.ctx.results.upload_file(str(result.path), key, ctype)
+            except Exception as exc:  # noqa: BLE001 - S3 refused after boto3's own retries
                 log.error("result.upload_failed", exc_info=True)
                 self.write_final(job, JobStatus.FAILED,
                                  {"error": f"Could not upload the result to S3: {exc}"}, lease, log)
@@ -234,38 +270,48 @@ class Worker:
         else:
             fields["result_text"] = result.text
         if not self.write_final(job, JobStatus.SUCCESS, fields, lease, log) and key is not None:
-            current = self.ctx.store.get(job.id)
-            if current is None or current.status is not JobStatus.SUCCESS:
-                self.ctx.results.delete(key)
+            current = self.aws("get_job", self.ctx.store.get, job.id)
+            if current is None or current.result_key != key:
+                self.aws("delete_result", self.ctx.results.delete, key)
 
     def write_final(self, job: Job, status: JobStatus, fields: dict[str, Any], lease: Lease,
                     log: Any) -> bool:
-        """Conditional terminal write; only the winner notifies. Returns True if won."""
+        """Conditional terminal write; only the winner queues the delivery. Returns True
+        if won. The write puts the job in the outbox, so the delivery happens even if
+        this process dies right after it."""
         try:
-            final = self.ctx.store.transition(job.id, status, from_states=[JobStatus.RUNNING],
-                                              worker=self.settings.worker_id, fields=fields)
+            final = self.aws("final_write", self.ctx.store.transition, job.id, status,
+                             from_states=[JobStatus.RUNNING], worker=self.settings.worker_id,
+                             fields=fields)
         except TransitionConflict as exc:
-            state = exc.current.status.value if exc.current else "missing"
-            log.info("job.final_write_lost", wanted=status.value, state=state,
-                     reason="the record changed first (client status or takeover); not overwritten")
-            if exc.current is None or exc.current.status.is_terminal:
-                lease.ack()
-            return False
+            current = exc.current
+            if current is not None and current.worker == self.settings.worker_id \
+                    and current.status is status and current.finished_at:
+                # A retried write whose first try had landed: it is ours after all.
+                final = current
+            else:
+                state = current.status.value if current else "missing"
+                log.info("job.final_write_lost", wanted=status.value, state=state,
+                         reason="the record changed first (client status or takeover); not overwritten")
+                if current is None:
+                    self.aws("ack", lease.ack)
+                elif current.status.is_terminal:
+                    self.settle_final(current, lease)
+                return False
         log.info("job.finished", status=status.value, error=final.error,
                  total_time=round(final.finished_at - final.created_at, 3) if final.finished_at else None)
-        self.notifier.job_finished(final)
-        lease.ack()
+        self.settle_final(final, lease)
         return True
 
     def release(self, job: Job, lease: Lease, log: Any) -> None:
         """Shutdown: hand the job back (queued, attempt already counted) and make the
         message visible at once so another worker takes it."""
         try:
-            self.ctx.store.transition(job.id, JobStatus.QUEUED, from_states=[JobStatus.RUNNING],
-                                      worker=self.settings.worker_id,
-                                      fields={"worker": None, "lease_expires": None})
+            self.aws("release", self.ctx.store.transition, job.id, JobStatus.QUEUED,
+                     from_states=[JobStatus.RUNNING], worker=self.settings.worker_id,
+                     fields={"worker": None, "lease_expires": None})
         except TransitionConflict:
             log.info("job.release_skipped", reason="the record moved on meanwhile")
             return
-        lease.release_message(0)
+        self.aws("release_message", lease.release_message, 0)
         log.info("job.released", reason="worker shutting down; job requeued for another worker")

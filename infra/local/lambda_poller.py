@@ -1,7 +1,9 @@
-"""Local stand-in for Lambda's SQS event source mappings.
+"""Local stand-in for Lambda's SQS event source mappings and EventBridge schedules.
 
 ``chalice local`` serves only HTTP, so locally nothing would call the app's
-``on_sqs_message`` handlers. This polls each queue the app subscribes to and
+``on_sqs_message`` or ``schedule`` handlers. Each ``schedule`` handler is invoked
+with a scheduled event every LOCAL_SCHEDULE_INTERVAL seconds (default: its own
+rate). For SQS, this polls each queue the app subscribes to and
 invokes the very same handler (``app.handler_map[name]``) with a Lambda-shaped
 SQS event, then does what Lambda does with the answer: delete the whole batch on
 success, keep it on an exception, and keep only the ``batchItemFailures`` when the
@@ -17,11 +19,12 @@ import hashlib
 import signal
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
 from chalice import Chalice
-from chalice.app import SQSEventConfig
+from chalice.app import Rate, ScheduledEventConfig, SQSEventConfig
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -42,6 +45,8 @@ class PollerSettings(BaseSettings):
     poll_error_backoff: float = Field(1.0, ge=0, validation_alias="LAMBDA_POLL_ERROR_BACKOFF")
     # On shutdown, how long a batch already in a handler may take to finish.
     stop_timeout: float = Field(30.0, ge=0, validation_alias="LAMBDA_POLL_STOP_TIMEOUT")
+    # Seconds between runs of each schedule handler; unset: the handler's own rate.
+    schedule_interval: float | None = Field(None, gt=0, validation_alias="LOCAL_SCHEDULE_INTERVAL")
 
 
 class LambdaContext:
@@ -59,6 +64,58 @@ class LambdaContext:
 
 def sqs_sources(app: Chalice) -> list[SQSEventConfig]:
     return [s for s in app.event_sources if isinstance(s, SQSEventConfig)]
+
+
+def scheduled_sources(app: Chalice) -> list[ScheduledEventConfig]:
+    return [s for s in app.event_sources if isinstance(s, ScheduledEventConfig)]
+
+
+RATE_SECONDS = {Rate.MINUTES: 60, Rate.HOURS: 3600, Rate.DAYS: 86400}
+
+
+class ScheduleRunner:
+    """One EventBridge rule: invokes a schedule handler at its rate, as Lambda would."""
+
+    def __init__(self, app: Chalice, source: ScheduledEventConfig, region: str, settings: PollerSettings):
+        self.handler = app.handler_map[source.name]
+        self.name = source.name
+        self.region = region
+        expression = source.schedule_expression
+        if settings.schedule_interval is not None:
+            self.interval = settings.schedule_interval
+        elif isinstance(expression, Rate):
+            self.interval = float(expression.value * RATE_SECONDS[expression.unit])
+        else:
+            raise ValueError(f"handler {source.name}: only Rate schedules run locally "
+                             "(or set LOCAL_SCHEDULE_INTERVAL)")
+        self.log = log.bind(handler=source.name, every=self.interval)
+        self._invoking = threading.Lock()
+
+    def event(self) -> dict[str, Any]:
+        return {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
+                "source": "aws.events", "account": "000000000000", "region": self.region,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "resources": [f"arn:aws:events:{self.region}:000000000000:rule/{self.name}"], "detail": {}}
+
+    def invoke(self) -> Any:
+        with self._invoking:
+            try:
+                return self.handler(self.event(), LambdaContext(self.name))
+            except Exception:  # noqa: BLE001 - EventBridge would just call it again next time
+                self.log.error("schedule.handler_failed", exc_info=True, reason="runs again at the next tick")
+                return None
+
+    def wait_idle(self, timeout: float) -> bool:
+        if self._invoking.acquire(timeout=timeout):
+            self._invoking.release()
+            return True
+        return False
+
+    def run(self, stop: threading.Event) -> None:
+        self.log.info("schedule.started")
+        while not stop.wait(self.interval):
+            self.invoke()
+        self.log.info("schedule.stopped")
 
 
 def _message_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -175,19 +232,23 @@ class QueuePoller:
 
 
 class PollerThread(threading.Thread):
-    def __init__(self, poller: QueuePoller, stop_event: threading.Event):
+    def __init__(self, poller: "QueuePoller | ScheduleRunner", stop_event: threading.Event):
         super().__init__(target=poller.run, args=(stop_event,), name=f"poll-{poller.name}", daemon=True)
         self.poller = poller
 
 
 def start_pollers(app: Chalice, settings: Settings, stop_event: threading.Event,
                   poller_settings: PollerSettings | None = None) -> list[PollerThread]:
-    """One daemon thread per SQS handler of ``app``; they stop when ``stop_event`` is set."""
+    """One daemon thread per SQS or schedule handler of ``app``; they stop when
+    ``stop_event`` is set."""
     knobs = poller_settings or PollerSettings()
     sqs = aws.client("sqs", settings.aws_region)
+    runners: list[QueuePoller | ScheduleRunner] = [
+        QueuePoller(app, source, sqs, settings.aws_region, knobs) for source in sqs_sources(app)]
+    runners += [ScheduleRunner(app, source, settings.aws_region, knobs) for source in scheduled_sources(app)]
     threads = []
-    for source in sqs_sources(app):
-        thread = PollerThread(QueuePoller(app, source, sqs, settings.aws_region, knobs), stop_event)
+    for runner in runners:
+        thread = PollerThread(runner, stop_event)
         thread.start()
         threads.append(thread)
     return threads
@@ -220,7 +281,8 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
-    log.info("poller.ready", handlers=[s.name for s in sqs_sources(app)])
+    log.info("poller.ready", handlers=[s.name for s in sqs_sources(app)],
+             schedules=[s.name for s in scheduled_sources(app)])
     run_pollers(app, settings, stop)
     return 0
 

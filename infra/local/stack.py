@@ -17,23 +17,41 @@ from botocore.exceptions import ClientError
 
 from chalicelib import aws
 from chalicelib.settings import Settings, get_settings
+from chalicelib.store import OUTBOX_INDEX
+
+# The jobs table's sparse outbox index (see chalicelib/outbox.py); data.yaml declares the same.
+OUTBOX_GSI = {
+    "IndexName": OUTBOX_INDEX,
+    "KeySchema": [{"AttributeName": "outbox", "KeyType": "HASH"},
+                  {"AttributeName": "outbox_at", "KeyType": "RANGE"}],
+    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["outbox_sends", "status"]},
+}
+OUTBOX_ATTRIBUTES = [{"AttributeName": "outbox", "AttributeType": "S"},
+                     {"AttributeName": "outbox_at", "AttributeType": "N"}]
 
 MAX_RECEIVE_COUNT = 5
 JOBS_VISIBILITY = 60
 
 
-def ensure_table(ddb: Any, name: str, ttl_attribute: str = "expires_at") -> None:
+def ensure_table(ddb: Any, name: str, ttl_attribute: str = "expires_at",
+                 index: dict[str, Any] | None = None,
+                 index_attributes: list[dict[str, str]] | None = None) -> None:
+    spec: dict[str, Any] = {
+        "TableName": name,
+        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}, *(index_attributes or [])],
+        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    if index:
+        spec["GlobalSecondaryIndexes"] = [index]
     try:
-        ddb.create_table(
-            TableName=name,
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        ddb.create_table(**spec)
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise
     ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
+    if index:
+        ensure_index(ddb, name, index, index_attributes or [])
     # DynamoDB (and DynamoDB Local) refuse to enable TTL twice with a ValidationException that
     # also covers real mistakes (moto accepts the repeat): look first, enable only if off.
     ttl = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
@@ -45,6 +63,26 @@ def ensure_table(ddb: Any, name: str, ttl_attribute: str = "expires_at") -> None
     ddb.update_time_to_live(
         TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl_attribute}
     )
+
+
+def ensure_index(ddb: Any, table: str, index: dict[str, Any],
+                 attributes: list[dict[str, str]]) -> None:
+    """Add ``index`` to a table created before it existed, and wait until it is active."""
+    def status() -> str | None:
+        described = ddb.describe_table(TableName=table)["Table"]
+        for gsi in described.get("GlobalSecondaryIndexes", []):
+            if gsi["IndexName"] == index["IndexName"]:
+                return gsi.get("IndexStatus", "ACTIVE")
+        return None
+
+    if status() is None:
+        ddb.update_table(TableName=table, AttributeDefinitions=attributes,
+                         GlobalSecondaryIndexUpdates=[{"Create": index}])
+    for _ in range(300):
+        if status() == "ACTIVE":
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"table {table}: index {index['IndexName']} did not become active")
 
 
 def ensure_queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> str:
@@ -87,7 +125,7 @@ def create_stack(settings: Settings, visibility: int = JOBS_VISIBILITY,
     """Create every resource; returns the queue URLs by role."""
     region = settings.aws_region
     ddb, sqs, s3 = (aws.client(s, region) for s in ("dynamodb", "sqs", "s3"))
-    ensure_table(ddb, settings.jobs_table)
+    ensure_table(ddb, settings.jobs_table, index=OUTBOX_GSI, index_attributes=OUTBOX_ATTRIBUTES)
     ensure_table(ddb, settings.gpu_table)
     dlq_url = ensure_queue(sqs, settings.jobs_dlq, {"MessageRetentionPeriod": "1209600"})
     redrive = json.dumps({"deadLetterTargetArn": queue_arn(sqs, dlq_url), "maxReceiveCount": str(max_receive_count)})
@@ -97,8 +135,10 @@ def create_stack(settings: Settings, visibility: int = JOBS_VISIBILITY,
     )
     intake_url = ensure_queue(sqs, settings.intake_queue)
     events_url = ensure_queue(sqs, settings.events_queue)
+    webhooks_url = ensure_queue(sqs, settings.webhooks_queue, {"VisibilityTimeout": str(visibility)})
     ensure_bucket(s3, settings.results_bucket, region)
-    return {"jobs": jobs_url, "dlq": dlq_url, "intake": intake_url, "events": events_url}
+    return {"jobs": jobs_url, "dlq": dlq_url, "intake": intake_url, "events": events_url,
+            "webhooks": webhooks_url}
 
 
 def main() -> int:

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from chalicelib.api import create_app
 from chalicelib.context import Context
+from chalicelib.settings import Settings
+from infra.local.lambda_poller import PollerSettings, start_pollers
 from chalicelib.jobs import JobService
 from chalicelib.models import JobType
-from chalicelib.webhooks import WebhookSender
-from worker_runtime.notify import Notifier
 from worker_runtime.settings import WorkerSettings
 from worker_runtime.tasks import load_tasks
 from worker_runtime.worker import Worker
@@ -43,32 +44,59 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: fl
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+FAST_POLL = PollerSettings(LAMBDA_POLL_WAIT_SECONDS=1, LAMBDA_POLL_ERROR_BACKOFF=0.1,
+                           LOCAL_SCHEDULE_INTERVAL=1)
+
+
+class Handlers:
+    """The app's SQS and schedule handlers (deliveries, dead letters, intake, the
+    reconciler) run by the local poller in threads of the test process, as `make run` does."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time):
+        self.app = create_app(Context(settings, clock=clock))
+        self.settings = settings
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> "Handlers":
+        self.threads = start_pollers(self.app, self.settings, self.stop, FAST_POLL)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+
 class ThreadWorker:
-    """A Worker running in a thread of the test process."""
+    """A Worker running in a thread of the test process, with the app's handlers
+    (webhook deliveries and the rest) polled beside it unless ``handlers=False``."""
 
     def __init__(self, env: dict[str, str], clock: Callable[[], float] = time.time, gpu: Any = None,
-                 **overrides: str):
+                 handlers: bool = True, **overrides: str):
         settings = WorkerSettings(**{**FAST, **env, **overrides})
         self.settings = settings
         self.ctx = Context(settings, clock=clock)
-        webhooks = WebhookSender(settings.webhook_attempts, settings.webhook_interval,
-                                 settings.webhook_timeout, settings.webhook_secret, clock=clock)
-        self.notifier = Notifier(webhooks, self.ctx.results)
         tasks = load_tasks(settings.tasks, settings=settings)
-        self.worker = Worker(self.ctx, settings, tasks, self.notifier, gpu=gpu, clock=clock)
+        self.worker = Worker(self.ctx, settings, tasks, gpu=gpu, clock=clock)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.handlers = Handlers(settings, clock) if handlers else None
 
     def __enter__(self) -> "ThreadWorker":
+        if self.handlers is not None:
+            self.handlers.__enter__()
         self.thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.worker.request_stop()
         self.thread.join(timeout=15)
+        if self.handlers is not None:
+            self.handlers.__exit__()
 
 
 def service(ctx: Context) -> JobService:
-    return JobService(ctx.store, ctx.jobs_queue, ctx.results, ctx.clock)
+    return JobService(ctx.store, ctx.outbox, ctx.results, ctx.clock)
 
 
 def submit(ctx: Context, job_type: str, body: dict[str, Any], owner: str = "anonymous") -> str:
