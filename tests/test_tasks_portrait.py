@@ -152,7 +152,7 @@ def test_private_urls_are_refused_outside_local_mode(sim: SimNode, inputs: Sampl
      "Return type mismatch between linked nodes: image, received_type(AUDIO) mismatch input_type(IMAGE)"),
     (lambda g: g["1"]["inputs"].update(image="never-uploaded.jpg"),
      "ComfyUI rejected the workflow: Prompt outputs failed validation; node 1 (LoadImage): "
-     "Custom validation failed for node: image - Invalid file: never-uploaded.jpg"),
+     "Custom validation failed for node: image - Invalid image file: never-uploaded.jpg"),
     (lambda g: g["7"]["inputs"].pop("seed"),
      "ComfyUI rejected the workflow: Prompt outputs failed validation; node 7 (SONICSampler): "
      "Required input is missing: seed"),

@@ -49,17 +49,13 @@ class NodeKeyMiddleware:
 def mount_all(app: FastAPI, node_state: Any, workdir: Path | None = None) -> Path:
     """Mount the four apps; files they make live under ``workdir`` (else the node's
     ``work_dir``, else a new temp dir), which is returned."""
-    import gradio as gr  # heavy: imported only when a node is built
-
-    from . import comfyui, gradio_apps, ollama
+    from . import comfyui, gradio_apps, ollama  # gradio is heavy: imported only when a node is built
 
     root = Path(workdir or getattr(node_state, "work_dir", None) or tempfile.mkdtemp(prefix="c3-sim-apps-"))
     media = root / "gradio"
     media.mkdir(parents=True, exist_ok=True)
     app.add_middleware(NodeKeyMiddleware, node_state=node_state)
-    gr.mount_gradio_app(app, gradio_apps.csm_blocks(node_state, media), path="/csm", allowed_paths=[str(media)])
-    gr.mount_gradio_app(app, gradio_apps.whisper_blocks(node_state, media), path="/whisper",
-                        allowed_paths=[str(media)])
+    gradio_apps.mount(app, node_state, media)  # serialised across nodes: see gradio_apps
     app.include_router(comfyui.ComfyUISim(node_state, root / "comfyui").router(), prefix="/comfyui")
     app.include_router(ollama.router(node_state), prefix="/ollama")
     sim_log("node", node_state).info("sim.apps_mounted", apps=[p.strip("/") for p in PREFIXES],

@@ -1,9 +1,9 @@
 """A simulated ComfyUI REST API with the SONIC portrait nodes.
 
-Graphs are validated like ComfyUI does (comfyui_graph.py) and run one at a time on
-a background thread; the "SONIC" render is a real MP4 (H.264 + AAC) made from the
-uploaded image and audio (synth.render_portrait). /interrupt stops the running
-prompt between frames; POST /queue {"delete": [...]} removes pending ones.
+Graphs are validated like ComfyUI's /prompt (comfyui_graph.py) and run one at a time
+on a background thread (comfyui_run.py); the "SONIC" render is a real MP4 (H.264 +
+AAC) made from the uploaded image and audio (synth.render_portrait). /interrupt stops
+the running prompt between frames; POST /queue {"delete": [...]} removes pending ones.
 
 Fault switches (node_state.faults["comfyui"]): "down" (/system_stats 503),
 "node_error" (/prompt rejects the graph), "exec_error" (the sampler fails),
@@ -21,23 +21,15 @@ from typing import Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
-from PIL import Image, ImageOps
+from PIL import Image
 
 from . import synth
-from .comfyui_graph import NODE_TYPES, validate
+from .comfyui_graph import Validation, error, validate
+from .comfyui_run import ExecutionFailed, Interrupted, Runner
 from .common import fault, record, sim_log, slow_seconds
 
 APP = "comfyui"
-
-
-class Interrupted(Exception):
-    pass
-
-
-class ExecutionFailed(Exception):
-    def __init__(self, node_id: str, node_type: str, exc_type: str, message: str):
-        super().__init__(message)
-        self.node_id, self.node_type, self.exc_type = node_id, node_type, exc_type
+Queued = tuple[int, str, dict[str, Any], str, Validation]  # number, prompt id, graph, client id, validation
 
 
 class ComfyUISim:
@@ -45,23 +37,30 @@ class ComfyUISim:
         self.state = node_state
         self.inputs = root / "input"
         self.outputs = root / "output"
-        self.inputs.mkdir(parents=True, exist_ok=True)
-        self.outputs.mkdir(parents=True, exist_ok=True)
+        self.temp = root / "temp"
+        for folder in (self.inputs, self.outputs, self.temp):
+            folder.mkdir(parents=True, exist_ok=True)
         self.log = sim_log(APP, node_state)
         self.cv = threading.Condition()
-        self.pending: deque[tuple[int, str, dict[str, Any], str]] = deque()
-        self.running: tuple[int, str, dict[str, Any], str] | None = None
+        self.pending: deque[Queued] = deque()
+        self.running: Queued | None = None
         self.history: dict[str, dict[str, Any]] = {}
         self.numbers = itertools.count()
         self.files = itertools.count(1)
         self.interrupt = threading.Event()
         self.thread: threading.Thread | None = None
 
+    def next_file(self) -> int:
+        return next(self.files)
+
+    def interrupted(self) -> bool:
+        return self.interrupt.is_set()
+
     # -- queue and execution ----------------------------------------------------
-    def enqueue(self, graph: dict[str, Any], client_id: str) -> tuple[str, int]:
+    def enqueue(self, graph: dict[str, Any], client_id: str, checked: Validation) -> tuple[str, int]:
         prompt_id, number = str(uuid.uuid4()), next(self.numbers)
         with self.cv:
-            self.pending.append((number, prompt_id, graph, client_id))
+            self.pending.append((number, prompt_id, graph, client_id, checked))
             if self.thread is None:
                 self.thread = threading.Thread(target=self._loop, daemon=True, name="sim-comfyui")
                 self.thread.start()
@@ -75,15 +74,14 @@ class ComfyUISim:
                     self.cv.wait()
                 self.running = self.pending.popleft()
                 self.interrupt.clear()
-            number, prompt_id, graph, client_id = self.running
-            entry = self._execute(prompt_id, graph)
-            entry["prompt"] = [number, prompt_id, graph, {"client_id": client_id},
-                               [n for n, v in graph.items() if NODE_TYPES[v["class_type"]].get("output_node")]]
+            number, prompt_id, graph, client_id, checked = self.running
+            entry = self._execute(prompt_id, graph, checked)
+            entry["prompt"] = [number, prompt_id, graph, {"client_id": client_id}, checked.outputs]
             with self.cv:
                 self.history[prompt_id] = entry
                 self.running = None
 
-    def _execute(self, prompt_id: str, graph: dict[str, Any]) -> dict[str, Any]:
+    def _execute(self, prompt_id: str, graph: dict[str, Any], checked: Validation) -> dict[str, Any]:
         started = [["execution_start", {"prompt_id": prompt_id, "timestamp": int(time.time() * 1000)}]]
         try:
             switch = fault(self.state, APP)
@@ -95,7 +93,7 @@ class ComfyUISim:
                 raise ExecutionFailed("7", "SONICSampler", "torch.OutOfMemoryError",
                                       "CUDA out of memory. Tried to allocate 2.00 GiB (simulated fault)")
             try:
-                outputs = Runner(self, graph).outputs()
+                outputs = Runner(self, graph, checked.values).outputs(checked.outputs)
             except (Interrupted, ExecutionFailed):
                 raise
             except Exception as exc:  # noqa: BLE001 - any node crash is an execution error
@@ -163,22 +161,27 @@ class ComfyUISim:
         @r.post("/prompt")
         async def prompt(request: Request) -> Any:
             body = await request.json()
-            graph, client_id = body.get("prompt"), body.get("client_id", "")
+            if not isinstance(body, dict) or "prompt" not in body:
+                return JSONResponse({"error": error("no_prompt", "No prompt provided", "No prompt provided"),
+                                     "node_errors": {}}, status_code=400)
+            graph, client_id = body["prompt"], body.get("client_id", "")
             record(self.state, APP, "prompt", prompt=graph, client_id=client_id)
-            error, node_errors = validate(graph, self.inputs)
-            if error is None and fault(self.state, APP) == "node_error":
-                error = {"type": "prompt_outputs_failed_validation",
-                         "message": "Prompt outputs failed validation", "details": "", "extra_info": {}}
-                node_errors = {"5": {"class_type": "SONICTLoader", "dependent_outputs": ["8"], "errors": [{
-                    "type": "value_not_in_list", "message": "Value not in list",
-                    "details": "sonic_unet: 'unet.pth' not in ['none'] (simulated fault: model missing)",
-                    "extra_info": {"input_name": "sonic_unet"}}]}}
-            if error is not None:
-                self.log.warning("sim.prompt_rejected", error=error["message"], nodes=list(node_errors))
-                return JSONResponse({"error": error, "node_errors": node_errors}, status_code=400)
-            prompt_id, number = self.enqueue(graph, client_id)
-            self.log.info("sim.prompt_queued", prompt_id=prompt_id, reason="simulated SONIC render")
-            return {"prompt_id": prompt_id, "number": number, "node_errors": {}}
+            checked = validate(graph, self.inputs)
+            if checked.error is None and fault(self.state, APP) == "node_error":
+                checked = Validation(
+                    error("prompt_outputs_failed_validation", "Prompt outputs failed validation"),
+                    {"5": {"class_type": "SONICTLoader", "dependent_outputs": ["8"], "errors": [error(
+                        "value_not_in_list", "Value not in list",
+                        "sonic_unet: 'unet.pth' not in ['none'] (simulated fault: model missing)",
+                        input_name="sonic_unet")]}})
+            if checked.error is not None:
+                self.log.warning("sim.prompt_rejected", error=checked.error["message"],
+                                 nodes=list(checked.node_errors))
+                return JSONResponse({"error": checked.error, "node_errors": checked.node_errors}, status_code=400)
+            prompt_id, number = self.enqueue(graph, client_id, checked)
+            self.log.info("sim.prompt_queued", prompt_id=prompt_id, outputs=checked.outputs,
+                          ignored_outputs=list(checked.node_errors), reason="simulated ComfyUI run")
+            return {"prompt_id": prompt_id, "number": number, "node_errors": checked.node_errors}
 
         @r.get("/history/{prompt_id}")
         def history(prompt_id: str) -> Any:
@@ -223,100 +226,13 @@ class ComfyUISim:
 
         @r.get("/view")
         def view(filename: str, subfolder: str = "", type: str = "output") -> Any:
-            base = {"output": self.outputs, "input": self.inputs}.get(type)
+            base = {"output": self.outputs, "input": self.inputs, "temp": self.temp}.get(type)
             path = (base / subfolder / filename) if base else None
             if path is None or ".." in Path(subfolder).parts or Path(filename).name != filename or not path.is_file():
                 raise HTTPException(404, "file not found")
             return FileResponse(path)
 
         return r
-
-
-class Runner:
-    """Evaluates the graph from its output nodes, node by node (memoized)."""
-
-    def __init__(self, sim: ComfyUISim, graph: dict[str, Any]):
-        self.sim, self.graph, self.done = sim, graph, {}
-
-    def outputs(self) -> dict[str, Any]:
-        result = {}
-        for node_id, node in self.graph.items():
-            if NODE_TYPES[node["class_type"]].get("output_node"):
-                result[node_id] = self.value(node_id)[0]
-        return result
-
-    def value(self, node_id: str) -> tuple[Any, ...]:
-        if node_id not in self.done:
-            node = self.graph[node_id]
-            args = {k: (self.value(v[0])[v[1]] if isinstance(v, list) else v)
-                    for k, v in (node.get("inputs") or {}).items()}
-            if self.sim.interrupt.is_set():
-                raise Interrupted()
-            handler = getattr(self, "_" + node["class_type"].replace("+", "_plus"))
-            try:
-                self.done[node_id] = handler(node_id, **args)
-            except (Interrupted, ExecutionFailed):
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported like ComfyUI: the node and the exception
-                raise ExecutionFailed(node_id, node["class_type"], type(exc).__name__, str(exc)) from exc
-        return self.done[node_id]
-
-    def _LoadImage(self, node_id: str, image: str) -> tuple[Any, ...]:
-        with Image.open(self.sim.inputs / image) as img:
-            return ImageOps.exif_transpose(img).convert("RGB"), None
-
-    def _LoadAudio(self, node_id: str, audio: str) -> tuple[Any, ...]:
-        return (self.sim.inputs / audio,)
-
-    def _ImageResize_plus(self, node_id: str, image: Image.Image, width: int, height: int,
-                          method: str, condition: str, **_: Any) -> tuple[Any, ...]:
-        w, h = image.size
-        if method == "keep proportion":
-            ratio = min(width / w if width else 1e9, height / h if height else 1e9)
-            tw, th = round(w * ratio), round(h * ratio)
-        else:
-            tw, th = width or w, height or h
-        bigger, smaller = tw < w or th < h, tw > w or th > h
-        if condition == "always" or (condition == "downscale if bigger" and bigger) or \
-                (condition == "upscale if smaller" and smaller):
-            image = image.resize((tw, th), Image.Resampling.LANCZOS)
-        return image, image.width, image.height
-
-    def _ImageOnlyCheckpointLoader(self, node_id: str, ckpt_name: str) -> tuple[Any, ...]:
-        return f"model:{ckpt_name}", f"clip_vision:{ckpt_name}", f"vae:{ckpt_name}"
-
-    def _SONICTLoader(self, node_id: str, dtype: str, **_: Any) -> tuple[Any, ...]:
-        return "sonic", dtype
-
-    def _SONIC_PreData(self, node_id: str, audio: Path, image: Image.Image, min_resolution: int,
-                       duration: float, **_: Any) -> tuple[Any, ...]:
-        return ({"image": image, "audio": audio, "min_resolution": min_resolution, "duration": duration},)
-
-    def _SONICSampler(self, node_id: str, data_dict: dict[str, Any], fps: float, **_: Any) -> tuple[Any, ...]:
-        return {**data_dict, "fps": fps}, fps
-
-    def _VHS_VideoCombine(self, node_id: str, images: dict[str, Any], frame_rate: float,
-                          filename_prefix: str, audio: Path | None = None, **_: Any) -> tuple[Any, ...]:
-        if audio is None:
-            raise ExecutionFailed(node_id, "VHS_VideoCombine", "ValueError", "the simulator renders with audio only")
-        image: Image.Image = images["image"]
-        scale = images["min_resolution"] / min(image.size)  # SONIC renders at min_resolution
-        size = (round(image.width * scale), round(image.height * scale))
-        prefix = Path(filename_prefix)
-        folder = self.sim.outputs / prefix.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        dest = folder / f"{prefix.name}_{next(self.sim.files):05}.mp4"
-        try:
-            seconds = synth.render_portrait(image, audio, size, float(frame_rate), float(images["duration"]),
-                                            dest, self.sim.interrupt.is_set)
-        except InterruptedError:
-            dest.unlink(missing_ok=True)
-            raise Interrupted() from None
-        self.sim.log.info("sim.rendered", file=dest.name, seconds=round(seconds, 3), size=f"{size[0]}x{size[1]}",
-                          reason="simulated SONIC: still image + loudness bar, not a model")
-        subfolder = "" if str(prefix.parent) == "." else str(prefix.parent)
-        return ({"gifs": [{"filename": dest.name, "subfolder": subfolder, "type": "output",
-                           "format": "video/h264-mp4", "frame_rate": frame_rate}]},)
 
 
 def _status(messages: list[Any], status_str: str) -> dict[str, Any]:

@@ -3,15 +3,24 @@ endpoints' api names and parameters, so the worker's gradio_client is exercised
 against a real Gradio server.
 
 Both handlers are coroutines: Gradio's /cancel cancels the running asyncio task, so
-a cancelled job stops here (recorded as event "cancelled") as it would on the node."""
+a cancelled job stops here (recorded as event "cancelled") as it would on the node.
+
+Gradio keeps the Blocks under construction in process-wide class attributes
+(``gradio.context.Context.root_block`` / ``.block``), not per thread. Nodes launched
+together build their apps in parallel threads of one process, so every construction
+and mount here holds ``BUILD_LOCK``; without it components and events land in another
+node's Blocks ("Cannot call click outside of a gradio.Blocks context", or an app
+without its api_name)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -20,8 +29,23 @@ import gradio as gr  # noqa: E402
 from . import synth  # noqa: E402
 from .common import fault, record, sim_log, slow_seconds  # noqa: E402
 
+BUILD_LOCK = threading.RLock()  # reentrant: mount() holds it around the builders, which take it too
 CSM_VOICES = ["random_voice", "conversational_a", "conversational_b", "upload_voice"]
 WHISPER_MODELS = ["tiny", "base", "small", "medium", "large", "large-v2", "large-v3"]
+
+
+@contextmanager
+def _blocks(title: str) -> Iterator[gr.Blocks]:
+    """``with gr.Blocks(...)`` while holding BUILD_LOCK (see the module docstring)."""
+    with BUILD_LOCK, gr.Blocks(title=title, analytics_enabled=False) as demo:
+        yield demo
+
+
+def mount(app: Any, node_state: Any, media: Path) -> None:
+    """Build CSM and Whisper and mount them at /csm and /whisper of the node's FastAPI app."""
+    with BUILD_LOCK:
+        gr.mount_gradio_app(app, csm_blocks(node_state, media), path="/csm", allowed_paths=[str(media)])
+        gr.mount_gradio_app(app, whisper_blocks(node_state, media), path="/whisper", allowed_paths=[str(media)])
 
 
 async def _maybe_slow(node_state: Any, app: str, log: Any) -> None:
@@ -75,7 +99,7 @@ def csm_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
 
         return await _cancellable(node_state, "csm", log, work)
 
-    with gr.Blocks(title="CSM (simulated)", analytics_enabled=False) as demo:
+    with _blocks("CSM (simulated)") as demo:
         gr.Markdown("Simulated CSM text-to-speech (c3-render local simulator)")
         inputs = [
             gr.Textbox(label="monologue_json"),
@@ -118,7 +142,7 @@ def whisper_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
 
         return await _cancellable(node_state, "whisper", log, work)
 
-    with gr.Blocks(title="Whisper (simulated)", analytics_enabled=False) as demo:
+    with _blocks("Whisper (simulated)") as demo:
         gr.Markdown("Simulated WhisperX speech-to-text (c3-render local simulator)")
         inputs = [
             gr.Audio(type="filepath", label="audio_file"),

@@ -4,6 +4,7 @@
   sentences; as long as the text would take to say, capped per sentence.
 - portrait video: the still image with a mouth bar that follows the audio's loudness,
   H.264 + AAC in MP4, as long as the audio.
+- saved audio: the input re-encoded as FLAC (what ComfyUI's SaveAudio writes).
 - image description: size, orientation, dominant colours and brightness."""
 
 from __future__ import annotations
@@ -146,6 +147,22 @@ def _mux_audio(src: Path, out: av.container.OutputContainer, stream: av.audio.st
         written += frame.samples
         out.mux(stream.encode(frame))
     out.mux(stream.encode(None))
+
+
+def to_flac(src: Path, dest: Path) -> None:
+    """Re-encode the first audio track of ``src`` as FLAC (16-bit, mono or stereo)."""
+    with av.open(str(src)) as inp, av.open(str(dest), "w", format="flac") as out:
+        source = inp.streams.audio[0]
+        rate = source.codec_context.sample_rate
+        layout = "mono" if source.codec_context.channels == 1 else "stereo"
+        stream = out.add_stream("flac", rate=rate, layout=layout)
+        resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
+        for decoded in inp.decode(source):
+            for frame in resampler.resample(decoded):
+                out.mux(stream.encode(frame))
+        for frame in resampler.resample(None):
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
 
 
 # -- image description ----------------------------------------------------------
