@@ -13,8 +13,7 @@ import requests
 
 from chalicelib.context import Context
 from chalicelib.models import JobStatus
-from tests.support.harness import Handlers, ThreadWorker, submit, task_events, wait_until
-from tests.support.sqs_events import depth
+from tests.support.harness import Handlers, ThreadWorker, settled, submit, task_events, wait_until
 from worker_runtime.worker import EXPIRED_ERROR
 
 pytestmark = pytest.mark.integration
@@ -29,14 +28,6 @@ def wenv(stack_env, tmp_path, monkeypatch):
 
 def final(ctx, job_id, timeout=15.0):
     return wait_until(lambda: (j := ctx.store.get(job_id)) and j.status.is_terminal and j, timeout)
-
-
-def settled(ctx, job_id, timeout=15.0):
-    """Every copy of the job's message consumed and its delivery settled (webhook
-    delivered or given up, event sent): nothing left that could cause another webhook."""
-    return wait_until(lambda: depth(ctx.sqs, ctx.settings.jobs_queue) == 0
-                      and depth(ctx.sqs, ctx.settings.webhooks_queue) == 0
-                      and (j := ctx.store.get(job_id)).outbox is None and j, timeout)
 
 
 def test_media_job_end_to_end(wenv, receiver, tmp_path):

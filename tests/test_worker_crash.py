@@ -13,9 +13,8 @@ from chalicelib.context import Context
 from chalicelib.dead_letters import fail_dead_letter
 from chalicelib.models import JobStatus
 from chalicelib.settings import Settings
-from chalicelib.webhooks import WebhookSender
 from tests.support import procs
-from tests.support.harness import start_worker_process, submit, task_events, wait_until
+from tests.support.harness import Handlers, settled, start_worker_process, submit, task_events, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +43,14 @@ def spawn(workers, wenv, tmp_path, name, **extra):
     return p
 
 
-def test_sigkill_mid_job_finishes_on_another_worker_with_one_webhook(wenv, tmp_path, receiver, workers):
+@pytest.fixture
+def handlers(wenv):
+    """The app's deliveries/DLQ/reconciler handlers, polled as `make run` does."""
+    with Handlers(Settings(**wenv)) as h:
+        yield h
+
+
+def test_sigkill_mid_job_finishes_on_another_worker_with_one_webhook(wenv, tmp_path, receiver, workers, handlers):
     ctx = Context(Settings(**wenv))
     job_id = submit(ctx, "csm", {"text": "sleep:2", "notify_url": receiver.url})
     a = spawn(workers, wenv, tmp_path, "a")
@@ -56,11 +62,12 @@ def test_sigkill_mid_job_finishes_on_another_worker_with_one_webhook(wenv, tmp_p
     assert job.status is JobStatus.SUCCESS and job.attempts == 2
     events = task_events(tmp_path / "tasks.log", job_id)
     assert events == [(a.pid, "start"), (b.pid, "start"), (b.pid, "done")]
-    time.sleep(1)
+    assert settled(ctx, job_id).webhook == "delivered"
     assert len(receiver.for_job(job_id)) == 1
 
 
-def test_stalled_heartbeat_lets_another_worker_take_over_without_double_result(wenv, tmp_path, receiver, workers):
+def test_stalled_heartbeat_lets_another_worker_take_over_without_double_result(wenv, tmp_path, receiver, workers,
+                                                                              handlers):
     ctx = Context(Settings(**wenv))
     job_id = submit(ctx, "csm", {"text": "sleep:2", "notify_url": receiver.url})
     a = spawn(workers, wenv, tmp_path, "a")
@@ -122,9 +129,9 @@ def test_poison_message_is_redriven_to_dlq_and_the_job_failed(stack_env, receive
     assert ctx.jobs_queue.receive(wait_seconds=1, visibility=0) == []
     dead = wait_until(lambda: ctx.dlq.receive(wait_seconds=1, visibility=30), 10)
     assert dead[0].job_id() == job_id
-    outcome = fail_dead_letter(dead[0].body, dead[0].receive_count, ctx.store, ctx.results,
-                               WebhookSender(attempts=1, interval=0))
-    assert outcome == "failed"
-    job = ctx.store.get(job_id)
-    assert job.status is JobStatus.FAILED and "dead-letter" in job.error
-    assert json.loads(receiver.requests[0].body)["status"] == "failed"
+    with Handlers(settings):
+        assert fail_dead_letter(dead[0].body, dead[0].receive_count, ctx.store, ctx.outbox) == "failed"
+        job = ctx.store.get(job_id)
+        assert job.status is JobStatus.FAILED and "dead-letter" in job.error
+        assert settled(ctx, job_id).webhook == "delivered"
+    assert [json.loads(r.body)["status"] for r in receiver.requests] == ["failed"]

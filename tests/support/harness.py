@@ -21,6 +21,7 @@ from worker_runtime.tasks import load_tasks
 from worker_runtime.worker import Worker
 
 from . import procs
+from .sqs_events import depth
 
 FAST = {
     "RECEIVE_WAIT_SECONDS": "1",
@@ -93,6 +94,14 @@ class ThreadWorker:
         self.thread.join(timeout=15)
         if self.handlers is not None:
             self.handlers.__exit__()
+
+
+def settled(ctx: Context, job_id: str, timeout: float = 15.0) -> Any:
+    """Every copy of the job's message consumed and its delivery settled (webhook
+    delivered or given up, event sent): nothing left that could cause another webhook."""
+    return wait_until(lambda: depth(ctx.sqs, ctx.settings.jobs_queue) == 0
+                      and depth(ctx.sqs, ctx.settings.webhooks_queue) == 0
+                      and (j := ctx.store.get(job_id)).outbox is None and j, timeout)
 
 
 def service(ctx: Context) -> JobService:
