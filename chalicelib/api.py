@@ -119,7 +119,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
 
     webhooks = WebhookSender(
         settings.webhook_attempts, settings.webhook_interval, settings.webhook_timeout,
-        settings.webhook_secret,
+        settings.webhook_secret, allow_private=settings.allow_private_urls,
     )
 
     @app.on_sqs_message(queue=settings.jobs_dlq, batch_size=10)

@@ -208,3 +208,24 @@ def test_queue_send_failure_marks_job_failed(client, keyed_ctx):
     assert out["status"] == "failed" and "could not be queued" in out["error"]
     job = keyed_ctx.store.get(out["id"])
     assert job.status is JobStatus.FAILED and "SQS" in job.error
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/csm", {"text": "a", "notify_url": "http://127.0.0.1/x"}, "notify_url"),
+        ("/analyze", {"image_url": "http://0x7f000001/a.jpg"}, "image_url"),
+        ("/portrait", {"image_url": "https://x.org/a.jpg", "audio_url": "http://[::1]/a.wav"}, "audio_url"),
+        ("/csm", {"text": "a", "voice": "clone", "reference_text": "r",
+                  "reference_audio_url": "http://169.254.169.254/latest"}, "reference_audio_url"),
+    ],
+)
+def test_literal_private_urls_are_422_outside_local_mode(client, keyed_ctx, private_urls, path, body, field):
+    private_urls(False)
+    resp = post(client, path, body)
+    assert resp.status_code == 422, resp.body
+    detail = body_of(resp)["details"][0]
+    assert detail["field"] == field and "must not point at a non-public address" in detail["message"]
+    assert keyed_ctx.jobs_queue.receive(wait_seconds=0, visibility=30) == []
+    private_urls(True)
+    assert post(client, path, body).status_code == 200

@@ -22,7 +22,8 @@ def build_worker() -> Worker:
     configure(settings.log_level)
     ctx = Context(settings)
     webhooks = WebhookSender(settings.webhook_attempts, settings.webhook_interval,
-                             settings.webhook_timeout, settings.webhook_secret)
+                             settings.webhook_timeout, settings.webhook_secret,
+                             allow_private=settings.allow_private_urls)
     events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results)
     notifier = Notifier(webhooks, ctx.results, events)
     tasks = load_tasks(settings.tasks, settings=settings)
