@@ -12,10 +12,11 @@ from chalice import Chalice, Response
 from .auth import authenticate
 from .context import Context
 from .dead_letters import fail_dead_letter
-from .errors import C3RenderError, InvalidRequest, PayloadTooLarge
+from .errors import C3RenderError, PayloadTooLarge
 from .events import EventPublisher
 from .intake import IntakeHandler
 from .jobs import JobService
+from .json_body import parse_json
 from .logs import configure, get_logger
 from .models import JobType
 from .openapi import openapi_document
@@ -66,14 +67,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
                 f"Request body is {len(raw)} bytes; the limit is {settings.max_body_bytes}",
                 [{"field": "body", "message": f"must be at most {settings.max_body_bytes} bytes"}],
             )
-        if not raw.strip():
-            raise InvalidRequest("Request body is empty", [{"field": "body", "message": "must be a JSON object"}])
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(
-                "Request body is not valid JSON", [{"field": "body", "message": str(exc)}]
-            ) from None
+        return parse_json(raw)
 
     @app.route("/")
     @handled

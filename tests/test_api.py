@@ -229,3 +229,20 @@ def test_literal_private_urls_are_422_outside_local_mode(client, keyed_ctx, priv
     assert keyed_ctx.jobs_queue.receive(wait_seconds=0, visibility=30) == []
     private_urls(True)
     assert post(client, path, body).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/csm", "/whisper", "/portrait", "/analyze", f"/job/{uuid.uuid4()}"])
+def test_deep_nesting_is_400_on_every_json_route(client, path):
+    resp = post(client, path, "[" * 1000 + "]" * 1000)
+    assert resp.status_code == 400, resp.body
+    assert body_of(resp)["details"] == [{"field": "body", "message": "must not nest deeper than 32 levels"}]
+
+
+def test_nesting_limit_counts_structure_not_strings(client):
+    at_limit = '{"text": "a", "x": ' + "[" * 31 + "]" * 31 + "}"
+    resp = post(client, "/csm", at_limit)
+    assert resp.status_code == 422 and body_of(resp)["details"][0]["field"] == "x"  # parsed, then validated
+    assert post(client, "/csm", '{"text": "a", "x": ' + "[" * 32 + "]" * 32 + "}").status_code == 400
+    brackets_in_text = {"text": "[{" * 500 + '\\"]' + "}]" * 500}
+    assert post(client, "/csm", brackets_in_text).status_code == 200
+
