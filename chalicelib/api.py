@@ -32,11 +32,29 @@ def _json_response(body: Any, status: int = 200) -> Response:
     )
 
 
+def in_error_format(response: Response) -> Response:
+    """Chalice's own answers, made before a view runs (405 wrong method, 415 wrong
+    Content-Type, 500 on an escaped exception), as ``{"Code", "Message"}``: rewritten
+    into the API's error format, naming the field and the rule."""
+    body = response.body
+    if not (isinstance(body, dict) and set(body) == {"Code", "Message"}):
+        return response
+    out: dict[str, Any] = {"error": body["Message"]}
+    if response.status_code == 405:
+        allowed = response.headers.get("Allow", "")
+        out["details"] = [{"field": "method", "message": f"must be one of: {allowed}"}]
+    elif response.status_code == 415:
+        out["details"] = [{"field": "Content-Type", "message": f"must be one of: {', '.join(JSON_TYPES)}"}]
+    headers = {**response.headers, "Content-Type": "application/json"}
+    return Response(body=json.dumps(out), status_code=response.status_code, headers=headers)
+
+
 def create_app(ctx: Context, events: Any = None) -> Chalice:
     settings = ctx.settings
     configure(settings.log_level)
     app = Chalice(app_name="c3-render")
     app.log.handlers.clear()  # Our JSON handler on the root logger does the logging.
+    app.register_middleware(lambda event, get_response: in_error_format(get_response(event)), "http")
     if events is None:
         events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results, ctx.clock)
     service = JobService(ctx.store, ctx.jobs_queue, ctx.results, ctx.clock, settings.job_ttl_days, events)

@@ -246,3 +246,21 @@ def test_nesting_limit_counts_structure_not_strings(client):
     brackets_in_text = {"text": "[{" * 500 + '\\"]' + "}]" * 500}
     assert post(client, "/csm", brackets_in_text).status_code == 200
 
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/csm", "POST"), ("PUT", "/job/{id}", "POST"), ("DELETE", "/status/{id}", "GET"),
+])
+def test_wrong_method_is_405_in_our_error_format(client, method, path, allowed):
+    resp = client.http.request(method, path.format(id=uuid.uuid4()), headers=K1, body=b"{}")
+    assert resp.status_code == 405
+    out = body_of(resp)
+    assert set(out) == {"error", "details"} and "Unsupported method" in out["error"]
+    assert out["details"] == [{"field": "method", "message": f"must be one of: {allowed}"}]
+
+
+def test_wrong_content_type_is_415_in_our_error_format(client):
+    resp = post(client, "/csm", CSM, {**K1, "Content-Type": "text/plain"})
+    assert resp.status_code == 415
+    out = body_of(resp)
+    assert set(out) == {"error", "details"} and "text/plain" in out["error"]
+    assert out["details"] == [{"field": "Content-Type", "message": "must be one of: application/json"}]
