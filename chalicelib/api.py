@@ -120,9 +120,12 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/job/{job_id}", methods=["POST"], content_types=JSON_TYPES)
     @handled
     def update(job_id: str) -> dict[str, Any]:
-        who = owner()
-        job = service.update(job_id, who, body())
-        return {"message": f"Job {job.id} marked as {job.status.value}"}
+        outcome = service.update(job_id, owner(), body())
+        job = outcome.job
+        if not outcome.changed:
+            return {"message": f"Job {job.id} was already {job.status.value}; its data was removed"}
+        removed = "; its data was removed" if outcome.removed else ""
+        return {"message": f"Job {job.id} marked as {job.status.value}{removed}"}
 
     @app.route("/result/{job_id}")
     @handled

@@ -264,3 +264,26 @@ def test_wrong_content_type_is_415_in_our_error_format(client):
     out = body_of(resp)
     assert set(out) == {"error", "details"} and "text/plain" in out["error"]
     assert out["details"] == [{"field": "Content-Type", "message": "must be one of: application/json"}]
+
+
+def test_remove_data_of_a_finished_job_deletes_record_and_every_result_object(client, keyed_ctx, tmp_path):
+    job_id = body_of(post(client, "/csm", CSM))["id"]
+    other_id = body_of(post(client, "/csm", CSM))["id"]
+    audio = tmp_path / "a.mp3"
+    audio.write_bytes(b"ID3fake-mp3")
+    keys = [f"results/{job_id}.mp3", f"results/{job_id}/1.mp3", f"results/{job_id}/2.mp3"]
+    for key in [*keys, f"results/{other_id}/1.mp3"]:
+        keyed_ctx.results.upload_file(str(audio), key, "audio/mpeg")
+    keyed_ctx.store.claim(job_id, "w1", 60)
+    keyed_ctx.store.transition(job_id, JobStatus.SUCCESS, worker="w1", fields={"result_key": keys[-1]})
+
+    refused = post(client, f"/job/{job_id}", {"status": "cancelled"})
+    assert refused.status_code == 409 and body_of(refused)["status"] == "success"
+    resp = post(client, f"/job/{job_id}", {"status": "cancelled", "remove_data": True})
+    assert resp.status_code == 200, resp.body
+    assert body_of(resp) == {"message": f"Job {job_id} was already success; its data was removed"}
+    assert client.http.get(f"/status/{job_id}", headers=K1).status_code == 404
+    listed = keyed_ctx.s3.list_objects_v2(Bucket=keyed_ctx.results.bucket, Prefix="results/")
+    assert [o["Key"] for o in listed.get("Contents", [])] == [f"results/{other_id}/1.mp3"]
+    # Gone is gone: a second removal finds no job.
+    assert post(client, f"/job/{job_id}", {"status": "cancelled", "remove_data": True}).status_code == 404
