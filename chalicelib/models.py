@@ -197,7 +197,9 @@ class StatusUpdate(BaseModel):
 
     status: Literal["timed_out", "cancelled", "failed"]
     error: StrictStr | None = Field(None, max_length=4000)
-    remove_data: StrictBool = False
+    remove_data: StrictBool = Field(
+        False, description="Delete the record and every result object, also of a job already finished."
+    )
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
