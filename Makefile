@@ -16,8 +16,10 @@ $(STAMP): requirements.txt requirements-worker.txt requirements-dev.txt
 setup: $(STAMP)
 
 # LOCALSTACK=1: on LocalStack (SQS, S3) + DynamoDB Local instead of moto.
+# WORKERS=K: K worker processes (restarted when one exits).
+WORKERS ?= 1
 run: setup $(if $(filter-out 0,$(LOCALSTACK)),emulators)
-	$(PY) -m infra.local.run
+	WORKERS=$(WORKERS) $(PY) -m infra.local.run
 
 # The whole suite on moto, then the integration suite again on LocalStack + DynamoDB Local.
 test: setup

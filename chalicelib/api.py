@@ -13,10 +13,11 @@ from .auth import authenticate
 from .context import Context
 from .dead_letters import handle_dead_letters
 from .delivery import DeliveryHandler
-from .errors import C3RenderError, InvalidRequest, PayloadTooLarge
+from .errors import C3RenderError, PayloadTooLarge
 from .events import EventPublisher
 from .intake import IntakeHandler
 from .jobs import JobService
+from .json_body import parse_json
 from .logs import configure, get_logger
 from .models import JobType
 from .openapi import openapi_document
@@ -33,11 +34,29 @@ def _json_response(body: Any, status: int = 200) -> Response:
     )
 
 
+def in_error_format(response: Response) -> Response:
+    """Chalice's own answers, made before a view runs (405 wrong method, 415 wrong
+    Content-Type, 500 on an escaped exception), as ``{"Code", "Message"}``: rewritten
+    into the API's error format, naming the field and the rule."""
+    body = response.body
+    if not (isinstance(body, dict) and set(body) == {"Code", "Message"}):
+        return response
+    out: dict[str, Any] = {"error": body["Message"]}
+    if response.status_code == 405:
+        allowed = response.headers.get("Allow", "")
+        out["details"] = [{"field": "method", "message": f"must be one of: {allowed}"}]
+    elif response.status_code == 415:
+        out["details"] = [{"field": "Content-Type", "message": f"must be one of: {', '.join(JSON_TYPES)}"}]
+    headers = {**response.headers, "Content-Type": "application/json"}
+    return Response(body=json.dumps(out), status_code=response.status_code, headers=headers)
+
+
 def create_app(ctx: Context, events: Any = None) -> Chalice:
     settings = ctx.settings
     configure(settings.log_level)
     app = Chalice(app_name="c3-render")
     app.log.handlers.clear()  # Our JSON handler on the root logger does the logging.
+    app.register_middleware(lambda event, get_response: in_error_format(get_response(event)), "http")
     if events is None:
         events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results, ctx.clock)
     service = JobService(ctx.store, ctx.outbox, ctx.results, ctx.clock, settings.job_ttl_days)
@@ -68,14 +87,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
                 f"Request body is {len(raw)} bytes; the limit is {settings.max_body_bytes}",
                 [{"field": "body", "message": f"must be at most {settings.max_body_bytes} bytes"}],
             )
-        if not raw.strip():
-            raise InvalidRequest("Request body is empty", [{"field": "body", "message": "must be a JSON object"}])
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(
-                "Request body is not valid JSON", [{"field": "body", "message": str(exc)}]
-            ) from None
+        return parse_json(raw)
 
     @app.route("/")
     @handled
@@ -110,9 +122,12 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/job/{job_id}", methods=["POST"], content_types=JSON_TYPES)
     @handled
     def update(job_id: str) -> dict[str, Any]:
-        who = owner()
-        job = service.update(job_id, who, body())
-        return {"message": f"Job {job.id} marked as {job.status.value}"}
+        outcome = service.update(job_id, owner(), body())
+        job = outcome.job
+        if not outcome.changed:
+            return {"message": f"Job {job.id} was already {job.status.value}; its data was removed"}
+        removed = "; its data was removed" if outcome.removed else ""
+        return {"message": f"Job {job.id} marked as {job.status.value}{removed}"}
 
     @app.route("/result/{job_id}")
     @handled
@@ -121,7 +136,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
 
     webhooks = WebhookSender(
         settings.webhook_attempts, settings.webhook_interval, settings.webhook_timeout,
-        settings.webhook_secret,
+        settings.webhook_secret, allow_private=settings.allow_private_urls,
     )
     delivery = DeliveryHandler(ctx.store, ctx.outbox, events, webhooks, ctx.results, ctx.clock,
                                settings.outbox_grace)

@@ -19,7 +19,6 @@ Per message the outcome is one of:
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Iterable
 
@@ -30,6 +29,7 @@ from .auth import ANONYMOUS
 from .errors import Conflict, InvalidRequest
 from .events import EventPublisher, rejected_event
 from .jobs import JobService
+from .json_body import parse_json
 from .logs import get_logger
 from .models import JobType, validation_details
 from .settings import Settings
@@ -140,10 +140,9 @@ class IntakeHandler:
             raise Rejected(f"Message body is {size} bytes; the limit is {self.settings.max_body_bytes}",
                            [{"field": "body", "message": f"must be at most {self.settings.max_body_bytes} bytes"}])
         try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise Rejected("Message body is not valid JSON",
-                           [{"field": "body", "message": f"must be a JSON object ({exc})"}]) from None
+            data = parse_json(body, field="body", what="Message body")
+        except InvalidRequest as exc:
+            raise Rejected(exc.message, exc.details) from None
         if not isinstance(data, dict):
             raise Rejected("Message body must be a JSON object",
                            [{"field": "body", "message": "must be a JSON object"}])

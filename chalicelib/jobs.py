@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .errors import Conflict, InvalidRequest, NotFound
 from .job import Job
@@ -21,6 +21,12 @@ from .store import DISPATCH, JobExists, JobStore, TransitionConflict
 log = get_logger("c3.jobs")
 
 _IDEMPOTENCY_NS = uuid.UUID("6f1f9a52-3a8e-4c39-9a43-6f4d6c1d2e11")
+
+
+class ClientUpdate(NamedTuple):
+    job: Job
+    changed: bool  # False: the job was already final and only its data was removed
+    removed: bool
 
 
 def parse_job_id(raw: str) -> str:
@@ -124,13 +130,17 @@ class JobService:
             raise NotFound(f"Job {job_id} not found")
         return job
 
-    def update(self, job_id: str, owner: str, body: Any) -> Job:
-
+    def update(self, job_id: str, owner: str, body: Any) -> ClientUpdate:
+        """The client's status change of a queued or running job; with ``remove_data``
+        the record and every result object go too, also for a job already final (which
+        is otherwise a 409). Objects are deleted before the record, so a failed removal
+        can be retried."""
         update: StatusUpdate = parse_model(StatusUpdate, body)
         job = self.get(job_id, owner)
         target = JobStatus(update.status)
         assert target in CLIENT_STATES
         error = update.error or f"Job marked as {target.value} by client"
+        changed = True
         try:
             job = self.store.transition(
                 job.id, target,
@@ -141,17 +151,21 @@ class JobService:
         except TransitionConflict as exc:
             if exc.current is None or exc.current.owner != owner:
                 raise NotFound(f"Job {job_id} not found") from None
-            raise Conflict(
-                f"Job {job.id} is already {exc.current.status.value}",
-                status=exc.current.status.value,
-            ) from None
-        log.info("job.client_update", job_id=job.id, status=target.value, remove_data=update.remove_data)
-        self.outbox.notify(job)
+            if not update.remove_data:
+                raise Conflict(
+                    f"Job {job.id} is already {exc.current.status.value}",
+                    status=exc.current.status.value,
+                ) from None
+            job, changed = exc.current, False  # already final: only its data goes
+        else:
+            log.info("job.client_update", job_id=job.id, status=target.value, remove_data=update.remove_data)
+            if not update.remove_data:  # a removed job has nothing left to deliver
+                self.outbox.notify(job)
         if update.remove_data:
-            if job.result_key:
-                self.results.delete(job.result_key)
+            objects = self.results.delete_job(job.id)
             self.store.delete(job.id)
-        return job
+            log.info("job.data_removed", job_id=job.id, status=job.status.value, objects=objects)
+        return ClientUpdate(job, changed, update.remove_data)
 
     def result(self, job_id: str, owner: str) -> dict[str, Any]:
         job = self.get(job_id, owner)

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from .egress import literal_address_problem
 from .errors import UnprocessableRequest
 from .settings import get_settings
 
@@ -39,6 +40,11 @@ def _check_http_url(value: str) -> str:
         raise ValueError("must be an absolute http(s) URL")
     if any(c.isspace() for c in value):
         raise ValueError("must not contain white space")
+    # Host names are not resolved here: the worker checks them at every hop and connect.
+    problem = None if get_settings().allow_private_urls else literal_address_problem(value)
+    if problem:
+        raise ValueError(f"must not point at a non-public address: {problem} "
+                         "(allowed only with ALLOW_PRIVATE_URLS=true)")
     return value
 
 
@@ -191,7 +197,9 @@ class StatusUpdate(BaseModel):
 
     status: Literal["timed_out", "cancelled", "failed"]
     error: StrictStr | None = Field(None, max_length=4000)
-    remove_data: StrictBool = False
+    remove_data: StrictBool = Field(
+        False, description="Delete the record and every result object, also of a job already finished."
+    )
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:

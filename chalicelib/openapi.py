@@ -35,7 +35,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or wrong API key", 404: "Unknown job",
-            409: "Conflict with the job's state", 413: "Body too large", 422: "Invalid fields",
+            409: "Conflict with the job's state", 413: "Body too large",
+            415: "Content-Type is not application/json", 422: "Invalid fields",
             503: "Job could not be queued"}
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
@@ -86,7 +87,7 @@ def openapi_document() -> dict[str, Any]:
                 ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(model.__name__)}}},
                 "responses": {"200": _json(_ref("Submitted"), "Job queued"),
-                              **_errors(400, 401, 409, 413, 422, 503)},
+                              **_errors(400, 401, 409, 413, 415, 422, 503)},
             }
         }
     paths["/status/{id}"] = {"get": {"summary": "Job status", "parameters": [job_id],
@@ -96,7 +97,7 @@ def openapi_document() -> dict[str, Any]:
         "summary": "Mark a job timed_out, cancelled or failed", "parameters": [job_id],
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("StatusUpdate")}}},
         "responses": {"200": _json({"type": "object", "properties": {"message": {"type": "string"}}}, "Updated"),
-                      **_errors(400, 401, 404, 409, 413, 422)}}}
+                      **_errors(400, 401, 404, 409, 413, 415, 422)}}}
     paths["/result/{id}"] = {"get": {"summary": "Job result", "parameters": [job_id],
                                      "responses": {"200": _json(_ref("Result"), "Result"),
                                                    **_errors(400, 401, 404, 409)}}}

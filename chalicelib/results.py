@@ -5,12 +5,21 @@ from __future__ import annotations
 import mimetypes
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 CONTENT_TYPES = {"mp3": "audio/mpeg", "mp4": "video/mp4", "wav": "audio/wav", "txt": "text/plain"}
 
 
 def result_key(job_id: str, attempt: int, ext: str) -> str:
     """One key per attempt (``results/<job>/<attempt>.<ext>``), all under the job's prefix."""
     return f"results/{job_id}/{attempt}.{ext.lstrip('.')}"
+
+
+def job_prefix(job_id: str) -> str:
+    """Every object of a job starts with this: ``results/{id}.ext`` and the per-attempt
+    ``results/{id}/...`` alike (job ids are UUIDs, so no id is a prefix of another)."""
+    return f"results/{job_id}"
 
 
 def content_type_for(ext: str) -> str:
@@ -39,3 +48,21 @@ class ResultStore:
 
     def delete(self, key: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_job(self, job_id: str) -> int:
+        """Delete every object under ``job_prefix(job_id)``; returns how many. Raises
+        ClientError when S3 refuses any of them, so the caller keeps the record and the
+        removal can be retried."""
+        keys = [obj["Key"]
+                for page in self._s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=job_prefix(job_id))
+                for obj in page.get("Contents", [])]
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start:start + DELETE_BATCH]]
+            answer = self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise ClientError({"Error": {"Code": first.get("Code", "DeleteFailed"),
+                                             "Message": f"{first.get('Key')}: {first.get('Message', '')}"}},
+                                  "DeleteObjects")
+        return len(keys)

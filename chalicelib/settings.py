@@ -13,9 +13,18 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
+class EgressSettings(BaseSettings):
+    """The egress policy's switch (chalicelib/egress.py), shared by the API, the worker
+    and the render tasks."""
+
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
+    # Local mode: user URLs and webhooks may reach 127.0.0.1 / private networks
+    # (make run, tests). Off, they are refused at submit, at every hop and on connect.
+    allow_private_urls: bool = Field(False, validation_alias="ALLOW_PRIVATE_URLS")
+
+
+class Settings(EgressSettings):
     aws_region: str = Field(
         "us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
     )

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import requests
 
+from .egress import egress_session
 from .job import Job
 from .logs import get_logger
 from .models import JobStatus
@@ -59,12 +60,13 @@ class WebhookSender:
         secret: str | None = None,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
+        allow_private: bool = True,
     ):
         self.attempts = attempts
         self.interval = interval
         self.timeout = timeout
         self.secret = secret
-        self._session = session or requests.Session()
+        self._session = session or egress_session(allow_private)
         self._clock = clock
 
     def attempt(self, url: str, payload: dict[str, Any], attempt: int = 1) -> tuple[bool, str]:
@@ -81,7 +83,8 @@ class WebhookSender:
                             "webhook-signature": sign(self.secret, msg_id, ts, body)})
         started = self._clock()
         try:
-            resp = self._session.post(url, data=body, headers=headers, timeout=self.timeout)
+            resp = self._session.post(url, data=body, headers=headers, timeout=self.timeout,
+                                      allow_redirects=False)
             ok, outcome = 200 <= resp.status_code < 300, f"HTTP {resp.status_code}"
         except requests.RequestException as exc:
             ok, outcome = False, f"{type(exc).__name__}: {exc}"[:500]

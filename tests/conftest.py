@@ -12,13 +12,30 @@ import pytest
 
 from chalicelib import aws
 from chalicelib.context import Context
-from chalicelib.settings import Settings
+from chalicelib.settings import Settings, get_settings
 from infra.local import emulators
 from infra.local.stack import create_stack
 from tests.support import procs
 from tests.support.receiver import Receiver
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Local mode, as in `make run`: the receivers and sample servers live on 127.0.0.1.
+# Tests of the egress policy turn it off (``private_urls``, or explicit settings).
+os.environ.setdefault("ALLOW_PRIVATE_URLS", "true")
+
+
+@pytest.fixture
+def private_urls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], None]]:
+    """``private_urls(False)`` turns local mode off for this process's request models
+    (they read the cached ``get_settings()``) and for processes started afterwards."""
+
+    def set_mode(allowed: bool) -> None:
+        monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true" if allowed else "false")
+        get_settings.cache_clear()
+
+    yield set_mode
+    monkeypatch.undo()
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -224,3 +224,82 @@ def test_queue_send_failure_keeps_the_job_and_the_reconciler_sends_it(client, ke
     # Re-sent once, then postponed: the next pass sends nothing.
     assert reconciler.run_once().resent["dispatch"] == 0
     assert keyed_ctx.store.get(out["id"]).outbox_sends == 1
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/csm", {"text": "a", "notify_url": "http://127.0.0.1/x"}, "notify_url"),
+        ("/analyze", {"image_url": "http://0x7f000001/a.jpg"}, "image_url"),
+        ("/portrait", {"image_url": "https://x.org/a.jpg", "audio_url": "http://[::1]/a.wav"}, "audio_url"),
+        ("/csm", {"text": "a", "voice": "clone", "reference_text": "r",
+                  "reference_audio_url": "http://169.254.169.254/latest"}, "reference_audio_url"),
+    ],
+)
+def test_literal_private_urls_are_422_outside_local_mode(client, keyed_ctx, private_urls, path, body, field):
+    private_urls(False)
+    resp = post(client, path, body)
+    assert resp.status_code == 422, resp.body
+    detail = body_of(resp)["details"][0]
+    assert detail["field"] == field and "must not point at a non-public address" in detail["message"]
+    assert keyed_ctx.jobs_queue.receive(wait_seconds=0, visibility=30) == []
+    private_urls(True)
+    assert post(client, path, body).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/csm", "/whisper", "/portrait", "/analyze", f"/job/{uuid.uuid4()}"])
+def test_deep_nesting_is_400_on_every_json_route(client, path):
+    resp = post(client, path, "[" * 1000 + "]" * 1000)
+    assert resp.status_code == 400, resp.body
+    assert body_of(resp)["details"] == [{"field": "body", "message": "must not nest deeper than 32 levels"}]
+
+
+def test_nesting_limit_counts_structure_not_strings(client):
+    at_limit = '{"text": "a", "x": ' + "[" * 31 + "]" * 31 + "}"
+    resp = post(client, "/csm", at_limit)
+    assert resp.status_code == 422 and body_of(resp)["details"][0]["field"] == "x"  # parsed, then validated
+    assert post(client, "/csm", '{"text": "a", "x": ' + "[" * 32 + "]" * 32 + "}").status_code == 400
+    brackets_in_text = {"text": "[{" * 500 + '\\"]' + "}]" * 500}
+    assert post(client, "/csm", brackets_in_text).status_code == 200
+
+
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/csm", "POST"), ("PUT", "/job/{id}", "POST"), ("DELETE", "/status/{id}", "GET"),
+])
+def test_wrong_method_is_405_in_our_error_format(client, method, path, allowed):
+    resp = client.http.request(method, path.format(id=uuid.uuid4()), headers=K1, body=b"{}")
+    assert resp.status_code == 405
+    out = body_of(resp)
+    assert set(out) == {"error", "details"} and "Unsupported method" in out["error"]
+    assert out["details"] == [{"field": "method", "message": f"must be one of: {allowed}"}]
+
+
+def test_wrong_content_type_is_415_in_our_error_format(client):
+    resp = post(client, "/csm", CSM, {**K1, "Content-Type": "text/plain"})
+    assert resp.status_code == 415
+    out = body_of(resp)
+    assert set(out) == {"error", "details"} and "text/plain" in out["error"]
+    assert out["details"] == [{"field": "Content-Type", "message": "must be one of: application/json"}]
+
+
+def test_remove_data_of_a_finished_job_deletes_record_and_every_result_object(client, keyed_ctx, tmp_path):
+    job_id = body_of(post(client, "/csm", CSM))["id"]
+    other_id = body_of(post(client, "/csm", CSM))["id"]
+    audio = tmp_path / "a.mp3"
+    audio.write_bytes(b"ID3fake-mp3")
+    keys = [f"results/{job_id}.mp3", f"results/{job_id}/1.mp3", f"results/{job_id}/2.mp3"]
+    for key in [*keys, f"results/{other_id}/1.mp3"]:
+        keyed_ctx.results.upload_file(str(audio), key, "audio/mpeg")
+    keyed_ctx.store.claim(job_id, "w1", 60)
+    keyed_ctx.store.transition(job_id, JobStatus.SUCCESS, worker="w1", fields={"result_key": keys[-1]})
+
+    refused = post(client, f"/job/{job_id}", {"status": "cancelled"})
+    assert refused.status_code == 409 and body_of(refused)["status"] == "success"
+    resp = post(client, f"/job/{job_id}", {"status": "cancelled", "remove_data": True})
+    assert resp.status_code == 200, resp.body
+    assert body_of(resp) == {"message": f"Job {job_id} was already success; its data was removed"}
+    assert client.http.get(f"/status/{job_id}", headers=K1).status_code == 404
+    listed = keyed_ctx.s3.list_objects_v2(Bucket=keyed_ctx.results.bucket, Prefix="results/")
+    assert [o["Key"] for o in listed.get("Contents", [])] == [f"results/{other_id}/1.mp3"]
+    # Gone is gone: a second removal finds no job.
+    assert post(client, f"/job/{job_id}", {"status": "cancelled", "remove_data": True}).status_code == 404

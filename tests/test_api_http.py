@@ -67,3 +67,23 @@ def test_bad_input_over_http_is_a_clear_4xx(api, method, path, kwargs, code):
     assert isinstance(body["error"], str) and body["error"]
     if code in (400, 413, 422):
         assert body["details"][0]["field"]
+
+
+@pytest.mark.parametrize(
+    "method, path, kwargs, code, detail",
+    [
+        ("post", "/csm", {"data": "[" * 1000 + "]" * 1000, "headers": {**KEY, "Content-Type": "application/json"}},
+         400, {"field": "body", "message": "must not nest deeper than 32 levels"}),
+        ("get", "/csm", {"headers": KEY}, 405, {"field": "method", "message": "must be one of: POST"}),
+        ("delete", f"/status/{uuid.uuid4()}", {"headers": KEY}, 405, {"field": "method", "message": "must be one of: GET"}),
+        ("post", "/csm", {"data": "text=hi", "headers": {**KEY, "Content-Type": "application/x-www-form-urlencoded"}},
+         415, {"field": "Content-Type", "message": "must be one of: application/json"}),
+    ],
+)
+def test_rejections_chalice_makes_answer_in_our_format_over_http(api, method, path, kwargs, code, detail):
+    base, _ = api
+    resp = getattr(requests, method)(f"{base}{path}", timeout=5, **kwargs)
+    assert resp.status_code == code
+    assert resp.headers["Content-Type"] == "application/json"
+    body = resp.json()
+    assert set(body) == {"error", "details"} and body["details"] == [detail]

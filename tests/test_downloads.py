@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.egress import refusal_reason
 from tests.support.node_apps import inputs  # noqa: F401 - fixture
 from tests.support.samples import SampleServer
 from worker_runtime.cancel import CancelToken, TaskCancelled
-from worker_runtime.downloads import Downloader, refusal_reason
+from worker_runtime.downloads import Downloader
 from worker_runtime.tasks.base import TaskError
 
 PUBLIC = "93.184.216.34"

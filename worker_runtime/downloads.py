@@ -2,28 +2,26 @@
 
 Streamed to disk with a size cap and a whole-download deadline; the body must not
 be a web page; and, outside local mode, no request may reach a private, loopback,
-link-local or cloud-metadata address. That last check runs twice: on the host name
-before each hop (so the error can name the address) and on the connected socket
-itself (so a DNS answer that changes between the two cannot slip through).
-Redirects are followed by hand so every hop gets both checks.
+link-local or cloud-metadata address (the policy in chalicelib/egress.py). That last
+check runs twice: on the host name before each hop (so the error can name the address)
+and on the connected socket itself (so a DNS answer that changes between the two cannot
+slip through). Redirects are followed by hand so every hop gets both checks.
 
 Every failure raises TaskError naming the field, the URL and the reason."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError
+
+from chalicelib.egress import AddressRefused, Policy, default_policy, egress_session
 
 from .cancel import CancelToken
 from .tasks.base import TaskError
@@ -31,85 +29,9 @@ from .tasks.base import TaskError
 CHUNK = 64 * 1024
 DEADLINE_SLACK = 0.05  # a read timeout this close to the deadline is the deadline
 REDIRECTS = (301, 302, 303, 307, 308)
-# Well-known instance metadata endpoints (AWS/GCP/Azure/OpenStack, AWS IPv6, ECS, Alibaba).
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a)
-    for a in ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200")
-)
 NOT_MEDIA_TYPES = ("text/", "application/json", "application/xhtml", "application/xml")
 WHAT = {"image": "an image", "audio": "an audio or video file"}
 HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")
-
-
-class AddressRefused(Exception):
-    """A connection would reach an address user URLs must not reach."""
-
-    def __init__(self, host: str, address: str, why: str):
-        super().__init__(f"{host} resolves to {address}, {why} (refused outside local mode)")
-
-
-def refusal_reason(address: str) -> str | None:
-    """Why ``address`` is off limits for user URLs, or None when it is public."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip in METADATA_ADDRESSES:
-        return "a cloud metadata address"
-    if ip.is_loopback:
-        return "a loopback address"
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
-        return "a reserved address"
-    if ip.is_private:
-        return "a private address"
-    if not ip.is_global:
-        return "a non-public address"
-    return None
-
-
-Policy = Callable[[str, int], "str | None"]  # (address, port) -> why refused, or None
-
-
-def default_policy(address: str, port: int) -> str | None:
-    return refusal_reason(address)
-
-
-def public_only_adapter(policy: Policy) -> HTTPAdapter:
-    """An adapter whose every new socket is checked against ``policy`` right after the
-    TCP connect, before a byte of the request is sent."""
-
-    def check(sock: socket.socket, host: str) -> None:
-        address, port = sock.getpeername()[:2]
-        why = policy(address, port)
-        if why is not None:
-            sock.close()
-            raise AddressRefused(host, address, why)
-
-    class CheckedHTTP(HTTPConnection):
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            check(sock, self.host)
-            return sock
-
-    class CheckedHTTPS(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            check(sock, self.host)
-            return sock
-
-    class HTTPPool(HTTPConnectionPool):
-        ConnectionCls = CheckedHTTP
-
-    class HTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = CheckedHTTPS
-
-    class Adapter(HTTPAdapter):
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
-
-    return Adapter()
 
 
 @dataclass(frozen=True)
@@ -134,15 +56,6 @@ class Downloader:
         self.policy = policy
         self.monotonic = monotonic
 
-    def _session(self) -> requests.Session:
-        session = requests.Session()
-        session.trust_env = False  # a proxy from the environment would hide the real peer
-        if not self.allow_private:
-            adapter = public_only_adapter(self.policy)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        return session
-
     def fetch(self, url: str, dest: Path, *, field: str, kind: str,
               cancel: CancelToken | None = None) -> Download:
         """Download ``url`` (the request's ``field``) to ``dest``; ``kind`` is "image" or "audio"."""
@@ -152,7 +65,7 @@ class Downloader:
 
         deadline = self.monotonic() + self.timeout
         current = url
-        with self._session() as session:
+        with egress_session(self.allow_private, self.policy) as session:
             for hop in range(self.max_redirects + 1):
                 prefix = f"redirected to {current}: " if hop else ""
                 self._check_target(current, fail, prefix)

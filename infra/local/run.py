@@ -2,8 +2,9 @@
 
 AWS on a moto server (127.0.0.1:4566) unless AWS_ENDPOINT_URL points at an existing
 emulator or LOCALSTACK=1 asks for LocalStack + DynamoDB Local; the API with
-`chalice local` on 127.0.0.1:8000; one worker; the SQS-triggered handlers polled
-locally; and the Comput3 simulator when no real C3_API_KEY is set."""
+`chalice local` on 127.0.0.1:8000; WORKERS worker processes (1), each restarted when
+it exits; the SQS-triggered handlers polled locally; and the Comput3 simulator when no
+real C3_API_KEY is set. ALLOW_PRIVATE_URLS defaults to true here (local mode)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from chalicelib.settings import Settings
+from pydantic import ValidationError
+
+from chalicelib.settings import EgressSettings, Settings
 from infra.local import processes
 from infra.local.stack import create_stack
 
@@ -26,6 +30,8 @@ API_PORT = int(os.environ.get("API_PORT", "8000"))
 MOTO_PORT = int(os.environ.get("MOTO_PORT", "4566"))
 SIM_PORT = int(os.environ.get("SIMULATOR_PORT", "8700"))
 SAMPLES_PORT = int(os.environ.get("SAMPLES_PORT", "8002"))
+QUICK_EXIT = 10.0  # a worker dying sooner than this after its start is restarted with a delay
+MAX_BACKOFF = 30.0
 
 
 def say(message: str) -> None:
@@ -40,23 +46,48 @@ def banner(lines: list[str]) -> None:
     print("=" * width + "\n", flush=True)
 
 
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    restart: bool = False  # started again when it exits (workers), instead of stopping all
+    started: float = 0.0
+    backoff: float = 0.0
+    restart_at: float | None = None
+
+
 class Supervisor:
-    """Children with prefixed, logged output; stopping one way for all."""
+    """Children with prefixed, logged output; stopping one way for all. A restartable
+    child that exits is started again (after a growing delay when it keeps dying within
+    QUICK_EXIT seconds); any other child exiting ends ``wait_any``."""
 
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen]] = []
+    def __init__(self, log_dir: Path = RUN_DIR / "logs", report: Callable[[str], None] = say,
+                 first_delay: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.children: list[Child] = []
         self.cleanups: list[Callable[[], None]] = []
+        self.log_dir = log_dir
+        self.report = report
+        self.first_delay = first_delay
+        self.clock = clock
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log_path = RUN_DIR / "logs" / f"{name}.log"
-        proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        threading.Thread(target=self._pump, args=(name, proc, log_path), daemon=True).start()
-        self.children.append((name, proc))
-        return proc
+    def spawn(self, name: str, args: list[str], env: dict[str, str], restart: bool = False) -> subprocess.Popen:
+        child = Child(name, self._start(name, args, env), args, env, restart, self.clock())
+        self.children.append(child)
+        return child.proc
 
     def adopt(self, name: str, proc: subprocess.Popen) -> None:
-        self.children.append((name, proc))
+        self.children.append(Child(name, proc, started=self.clock()))
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def _start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=self._pump, args=(name, proc, self.log_dir / f"{name}.log"), daemon=True).start()
+        return proc
 
     @staticmethod
     def _pump(name: str, proc: subprocess.Popen, log_path: Path) -> None:
@@ -68,18 +99,35 @@ class Supervisor:
                 sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
                 sys.stdout.flush()
 
-    def wait_any(self) -> str:
+    def wait_any(self, interval: float = 0.5) -> str:
+        """Restart restartable children as they exit; return the name of the first
+        other child that exits."""
         while True:
-            for name, proc in self.children:
-                if proc.poll() is not None:
-                    return name
-            time.sleep(0.5)
+            for child in self.children:
+                if child.proc.poll() is None:
+                    continue
+                if not child.restart:
+                    return child.name
+                self._restart(child)
+            time.sleep(interval)
+
+    def _restart(self, child: Child) -> None:
+        now = self.clock()
+        if child.restart_at is None:
+            quick = now - child.started < QUICK_EXIT
+            child.backoff = min(child.backoff * 2 or self.first_delay, MAX_BACKOFF) if quick else 0.0
+            child.restart_at = now + child.backoff
+            delay = f" in {child.backoff:g} s" if child.backoff else ""
+            self.report(f"{child.name} exited (code {child.proc.returncode}); restarting{delay}")
+        if now >= child.restart_at:
+            child.proc = self._start(child.name, child.args, child.env)
+            child.started, child.restart_at = now, None
 
     def stop_all(self) -> None:
-        for name, proc in reversed(self.children):
-            if proc.poll() is None:
-                say(f"stopping {name}")
-                processes.stop(proc, timeout=30 if name == "worker" else 10)
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                self.report(f"stopping {child.name}")
+                processes.stop(child.proc, timeout=30 if child.name.startswith("worker") else 10)
         for cleanup in reversed(self.cleanups):
             cleanup()
 
@@ -136,6 +184,7 @@ def main() -> int:
     (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
     if processes.port_in_use(API_PORT):
         sys.exit(f"[make run] port {API_PORT} is busy: stop what runs there, or set API_PORT")
+    workers, allow_private = worker_count(), private_urls_allowed()
     sup = Supervisor()
     stopping = threading.Event()
 
@@ -153,15 +202,16 @@ def main() -> int:
         say(f"resources ready: table {settings.jobs_table}, bucket {settings.results_bucket}, queue {urls['jobs']}")
         env.update(comput3_profile(sup))
         env.update(samples_profile(sup))
-        env.update({"OUTPUT_DIR": str(RUN_DIR / "output"), "ALLOW_PRIVATE_URLS": "true",
-                    "WORKER_HEALTH_FILE": str(RUN_DIR / "worker.health")})
+        env.update({"OUTPUT_DIR": str(RUN_DIR / "output"), "ALLOW_PRIVATE_URLS": str(allow_private).lower()})
         os.environ.update(env)
         say(f"starting the API on http://127.0.0.1:{API_PORT}")
         api = processes.start_api(API_PORT, env, RUN_DIR / "logs" / "api.log")
         sup.adopt("api", api)
-        sup.spawn("worker", [sys.executable, "-m", "worker_runtime"], env)
+        for n in range(1, workers + 1):
+            sup.spawn(f"worker-{n}", [sys.executable, "-m", "worker_runtime"],
+                      {**env, "WORKER_HEALTH_FILE": str(RUN_DIR / f"worker-{n}.health")}, restart=True)
         sup.spawn("handlers", [sys.executable, "-m", "infra.local.lambda_poller"], env)
-        walkthrough(settings)
+        walkthrough(settings, workers, allow_private)
         name = sup.wait_any()
         say(f"{name} exited; stopping everything (its log: .run/logs/{name}.log)")
         return 1
@@ -183,14 +233,37 @@ def samples_profile(sup: Supervisor) -> dict[str, str]:
     return {}
 
 
-def walkthrough(settings: Settings) -> None:
+def worker_count() -> int:
+    """WORKERS (make run WORKERS=K): how many worker processes; 1 by default."""
+    raw = os.environ.get("WORKERS", "").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        sys.exit(f"[make run] WORKERS={raw!r}: must be a whole number of at least 1")
+    return int(raw)
+
+
+def private_urls_allowed() -> bool:
+    """ALLOW_PRIVATE_URLS as the user set it; true (local mode) when unset."""
+    raw = os.environ.get("ALLOW_PRIVATE_URLS", "").strip() or "true"
+    try:
+        return EgressSettings(ALLOW_PRIVATE_URLS=raw).allow_private_urls
+    except ValidationError:
+        sys.exit(f"[make run] ALLOW_PRIVATE_URLS={raw!r}: must be true or false")
+
+
+def walkthrough(settings: Settings, workers: int, allow_private: bool) -> None:
     api = f"http://127.0.0.1:{API_PORT}"
     samples = f"http://127.0.0.1:{SAMPLES_PORT}"
     key = f' -H "X-C3-RENDER-KEY: {settings.api_key_list[0]}"' if settings.api_key_list else ""
+    mode = ("ALLOW_PRIVATE_URLS=true (local mode): user URLs and webhooks may reach 127.0.0.1 and private networks"
+            if allow_private else
+            "ALLOW_PRIVATE_URLS=false: user URLs and webhooks to private addresses are REFUSED "
+            "(the 127.0.0.1 samples too)")
     banner([
         f"c3-render is up.  API: {api}   OpenAPI: {api}/openapi.json",
         f"AWS endpoint: {os.environ.get('AWS_ENDPOINT_URL') or os.environ.get('AWS_ENDPOINT_URL_SQS')}",
-        f"Sample inputs: {samples}/portrait.jpg  {samples}/speech.wav  Logs: .run/logs/",
+        f"Workers: {workers} (worker-1..{workers}, restarted when they exit)  Logs: .run/logs/",
+        mode,
+        f"Sample inputs: {samples}/portrait.jpg  {samples}/speech.wav",
         "",
         "Try:",
         f"  curl -s -X POST {api}/csm{key} -H 'Content-Type: application/json' \\",

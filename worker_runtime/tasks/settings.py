@@ -6,7 +6,8 @@ the spec or the protocols name."""
 from __future__ import annotations
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chalicelib.settings import EgressSettings
 
 DEFAULT_ANALYZE_PROMPT = (
     "Describe this image in detail: the main subjects, their appearance and actions, "
@@ -14,16 +15,14 @@ DEFAULT_ANALYZE_PROMPT = (
 )
 
 
-class TaskSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+class TaskSettings(EgressSettings):
+    """Also carries ``allow_private_urls`` (ALLOW_PRIVATE_URLS) for the downloader."""
 
     # -- downloads of user URLs (image_url, audio_url, reference_audio_url) --
     max_download_bytes: int = Field(200 * 1024 * 1024, ge=1, validation_alias="MAX_DOWNLOAD_BYTES")
     download_timeout: float = Field(120.0, gt=0, validation_alias="DOWNLOAD_TIMEOUT",
                                     description="Whole download, connect to last byte (seconds)")
     download_max_redirects: int = Field(5, ge=0, validation_alias="DOWNLOAD_MAX_REDIRECTS")
-    # Local mode: URLs on 127.0.0.1 / private networks are allowed (make run, tests).
-    allow_private_urls: bool = Field(False, validation_alias="ALLOW_PRIVATE_URLS")
 
     # -- media preprocessing --
     max_image_side: int = Field(2048, ge=64, validation_alias="MAX_IMAGE_SIDE",
