@@ -142,7 +142,10 @@ class IntakeHandler:
         try:
             data = parse_json(body, field="body", what="Message body")
         except InvalidRequest as exc:
-            raise Rejected(exc.message, exc.details) from None
+            # A queue message has no Content-Type to blame: say what the body must be.
+            details = [{"field": d["field"], "message": d["message"] if d["message"].startswith("must")
+                        else f"must be a JSON object ({d['message']})"} for d in exc.details]
+            raise Rejected(exc.message, details) from None
         if not isinstance(data, dict):
             raise Rejected("Message body must be a JSON object",
                            [{"field": "body", "message": "must be a JSON object"}])

@@ -149,3 +149,16 @@ def c3_sim(log_dir: Path, request: pytest.FixtureRequest):
     sim = SimulatorProcess.start(env={"C3_SIM_APPS": "0"}, log_path=log_dir / f"c3sim-{name}.log")
     yield sim
     sim.stop()
+
+
+@pytest.fixture
+def fault_proxy(aws_endpoints: dict[str, str]):
+    """A fault-injecting proxy in front of the moto server (see infra/local/fault_proxy.py):
+    processes pointed at ``fault_proxy.url`` see throttles, 5xx, resets and stalls on the wire."""
+    from infra.local.fault_proxy import FaultProxy
+
+    if "AWS_ENDPOINT_URL" not in aws_endpoints:
+        pytest.skip("the fault proxy fronts the single moto endpoint (C3_TEST_PROFILE=moto)")
+    proxy = FaultProxy(aws_endpoints["AWS_ENDPOINT_URL"]).start()
+    yield proxy
+    proxy.stop()

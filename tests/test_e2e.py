@@ -3,6 +3,7 @@ Comput3 node (real Gradio, ComfyUI REST, Ollama apps) -> S3 -> /result and webho
 
 from __future__ import annotations
 
+import sys
 import uuid
 from pathlib import Path
 
@@ -40,8 +41,12 @@ def system(aws_endpoints, tmp_path_factory):
         "GPU_HEALTH_INTERVAL": "2", "GRADIO_POLL_INTERVAL": "0.2", "COMFYUI_POLL_INTERVAL": "0.2",
     }
     worker = start_worker_process(worker_env, work / "worker.log")
+    # The app's SQS handlers (webhook deliveries, DLQ) and the reconciler, as `make run` runs them.
+    handlers = procs.start([sys.executable, "-m", "infra.local.lambda_poller"],
+                           env={**env, "LAMBDA_POLL_WAIT_SECONDS": "1"}, log_path=work / "handlers.log")
     yield {"api": f"http://127.0.0.1:{api_port}", "sim": sim, "inputs": inputs, "receiver": receiver,
            "work": work, "worker": worker}
+    procs.stop(handlers)
     procs.stop(worker, timeout=30)
     procs.stop(api)
     inputs.stop()
