@@ -127,6 +127,7 @@ def test_policy_files_name_only_their_stage():
         "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
         "sqs:GetQueueUrl", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
         "sqs:GetQueueAttributes", "s3:GetObject", "s3:DeleteObject", "ssm:GetParameters",
+        "dynamodb:Query", "s3:ListBucket",
     }
     text = json.dumps(prod)
     assert "c3-render-dev" not in text and "c3-render-prod" in text
@@ -236,7 +237,7 @@ def test_data_stack_through_cloudformation_on_moto(moto, stage):
     lines: list[str] = []
     deploy_stack(cfn, name, {"Stage": stage}, body=DATA_TEMPLATE.read_text(), poll=0.1, out=lines.append)
     assert stack_status(cfn, name) == "CREATE_COMPLETE"
-    assert lines[0] == f"{name}: creating (12 changes)" and f"  {name}: CREATE_COMPLETE" in lines
+    assert lines[0] == f"{name}: creating (13 changes)" and f"  {name}: CREATE_COMPLETE" in lines
     jobs_url = sqs.get_queue_url(QueueName=f"c3-render-{stage}-jobs")["QueueUrl"]
     dlq_url = sqs.get_queue_url(QueueName=f"c3-render-{stage}-jobs-dlq")["QueueUrl"]
     redrive = json.loads(sqs.get_queue_attributes(QueueUrl=jobs_url, AttributeNames=["All"])["Attributes"]["RedrivePolicy"])

@@ -133,6 +133,8 @@ class DynamoTable(Handler):
         }
         if props.get("SSESpecification", {}).get("SSEEnabled"):
             kwargs["SSESpecification"] = {"Enabled": True}
+        if props.get("GlobalSecondaryIndexes"):
+            kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
         try:
             client.create_table(**kwargs)
         except ClientError as exc:
