@@ -88,7 +88,13 @@ class DeliveryHandler:
         if held is None:
             if fields:
                 self.store.settle(job.id, fields, done=False)
-            return "held"  # another attempt is in flight, or it was settled meanwhile
+            current = self.store.get(job.id)
+            if current is not None and current.webhook == "pending" and current.webhook_lease:
+                # Another attempt holds it (in flight, or its deliverer died mid-call):
+                # look again when that hold ends rather than waiting for the reconciler.
+                wait = math.ceil(max(0.0, current.webhook_lease - self.clock())) + 1
+                self.outbox.try_send(NOTIFY, job.id, delay=wait)
+            return "held"
         attempt = held.webhook_attempts
         ok, outcome = self.webhooks.attempt(held.notify_url or "", webhook_payload(held, self.results), attempt)
         now = self.clock()

@@ -113,7 +113,8 @@ def test_egress_session_reaches_an_address_the_policy_allows(server: Server) -> 
 
 def test_a_refused_webhook_is_a_failed_attempt_not_an_exception(server: Server) -> None:
     sender = WebhookSender(attempts=2, interval=0, timeout=5, allow_private=False)
-    assert sender.deliver(server.url, {"id": "j1", "status": "success"}) is False
+    ok, outcome = sender.attempt(server.url, {"id": "j1", "status": "success"})
+    assert not ok and "loopback" in outcome
     assert server.seen == []
 
 
@@ -127,7 +128,8 @@ def test_webhooks_never_follow_a_redirect(code: int, session: str) -> None:
         # receiver; under the policy the hop's port is "public", the receiver's is not.
         custom = egress_session(False, public_port(hop.port)) if session == "public policy" else None
         sender = WebhookSender(attempts=2, interval=0, timeout=5, session=custom)
-        assert sender.deliver(hop.url, {"id": "j1", "status": "success"}) is False
+        for _ in range(2):
+            assert sender.attempt(hop.url, {"id": "j1", "status": "success"}) == (False, f"HTTP {code}")
         assert hop.seen == [("POST", "/hook"), ("POST", "/hook")]  # each attempt, a 3xx
         assert receiver.seen == []
     finally:
