@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean deploy destroy emulators test-localstack
+.PHONY: setup run test bench soak clean deploy destroy emulators test-localstack
 
 $(STAMP): requirements.txt requirements-worker.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test-localstack: emulators
 
 bench: setup
 	$(PY) -m infra.bench
+
+# Durability under fire: SOAK_WORKERS workers, SOAK_JOBS jobs of all four types, a worker SIGKILLed
+# every ~30 s, ~10% of GPU nodes dying, half the webhooks refused, AWS throttles (infra/soak.py).
+# A short run (tests/test_soak.py) is part of `make test`.
+SOAK_JOBS ?= 500
+SOAK_WORKERS ?= 3
+soak: setup
+	$(PY) -m infra.soak --jobs $(SOAK_JOBS) --workers $(SOAK_WORKERS) $(SOAK_ARGS)
 
 # AWS (credentials + region from the usual AWS variables or profile), or the data plane
 # only when AWS_ENDPOINT_URL points at an emulator. See infra/aws/README.md.

@@ -195,13 +195,18 @@ class Soak:
                 deaths_due -= 1
 
     def kill_busy_node(self) -> bool:
-        running = [i for i in self.sim.ledger()["instances"] if i["running"] and not i["dead"]]
-        if not running:
+        """Kill a node that is serving a job right now (the GPU registry says which)."""
+        items = self.ctx.dynamodb.scan(TableName=self.settings.gpu_table, ConsistentRead=True)["Items"]
+        busy = [decode_item(i) for i in items]
+        busy = [r["workload"] for r in busy if r.get("busy") and r.get("workload")]
+        alive = {i["workload"] for i in self.sim.ledger()["instances"] if i["running"] and not i["dead"]}
+        candidates = [w for w in busy if w in alive]
+        if not candidates:
             return False
-        node = self.rng.choice(running)
-        self.sim.node_action(node["workload"], die=True)
+        workload = self.rng.choice(candidates)
+        self.sim.node_action(workload, die=True)
         self.books.node_deaths += 1
-        say(f"GPU node {node['workload']} dies")
+        say(f"GPU node {workload} dies mid-job")
         return True
 
     def count_final(self, ids: list[str]) -> int:
@@ -283,7 +288,8 @@ class Soak:
             "webhook_calls": len(self.receiver.requests), "webhooks_accepted": sum(accepted.values()),
             "worker_kills": b.kills, "node_deaths": b.node_deaths,
             "takeovers": sum(1 for j in jobs.values() if j.attempts > 1),
-            "aws_faults_injected": sum(self.proxy.counts.values()),
+            "aws_faults_injected": sum(n for k, n in self.proxy.counts.items() if k != "upstream.dropped"),
+            "emulator_dropped_connections": self.proxy.counts.get("upstream.dropped", 0),
             "gpu_launches": ledger.get("launches"), "gpu_stops": ledger.get("stops"),
         })
 

@@ -159,7 +159,14 @@ class FaultProxy:
                 if rule is not None:
                     status, out_headers, out = fault_response(service, rule.action)
                 else:
-                    status, out_headers, out = self._forward(body)
+                    try:
+                        status, out_headers, out = self._forward(body)
+                    except (OSError, http.client.HTTPException):
+                        # The emulator dropped the connection: pass that on as it is.
+                        with proxy._lock:
+                            proxy.counts["upstream.dropped"] = proxy.counts.get("upstream.dropped", 0) + 1
+                        self.close_connection = True
+                        return
                 self.send_response(status)
                 for name, value in out_headers.items():
                     self.send_header(name, value)
