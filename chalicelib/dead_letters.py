@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from .batch import partial_batch
 from .logs import get_logger
 from .outbox import Outbox
 from .queue import job_id_of
@@ -41,13 +42,8 @@ def fail_dead_letter(body: str, receive_count: int, store: JobStore, outbox: Out
 
 def handle_dead_letters(records: Iterable[dict[str, Any]], store: JobStore, outbox: Outbox) -> dict[str, Any]:
     """Lambda SQS records in; ``batchItemFailures`` for the ones a transient error stopped."""
-    failures = []
-    for record in records:
+    def one(record: dict[str, Any]) -> str:
         count = int(record.get("attributes", {}).get("ApproximateReceiveCount", "0"))
-        try:
-            fail_dead_letter(record.get("body", ""), count, store, outbox)
-        except Exception as exc:  # noqa: BLE001 - SQS delivers it again
-            log.error("dlq.retry", message_id=record.get("messageId"),
-                      reason=f"{type(exc).__name__}: {exc}; the message will be delivered again")
-            failures.append({"itemIdentifier": record.get("messageId", "")})
-    return {"batchItemFailures": failures}
+        return fail_dead_letter(record.get("body", ""), count, store, outbox)
+
+    return partial_batch(records, one, log, "dlq.retry")

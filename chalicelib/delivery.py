@@ -14,9 +14,9 @@ dies loses nothing: its message, or the reconciler, brings the job back."""
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
+from .batch import partial_batch
 from .events import EventPublisher
 from .job import Job
 from .logs import get_logger
@@ -47,19 +47,8 @@ class DeliveryHandler:
     def handle_batch(self, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         """Lambda SQS records in (delivered concurrently: one slow receiver must not hold
         up the batch); ``batchItemFailures`` out for the ones to deliver again."""
-        records = list(records)
-        failures = []
-        with ThreadPoolExecutor(max_workers=max(1, min(10, len(records))),
-                                thread_name_prefix="deliver") as pool:
-            futures = [(r, pool.submit(self.handle, r.get("body", ""))) for r in records]
-            for record, future in futures:
-                try:
-                    future.result()
-                except Exception as exc:  # noqa: BLE001 - SQS delivers it again
-                    log.error("delivery.retry", message_id=record.get("messageId"),
-                              reason=f"{type(exc).__name__}: {exc}; the message will be delivered again")
-                    failures.append({"itemIdentifier": record.get("messageId", "")})
-        return {"batchItemFailures": failures}
+        return partial_batch(records, lambda r: self.handle(r.get("body", "")), log, "delivery.retry",
+                             concurrency=10)
 
     def handle(self, body: str) -> str:
         """Settle one job; returns what happened (for logs and tests)."""

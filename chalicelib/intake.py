@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from .auth import ANONYMOUS
+from .batch import partial_batch
 from .errors import Conflict, InvalidRequest
 from .events import EventPublisher, rejected_event
 from .jobs import JobService
@@ -90,17 +91,8 @@ class IntakeHandler:
     def handle_batch(self, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         """Lambda SQS records in; ``{"batchItemFailures": [...]}`` out (only the
         messages that hit a transient failure are redelivered)."""
-        failures = []
-        for record in records:
-            message_id = record.get("messageId", "")
-            try:
-                self.handle(record.get("body", ""), message_id)
-            except Exception as exc:  # noqa: BLE001 - retried by SQS, dead-lettered eventually
-                log.error("intake.retry", message_id=message_id,
-                          receive_count=record.get("attributes", {}).get("ApproximateReceiveCount"),
-                          reason=f"{type(exc).__name__}: {exc}; the message will be delivered again")
-                failures.append({"itemIdentifier": message_id})
-        return {"batchItemFailures": failures}
+        return partial_batch(records, lambda r: self.handle(r.get("body", ""), r.get("messageId", "")),
+                             log, "intake.retry")
 
     # -- one message -------------------------------------------------------------
     def handle(self, body: str, message_id: str) -> str:

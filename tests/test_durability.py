@@ -228,6 +228,8 @@ def test_deliverer_killed_between_attempts_resumes_them_in_a_new_process(wenv, t
     """The retry schedule lives in the record and the queue: a new handlers process picks
     up where the killed one stopped, with the same webhook-id and one accepted delivery."""
     ctx = Context(Settings(**wenv))
+    # A message the killed deliverer held comes back after this (and must then do nothing).
+    ctx.sqs.set_queue_attributes(QueueUrl=ctx.webhooks_queue.url, Attributes={"VisibilityTimeout": "5"})
     receiver.script = [503, 503]
     env = {**wenv, "WEBHOOK_ATTEMPTS": "5", "WEBHOOK_INTERVAL": "2", "LAMBDA_POLL_WAIT_SECONDS": "1",
            "LOCAL_SCHEDULE_INTERVAL": "1"}
