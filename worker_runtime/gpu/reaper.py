@@ -1,8 +1,9 @@
 """Stopping instances: one's own, and any that nobody should be paying for any more.
 
 Any worker (at start and every GPU_REAP_INTERVAL) looks through the registry and claims,
-by a conditional write, records whose owner has been silent past GPU_OWNER_GRACE, that
-sat idle past GPU_IDLE_TIMEOUT, or whose rental already expired. Only the winner of the
+by a conditional write, records busy, launching or stopping whose owner has been silent
+past GPU_OWNER_GRACE, that sat idle past GPU_IDLE_TIMEOUT (whoever owns them: an idle
+instance is anyone's to adopt), or whose rental already expired. Only the winner of the
 claim stops the instance, so two workers never both act on one record.
 
 A claimed "launching" intent has no workload id: its worker died between the launch
@@ -85,7 +86,9 @@ class Reaper:
     # -- looking for orphans ------------------------------------------------------
     def reason_to_reap(self, record: GpuRecord, now: float) -> str | None:
         s = self.settings
-        if record.silent_for(now) > s.owner_grace:
+        # An idle instance needs no live owner (any worker may adopt it): only its idle
+        # time counts. A job, a launch or a stop in progress needs its owner alive.
+        if not record.idle and record.silent_for(now) > s.owner_grace:
             return (f"owner {record.owner} silent for {record.silent_for(now):.0f} s "
                     f"(GPU_OWNER_GRACE={s.owner_grace:g}) while {record.state}")
         if record.state == RUNNING and not record.busy and record.last_used is not None \

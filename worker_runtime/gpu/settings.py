@@ -34,9 +34,13 @@ class GpuSettings(BaseSettings):
 
     # The instance lifecycle (spec defaults).
     idle_timeout: float = Field(300.0, ge=0, validation_alias="GPU_IDLE_TIMEOUT")
-    pre_launch_min: float = Field(15.0, ge=0, validation_alias="PRE_LAUNCH_TIMEOUT")
-    pre_launch_max: float = Field(30.0, ge=0, validation_alias="PRE_LAUNCH_TIMEOUT_MAX")
-    init_wait: float = Field(5.0, ge=0, validation_alias="GPU_INIT_WAIT")
+    # At most this many instances at once, across all workers (the registry's launch slots).
+    max_gpus: int = Field(10, ge=1, le=1000, validation_alias="MAX_GPUS")
+    # All slots taken: look again (for an idle instance or a free slot) this often.
+    capacity_poll: float = Field(1.0, gt=0, validation_alias="GPU_CAPACITY_POLL")
+    # A new node is polled for health this often until it answers, for up to boot_timeout.
+    boot_poll: float = Field(0.25, gt=0, validation_alias="GPU_BOOT_POLL")
+    boot_timeout: float = Field(600.0, gt=0, validation_alias="GPU_BOOT_TIMEOUT")
     health_interval: float = Field(15.0, gt=0, validation_alias="GPU_HEALTH_INTERVAL")
     health_attempts: int = Field(3, ge=1, validation_alias="GPU_HEALTH_ATTEMPTS")
     health_retry_delay: float = Field(2.0, ge=0, validation_alias="GPU_HEALTH_RETRY_DELAY")
@@ -60,8 +64,6 @@ class GpuSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> "GpuSettings":
-        if self.pre_launch_max < self.pre_launch_min:
-            raise ValueError("PRE_LAUNCH_TIMEOUT_MAX must be >= PRE_LAUNCH_TIMEOUT")
         if self.refresh_after >= self.lifetime:
             raise ValueError("GPU_REFRESH_AFTER must be shorter than GPU_LIFETIME (the rental's expires)")
         if self.owner_grace <= self.heartbeat_interval:
