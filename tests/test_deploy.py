@@ -157,6 +157,8 @@ def test_deploy_data_plane_to_moto_and_use_it(moto, stage, capsys):
         assert desc["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
         ttl = ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
         assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
+    [index] = ddb.describe_table(TableName=f"{prefix}-gpus")["Table"]["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "by-state" and index["KeySchema"] == [{"AttributeName": "state", "KeyType": "HASH"}]
 
     def attrs(name):
         url = sqs.get_queue_url(QueueName=name)["QueueUrl"]

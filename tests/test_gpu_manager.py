@@ -180,3 +180,12 @@ def test_intent_is_recorded_before_launch(genv, c3_sim):
         [record] = registry(genv).all()
         assert record.id == intent.id and record.expires == intent.expires
         assert record.workload == c3_sim.ledger()["instances"][0]["workload"]
+
+
+def test_health_checks_cost_one_listing_per_interval_per_worker(genv, c3_sim):
+    with gpu_worker(genv, GPU_HEALTH_INTERVAL="0.5") as tw:
+        job_id = submit(tw.ctx, "csm", {"text": "sleep:4"})
+        started = c3_sim.ledger()["workloads_requests"]
+        assert final(tw.ctx, job_id).status is JobStatus.SUCCESS
+        # About 8 monitor rounds; the boot poll and the checks before reuse share the listing.
+        assert c3_sim.ledger()["workloads_requests"] - started <= 4 / 0.5 + 2

@@ -149,3 +149,18 @@ def test_own_records_are_reaped_only_when_no_longer_tracked(reg, c3, c3_sim):
     assert {x.id for x in reg.all()} == {live.id}
     stopped = [i["workload"] for i in c3_sim.ledger()["instances"] if not i["running"]]
     assert stopped == [forgotten.workload]
+
+
+def test_registry_reads_query_the_state_index_never_scan(ctx, c3, c3_sim):
+    calls = []
+
+    class Recording:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ctx.dynamodb, name)
+
+    reg = GpuRegistry(Recording(), ctx.settings.gpu_table, time.time)
+    record = rented(reg, c3, "dead", busy=True, heartbeat_age=GRACE + 5)
+    assert {r.id for r in reg.all()} == {record.id}
+    assert reaper(reg, c3, "me").reap_pass() == 1
+    assert "query" in calls and "scan" not in calls

@@ -34,7 +34,7 @@ from ..cancel import CancelToken
 from ..comput3 import Comput3Client, Comput3Error, LaunchAborted, Wait, with_attempts
 from ..node import Node
 from ..tasks.base import TaskError
-from .monitor import Monitor
+from .monitor import Listing, Monitor
 from .reaper import Reaper
 from .registry import RUNNING, GpuRecord, GpuRegistry, RecordLost, SlotTaken
 from .settings import GpuSettings
@@ -62,6 +62,7 @@ class GpuManager:
         self._current: GpuRecord | None = None  # this worker's launched instance
         self._intent: GpuRecord | None = None  # a launch in flight
         self._monitors: dict[str, Monitor] = {}
+        self._listing = Listing(lambda: [w.workload for w in client.workloads()], settings.health_interval)
         self._closed = threading.Event()
         self._keeper: threading.Thread | None = None
 
@@ -329,12 +330,17 @@ class GpuManager:
     # -- health -------------------------------------------------------------------
     def _health(self, record: GpuRecord, wait: Wait) -> str | None:
         """Listed as running by the workloads API, and the node answers; up to
-        GPU_HEALTH_ATTEMPTS attempts. None when healthy, else why not."""
+        GPU_HEALTH_ATTEMPTS attempts. None when healthy, else why not. The listing is
+        shared (one control-plane call per GPU_HEALTH_INTERVAL for the whole worker);
+        only a retry after "not listed" asks again."""
         base = self._node(record).base_url
+        attempt = 0
 
         def once() -> str | None:
+            nonlocal attempt
+            attempt += 1
             try:
-                listed = any(w.workload == record.workload for w in self.client.workloads())
+                listed = self._listing.contains(record.workload or "", fresh=attempt > 1)
             except Comput3Error as exc:  # inconclusive: the node check decides
                 self.log.warning("gpu.workloads_unavailable", workload=record.workload, error=str(exc))
                 listed = True
