@@ -27,7 +27,6 @@ GPU_FAST = {
     "C3_LAUNCH_TIMEOUT": "5",
     "GPU_HEARTBEAT_INTERVAL": "0.5",
     "GPU_OWNER_GRACE": "3",
-    "GPU_REAP_INTERVAL": "0.5",
 }
 
 

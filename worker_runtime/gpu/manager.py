@@ -10,8 +10,9 @@
     unwatch(node)
     job_done(node, failed)        idle again; stopped when the job failed (the spec's
                                   cost rule) or the instance is past GPU_REFRESH_AFTER
-    maintain()                    starts the keeper thread: heartbeats, idle shutdown,
-                                  orphan reaping (at start and every GPU_REAP_INTERVAL)
+    maintain()                    starts the keeper thread (idle shutdown) and the
+                                  heartbeat thread (registry liveness); orphans are the
+                                  API's scheduled gpu_reaper's (chalicelib/gpu_reaper.py)
     shutdown()                    stops this worker's instance (SIGTERM, exit)
 
 Locking: ``_lock`` guards ``_current``/``_intent`` and every registry write about them,
@@ -57,7 +58,7 @@ class GpuManager:
         self.clock = clock
         self.rng = rng or random.Random()
         self.log = get_logger("c3.gpu", worker=worker_id)
-        self.reaper = Reaper(client, registry, settings, worker_id, clock, self.log, self._live_ids)
+        self.reaper = Reaper(client, registry, settings, worker_id, clock, self.log)
         self._lock = threading.RLock()
         self._current: GpuRecord | None = None  # this worker's launched instance
         self._intent: GpuRecord | None = None  # a launch in flight
@@ -72,6 +73,7 @@ class GpuManager:
             if self._keeper is None and not self._closed.is_set():
                 self._keeper = threading.Thread(target=self._keep, name="gpu-keeper", daemon=True)
                 self._keeper.start()
+                threading.Thread(target=self._beat, name="gpu-heartbeat", daemon=True).start()
 
     def acquire(self, token: CancelToken, log: EventLogger) -> Node:
         self.maintain()
@@ -128,7 +130,7 @@ class GpuManager:
         if intent is not None:
             self.log.warning("gpu.launch_in_flight", record=intent.id,
                              reason="a launch is still in flight at shutdown; if it outlives this process, "
-                                    "another worker reaps its intent after GPU_OWNER_GRACE")
+                                    "the scheduled gpu_reaper reaps its intent after GPU_OWNER_GRACE")
         if self._keeper is not None:
             self._keeper.join(timeout=5)
         self.log.info("gpu.manager_stopped")
@@ -318,10 +320,6 @@ class GpuManager:
             expires -= 1
         return expires
 
-    def _live_ids(self) -> set[str]:
-        with self._lock:
-            return {r.id for r in (self._current, self._intent) if r is not None}
-
     def _node(self, record: GpuRecord) -> Node:
         assert record.workload and record.node
         return Node(workload=record.workload, name=record.node, api_key=self.client.api_key,
@@ -395,21 +393,18 @@ class GpuManager:
         return claimed is not None and self.reaper.finish(claimed)
 
     def _keep(self) -> None:
+        """The keeper thread: stops this worker's instance once idle past GPU_IDLE_TIMEOUT.
+        Stopping may take long (a slow Comput3); heartbeats have their own thread."""
         s = self.settings
-        tick = max(0.05, min(1.0, s.heartbeat_interval / 2, s.reap_interval / 2,
-                             s.idle_timeout / 4 if s.idle_timeout else 1.0))
-        self._safely(self.reaper.reap_pass, "startup reap")
-        next_beat = time.monotonic() + s.heartbeat_interval
-        next_reap = time.monotonic() + s.reap_interval
+        tick = max(0.05, min(1.0, s.idle_timeout / 4 if s.idle_timeout else 1.0))
         while not self._closed.wait(tick):
-            now = time.monotonic()
-            if now >= next_beat:
-                self._safely(self._heartbeat, "heartbeat")
-                next_beat = now + s.heartbeat_interval
             self._safely(self._idle_check, "idle check")
-            if now >= next_reap:
-                self._safely(self.reaper.reap_pass, "reap")
-                next_reap = now + s.reap_interval
+
+    def _beat(self) -> None:
+        """The heartbeat thread: only short registry writes, so no stop, launch or health
+        check of this worker can make its records look abandoned."""
+        while not self._closed.wait(self.settings.heartbeat_interval):
+            self._safely(self._heartbeat, "heartbeat")
 
     def _safely(self, step: Callable[[], object], what: str) -> None:
         try:

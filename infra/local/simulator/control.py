@@ -97,6 +97,11 @@ def build_control_app(sim: Simulator) -> FastAPI:
         workload = body.get("workload")
         if not isinstance(workload, str) or not workload:
             return _error(400, "workload (string) is required")
+        delay = sim.faults.stop_delay
+        if delay:
+            log.warning("sim.stop_slow", workload=workload, seconds=delay,
+                        reason="simulated slow stop; the instance bills until it answers")
+            await asyncio.sleep(delay)
         was_running = workload in {i.workload for i in sim.all() if i.running}
         instance = sim.stop(workload)
         if instance is None:
