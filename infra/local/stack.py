@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from chalicelib import aws
 from chalicelib.settings import Settings, get_settings
 from chalicelib.store import OUTBOX_INDEX
-from worker_runtime.gpu.registry import STATE_INDEX
+from chalicelib.gpu_registry import STATE_INDEX
 
 # The jobs table's sparse outbox index (see chalicelib/outbox.py); data.yaml declares the same.
 OUTBOX_GSI = {
@@ -30,7 +30,7 @@ OUTBOX_GSI = {
 OUTBOX_ATTRIBUTES = [{"AttributeName": "outbox", "AttributeType": "S"},
                      {"AttributeName": "outbox_at", "AttributeType": "N"}]
 
-# The GPU registry's index on ``state`` (see worker_runtime/gpu/registry.py); data.yaml declares the same.
+# The GPU registry's index on ``state`` (see chalicelib/gpu_registry.py); data.yaml declares the same.
 GPU_STATE_GSI = {
     "IndexName": STATE_INDEX,
     "KeySchema": [{"AttributeName": "state", "KeyType": "HASH"}],
