@@ -69,8 +69,8 @@ def build_control_app(sim: Simulator) -> FastAPI:
         if fault == "html":
             log.warning("sim.launch_fault", fault="html", reason="simulated CDN error page instead of JSON")
             return HTMLResponse(CDN_ERROR_PAGE, status_code=200)
-        instance = sim.launch(workload_type, expires)  # binds a port, starts a thread: quick
         delay = sim.take_launch_delay()
+        instance = sim.launch(workload_type, expires, delay)  # binds a port, starts a thread: quick
         if delay:
             log.warning("sim.launch_slow", workload=instance.workload, seconds=delay,
                         reason="simulated slow launch; the instance already bills")

@@ -22,7 +22,7 @@ class Faults(BaseModel):
     launch_delay_count: int | None = Field(None, ge=0, description="only the next N launches are slow (None: all)")
     stop_delay: float = Field(0.0, ge=0, description="seconds a stop takes to answer (the instance bills until then)")
     refuse_key: bool = Field(False, description="every control-plane call answers 403, whatever the key")
-    node_init_seconds: float = Field(0.0, ge=0, description="a new node's health answers 503 for this long")
+    node_init_seconds: float = Field(0.0, ge=0, description="a new node's health answers 503 for this long after its launch answered")
     node_die_after: float | None = Field(None, ge=0, description="new nodes stop answering this long after launch")
     node_hide_after: float | None = Field(None, ge=0, description="new nodes drop out of /workloads this long after launch")
     node: dict[str, Any] = Field(default_factory=dict, description="initial NodeState.faults of each new node")
