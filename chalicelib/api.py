@@ -15,6 +15,8 @@ from .dead_letters import handle_dead_letters
 from .delivery import DeliveryHandler
 from .errors import C3RenderError, PayloadTooLarge
 from .events import EventPublisher
+from .gpu_reaper import reap_gpus
+from .gpu_registry import GpuRegistry
 from .intake import IntakeHandler
 from .jobs import JobService
 from .json_body import parse_json
@@ -157,6 +159,12 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     def reconcile(event: Any) -> dict[str, Any]:
         report = reconciler.run_once()
         return {"resent": report.resent, "failed": report.failed}
+
+    # Orphaned, idle-expired and past-lifetime GPU instances are stopped here, not by the
+    # workers: the worker service scales to zero, and what it leaves must still be stopped.
+    @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
+    def gpu_reaper(event: Any) -> dict[str, Any]:
+        return reap_gpus(GpuRegistry(ctx.dynamodb, settings.gpu_table, ctx.clock), clock=ctx.clock)
 
     intake_handler = IntakeHandler(service, events, settings)
 

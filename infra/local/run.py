@@ -173,10 +173,6 @@ def comput3_profile(sup: Supervisor) -> dict[str, str]:
         "C3_NODE_URL": "http://{node}",
         "C3_COMFYUI_URL": "http://{node}/comfyui",
         "C3_OLLAMA_URL": "http://{node}/ollama",
-        # Local runs need no cost-saving launch jitter.
-        "PRE_LAUNCH_TIMEOUT": os.environ.get("PRE_LAUNCH_TIMEOUT", "0"),
-        "PRE_LAUNCH_TIMEOUT_MAX": os.environ.get("PRE_LAUNCH_TIMEOUT_MAX", "1"),
-        "GPU_INIT_WAIT": os.environ.get("GPU_INIT_WAIT", "1"),
     }
 
 

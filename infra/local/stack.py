@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from chalicelib import aws
 from chalicelib.settings import Settings, get_settings
 from chalicelib.store import OUTBOX_INDEX
+from chalicelib.gpu_registry import STATE_INDEX
 
 # The jobs table's sparse outbox index (see chalicelib/outbox.py); data.yaml declares the same.
 OUTBOX_GSI = {
@@ -28,6 +29,14 @@ OUTBOX_GSI = {
 }
 OUTBOX_ATTRIBUTES = [{"AttributeName": "outbox", "AttributeType": "S"},
                      {"AttributeName": "outbox_at", "AttributeType": "N"}]
+
+# The GPU registry's index on ``state`` (see chalicelib/gpu_registry.py); data.yaml declares the same.
+GPU_STATE_GSI = {
+    "IndexName": STATE_INDEX,
+    "KeySchema": [{"AttributeName": "state", "KeyType": "HASH"}],
+    "Projection": {"ProjectionType": "ALL"},
+}
+GPU_STATE_ATTRIBUTES = [{"AttributeName": "state", "AttributeType": "S"}]
 
 MAX_RECEIVE_COUNT = 5
 JOBS_VISIBILITY = 60
@@ -126,7 +135,7 @@ def create_stack(settings: Settings, visibility: int = JOBS_VISIBILITY,
     region = settings.aws_region
     ddb, sqs, s3 = (aws.client(s, region) for s in ("dynamodb", "sqs", "s3"))
     ensure_table(ddb, settings.jobs_table, index=OUTBOX_GSI, index_attributes=OUTBOX_ATTRIBUTES)
-    ensure_table(ddb, settings.gpu_table)
+    ensure_table(ddb, settings.gpu_table, index=GPU_STATE_GSI, index_attributes=GPU_STATE_ATTRIBUTES)
     dlq_url = ensure_queue(sqs, settings.jobs_dlq, {"MessageRetentionPeriod": "1209600"})
     redrive = json.dumps({"deadLetterTargetArn": queue_arn(sqs, dlq_url), "maxReceiveCount": str(max_receive_count)})
     jobs_url = ensure_queue(
