@@ -96,7 +96,7 @@ def test_workers_scaled_to_zero_the_scheduled_reaper_stops_what_they_left(penv, 
     assert c3_sim.ledger()["running"] == 2  # no worker left to stop them
     last_used = max(r.last_used for r in registry(penv).all())
     start_scheduled_handlers(workers, penv, tmp_path)  # no worker runs from here on
-    ledger = wait_until(lambda: (l := c3_sim.ledger())["running"] == 0 and l, 30)
+    ledger = wait_until(lambda: (l := c3_sim.ledger())["running"] == 0 and l, 60)
     assert (ledger["launches"], ledger["stops"]) == (2, 2)
     for entry in ledger["instances"]:
         # Idle instances are anyone's to adopt: stopped at GPU_IDLE_TIMEOUT, not at owner silence.
