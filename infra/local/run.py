@@ -9,6 +9,7 @@ real C3_API_KEY is set. ALLOW_PRIVATE_URLS defaults to true here (local mode).""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -199,6 +200,9 @@ def main() -> int:
         env.update(comput3_profile(sup))
         env.update(samples_profile(sup))
         env.update({"OUTPUT_DIR": str(RUN_DIR / "output"), "ALLOW_PRIVATE_URLS": str(allow_private).lower()})
+        # Result links (GET /results/{id}) point here and are signed with a secret for this run.
+        env.update({"PUBLIC_API_URL": os.environ.get("PUBLIC_API_URL", f"http://127.0.0.1:{API_PORT}"),
+                    "RESULT_LINK_SECRET": os.environ.get("RESULT_LINK_SECRET", secrets.token_urlsafe(24))})
         os.environ.update(env)
         say(f"starting the API on http://127.0.0.1:{API_PORT}")
         api = processes.start_api(API_PORT, env, RUN_DIR / "logs" / "api.log")
