@@ -13,8 +13,9 @@ import requests
 
 from chalicelib.context import Context
 from chalicelib.models import JobStatus
+from chalicelib.settings import Settings
 from tests.support.harness import Handlers, ThreadWorker, settled, submit, task_events, wait_until
-from worker_runtime.worker import EXPIRED_ERROR
+from worker_runtime.worker import ATTEMPTS_ERROR, EXPIRED_ERROR
 
 pytestmark = pytest.mark.integration
 
@@ -239,3 +240,16 @@ def test_health_file_stays_fresh_during_a_long_job(wenv, tmp_path):
         wait_until(lambda: float(health.read_text()) > first + 0.5 and
                    tw.ctx.store.get(job_id).status is JobStatus.RUNNING, 5)
         final(tw.ctx, job_id)
+
+
+def test_a_job_that_killed_its_workers_max_attempts_times_is_failed_not_run_again(wenv, receiver, tmp_path):
+    ctx = Context(Settings(**wenv))
+    job_id = submit(ctx, "csm", {"text": "quick", "notify_url": receiver.url})
+    for dead in ("w-dead-1", "w-dead-2"):  # two claims whose workers died (their leases lapsed)
+        ctx.store.claim(job_id, dead, -1)
+    with ThreadWorker(wenv, MAX_ATTEMPTS="2") as tw:
+        job = settled(tw.ctx, job_id)
+    assert (job.status, job.attempts) == (JobStatus.FAILED, 3)
+    assert job.error == ATTEMPTS_ERROR.format(attempts=2, limit=2)
+    assert task_events(tmp_path / "tasks.log", job_id) == []
+    assert [h.json()["status"] for h in receiver.for_job(job_id)] == ["failed"]

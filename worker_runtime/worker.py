@@ -138,13 +138,13 @@ class Worker:
         if job_id is None:
             self.log.warning("message.malformed", body=message.body[:200],
                              reason="no job id in the body; deleted so it is not retried forever")
-            queue.delete(message.receipt)
+            self.aws("ack", queue.delete, message.receipt)
             return
         log = self.log.bind(job_id=job_id)
-        job = self.ctx.store.get(job_id)
+        job = self.aws("get_job", self.ctx.store.get, job_id)
         if job is None:
             log.warning("message.unknown_job", reason="no record for this id; message deleted")
-            queue.delete(message.receipt)
+            self.aws("ack", queue.delete, message.receipt)
             return
         log = log.bind(type=job.type.value)
         lease = Lease(queue, self.ctx.store, message, job_id, self.settings.worker_id,
@@ -158,7 +158,8 @@ class Worker:
             self.skip_expired(job, lease, log)
             return
         try:
-            job = self.ctx.store.claim(job_id, self.settings.worker_id, self.settings.lease_seconds)
+            job = self.aws("claim", self.ctx.store.claim, job_id, self.settings.worker_id,
+                           self.settings.lease_seconds)
         except TransitionConflict as exc:
             current = exc.current
             if not (current and current.status is JobStatus.RUNNING
@@ -169,6 +170,11 @@ class Worker:
         log = log.bind(attempt=job.attempts)
         queue_wait = round(job.started_at - job.created_at, 3) if job.started_at else None
         log.info("job.claimed", queue_wait=queue_wait, receive_count=message.receive_count)
+        if job.attempts > self.settings.max_attempts:
+            self.finish(job, Outcome(error=ATTEMPTS_ERROR.format(attempts=job.attempts - 1,
+                                                                 limit=self.settings.max_attempts)),
+                        lease, log)
+            return
         if job.attempts > 1 and self.clock() >= job.complete_by:
             self.finish(job, Outcome(error="Job did not complete before its complete_by deadline"), lease, log)
             return
