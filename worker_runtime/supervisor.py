@@ -95,7 +95,8 @@ class Supervisor:
         if token.cancelled:
             # A token cancelled while the task was finishing still decides: the
             # limit or the client's status wins over a late result.
-            return Outcome(error=token.reason if token.kind == "failed" else None, stop_kind=token.kind)
+            failed = token.kind in ("failed", "node_failed")
+            return Outcome(error=token.reason if failed else None, stop_kind=token.kind)
         return box["outcome"]
 
     def _heartbeat(self, lease: Lease, token: CancelToken, log: EventLogger) -> None:

@@ -214,7 +214,7 @@ class Worker:
             else:
                 if getattr(task, "needs_gpu", False) and self.gpu is not None:
                     # Acquires the node inside the supervised run (lease heartbeat, max_time,
-                    # shutdown cover a launch too) and calls gpu.watch/unwatch/job_done.
+                    # shutdown cover a launch too) and calls gpu.acquire/watch/release.
                     task = GpuTask(task, self.gpu)
                 ctx = TaskContext(job=job, request=request, output_dir=self.output_dir,
                                   cancel=token, log=log)

@@ -1,7 +1,8 @@
 """Task implementations for worker tests (the GPU tasks arrive with their own issue).
 
 A csm job's ``text`` is a tiny script: ``sleep:S`` (cancellable), ``hang:S``
-(ignores its cancel token), ``fail:message``, ``crash``; anything else finishes at
+(ignores its cancel token), ``fail:message``, ``nodefail:message`` (a fault of the GPU
+node), ``crash``; anything else finishes at
 once. Every run appends ``job_id pid event`` to $FAKE_TASK_LOG, so tests can count
 runs across worker processes."""
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from worker_runtime.tasks.base import TaskContext, TaskError, TaskResult
+from worker_runtime.tasks.base import NodeFault, TaskContext, TaskError, TaskResult
 
 
 def record(job_id: str, event: str) -> None:
@@ -35,6 +36,8 @@ class ScriptTask:
             time.sleep(float(arg))
         elif command == "fail":
             raise TaskError(arg)
+        elif command == "nodefail":
+            raise NodeFault(arg)
         elif command == "crash":
             raise RuntimeError("boom")
         out = ctx.path(".mp3")

@@ -1,20 +1,23 @@
-"""Runs a GPU task on a node that is acquired inside the supervised run.
+"""Runs a GPU task: its inputs first, then a node, acquired inside the supervised run.
 
-Getting a node can take minutes (pre-launch delay, launch retries, init wait): doing it
-inside the supervisor's task thread means the lease heartbeat, max_time, complete_by,
-client cancel and shutdown all cover it, exactly as they cover the task itself."""
+``prepare`` (download, validate, convert) runs before any node is asked for, so a job
+with a bad input fails without a launch and leaves a warm instance running. Getting a
+node can take minutes (pre-launch delay, launch retries, init wait): doing it inside
+the supervisor's task thread means the lease heartbeat, max_time, complete_by, client
+cancel and shutdown all cover it, exactly as they cover the task itself.
+
+The instance is stopped only for a fault of the node (NodeFault, or the monitor's
+failed health check); a bad input, a cancel or a limit the node honoured keep it."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..cancel import TaskCancelled
-from ..tasks.base import Task, TaskContext, TaskResult
+from ..cancel import CancelToken
+from ..tasks.base import NodeFault, Task, TaskContext, TaskResult
 
-# Stops that are no failure of the job on the node: the client's own cancel, the job
-# moving to another worker, and shutdown (GpuManager.shutdown() stops the instance next).
-# Anything else that ends the run early (max_time, complete_by, monitor) counts as failed.
-KEEP_AFTER = ("client", "lease_lost", "shutdown")
+# The cancel kind the health monitor uses; the monitor has stopped the instance already.
+NODE_FAILED = "node_failed"
 
 
 class GpuTask:
@@ -25,18 +28,26 @@ class GpuTask:
         self.gpu = gpu
 
     def run(self, ctx: TaskContext) -> TaskResult:
-        node = self.gpu.acquire(ctx.cancel, ctx.log)
+        prepare = getattr(self.task, "prepare", None)
+        inputs = prepare(ctx) if prepare is not None else None
+        ctx.cancel.raise_if_cancelled()
+        job_id = ctx.job.id
+        node = self.gpu.acquire(job_id, ctx.cancel, ctx.log)
         ctx.node = node
-        failed = True
-        self.gpu.watch(node, ctx.cancel)
+        self.gpu.watch(job_id, node, ctx.cancel)
         try:
-            result = self.task.run(ctx)
-            failed = ctx.cancel.cancelled and ctx.cancel.kind not in KEEP_AFTER
-            return result
-        except TaskCancelled:
-            failed = ctx.cancel.kind not in KEEP_AFTER
+            result = self.task.render(ctx, inputs) if prepare is not None else self.task.run(ctx)
+        except NodeFault as exc:
+            stopped = self.gpu.release(job_id, exc)
+            raise NodeFault(f"{exc}; the instance was stopped" if stopped else str(exc)) from None
+        except BaseException:
+            self.gpu.release(job_id, _cancel_fault(ctx.cancel))
             raise
-        finally:
-            # Called by the task's own thread, so an instance stays busy for as long as
-            # a task that ignores its cancel token keeps using it.
-            self.gpu.job_done(node, failed=failed)
+        self.gpu.release(job_id, _cancel_fault(ctx.cancel))
+        return result
+
+
+def _cancel_fault(token: CancelToken) -> NodeFault | None:
+    if token.cancelled and token.kind == NODE_FAILED:
+        return NodeFault(token.reason or "the node failed its health check")
+    return None

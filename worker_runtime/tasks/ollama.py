@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..cancel import CancelToken
-from .base import TaskError
+from .base import NodeFault
 
 
 def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
@@ -47,13 +47,13 @@ def generate(base_url: str, headers: dict[str, str], body: dict[str, Any], cance
                          headers={**headers, "Content-Type": "application/json"})
             response = conn.getresponse()
             if response.status != 200:
-                raise TaskError(f"Ollama at {url} answered HTTP {response.status}: {_error(response.read())}")
+                raise NodeFault(f"Ollama at {url} answered HTTP {response.status}: {_error(response.read())}")
             return _collect(response, url)
-        except (OSError, http.client.HTTPException, TaskError) as exc:
+        except (OSError, http.client.HTTPException, NodeFault) as exc:
             cancel.raise_if_cancelled()  # the failure is our own abort
-            if isinstance(exc, TaskError):
+            if isinstance(exc, NodeFault):
                 raise
-            raise TaskError(f"Ollama at {url} failed: {exc or type(exc).__name__}") from None
+            raise NodeFault(f"Ollama at {url} failed: {exc or type(exc).__name__}") from None
     finally:
         conn.close()
 
@@ -66,13 +66,13 @@ def _collect(response: http.client.HTTPResponse, url: str) -> str:
         try:
             chunk = json.loads(line)
         except ValueError:
-            raise TaskError(f"Ollama at {url} sent a line that is not JSON: {line[:200]!r}") from None
+            raise NodeFault(f"Ollama at {url} sent a line that is not JSON: {line[:200]!r}") from None
         if chunk.get("error"):
-            raise TaskError(f"Ollama at {url} reported: {chunk['error']}")
+            raise NodeFault(f"Ollama at {url} reported: {chunk['error']}")
         parts.append(chunk.get("response", ""))
         if chunk.get("done"):
             return "".join(parts).strip()
-    raise TaskError(f"Ollama at {url} closed the stream before the answer was done")
+    raise NodeFault(f"Ollama at {url} closed the stream before the answer was done")
 
 
 def _error(raw: bytes) -> str:
