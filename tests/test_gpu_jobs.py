@@ -118,3 +118,55 @@ def test_client_cancel_keeps_the_instance(genv, c3_sim, tmp_path):
         assert after.status is JobStatus.SUCCESS
         ledger = c3_sim.ledger()
         assert (ledger["launches"], ledger["stops"], ledger["running"]) == (1, 0, 1)
+
+
+# -- a node that dies mid-call -----------------------------------------------------------
+
+@pytest.fixture
+def sim_with_apps(log_dir, request):
+    """A simulated Comput3 whose nodes serve the real node apps (CSM, Whisper, ComfyUI, Ollama)."""
+    from infra.local.simulator import SimulatorProcess
+
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)
+    sim = SimulatorProcess.start(log_path=log_dir / f"c3sim-{name}.log")
+    yield sim
+    sim.stop()
+
+
+DYING_CALLS = {
+    # params, the slowed app, the request it got when the node dies, the interrupted call
+    "csm": ({"text": "Hello there."}, "csm", "request", "the CSM call"),
+    "whisper": ({"audio_url": "speech.wav"}, "whisper", "request", "the Whisper call"),
+    "portrait": ({"image_url": "portrait.jpg", "audio_url": "speech.wav"}, "comfyui", "prompt",
+                 "the ComfyUI call GET /history/"),
+    "analyze": ({"image_url": "portrait.jpg"}, "ollama", None, "the Ollama generate call"),
+}
+
+
+@pytest.mark.parametrize("job_type", list(DYING_CALLS))
+def test_node_dying_mid_call_stops_the_instance_with_a_clear_error(stack_env, sim_with_apps, tmp_path, inputs,
+                                                                   monkeypatch, job_type):
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")
+    params, app, event, during = DYING_CALLS[job_type]
+    params = {k: inputs.url(v) if k.endswith("_url") else v for k, v in params.items()}
+    sim = sim_with_apps
+    sim.set_faults(node={app: "slow", "slow_seconds": 60})
+    # The monitor checks rarely here: the interrupted call itself must report the death.
+    env = {**stack_env, **GPU_FAST, **sim.worker_env(), "OUTPUT_DIR": str(tmp_path / "out"),
+           "WORKER_TASKS": REAL_TASKS, "GPU_HEALTH_INTERVAL": "600", "GRADIO_POLL_INTERVAL": "0.1",
+           "COMFYUI_POLL_INTERVAL": "0.1"}
+    monkeypatch.setenv("GRADIO_POLL_INTERVAL", "0.1")
+    monkeypatch.setenv("COMFYUI_POLL_INTERVAL", "0.1")
+    with gpu_worker(env) as tw:
+        job_id = submit(tw.ctx, job_type, {**params, "max_time": 120})
+        ledger = wait_until(lambda: (l := sim.ledger())["launches"] == 1 and l, 30)
+        workload, node = ledger["instances"][0]["workload"], ledger["instances"][0]["node"]
+        wait_until(lambda: any(r.get("app") == app and event in (None, r.get("event"))
+                               for r in sim.node(workload)["requests"]), 60)
+        sim.node_action(workload, die=True)
+        job = final(tw.ctx, job_id, 60)
+        assert job.status is JobStatus.FAILED
+        assert job.error.startswith(f"GPU node {node} stopped answering during {during}"), job.error
+        assert job.error.endswith("; the instance was stopped"), job.error
+        entry = wait_until(lambda: (e := sim.ledger()["instances"][0])["ended_by"] and e, 10)
+        assert entry["ended_by"] == "stop"

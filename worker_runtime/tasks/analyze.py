@@ -41,7 +41,7 @@ class AnalyzeTask(NodeTask):
             "images": [base64.b64encode(image_path.read_bytes()).decode("ascii")],
         }
         text = ollama.generate(ctx.node.ollama_url, ctx.node.headers, body, ctx.cancel,
-                               s.node_request_timeout)
+                               s.node_request_timeout, node=ctx.node.name)
         if not text:
             raise NodeFault(f"The vision model {s.analyze_model} returned an empty description")
         ctx.log.info("analyze.done", chars=len(text))

@@ -15,13 +15,16 @@ from chalicelib.logs import EventLogger
 
 from ..cancel import CancelToken
 from .base import NodeFault
+from .node_faults import stopped_answering, transport_cause
 
 STOP_TIMEOUT = 10.0
 
 
 class ComfyUI:
-    def __init__(self, base_url: str, headers: dict[str, str], timeout: float, log: EventLogger):
+    def __init__(self, base_url: str, headers: dict[str, str], timeout: float, log: EventLogger,
+                 node: str | None = None):
         self.base = base_url.rstrip("/")
+        self.node = node or self.base  # the node's name, for errors
         self.timeout = timeout
         self.log = log
         self.session = requests.Session()
@@ -36,6 +39,9 @@ class ComfyUI:
             return self.session.request(method, self.base + path, timeout=timeout or self.timeout,
                                         **kwargs)
         except requests.RequestException as exc:
+            cause = transport_cause(exc)
+            if cause is not None:
+                raise stopped_answering(self.node, f"the ComfyUI call {method} {path}", cause) from None
             raise NodeFault(f"ComfyUI {method} {self.base}{path} failed: {exc}") from None
 
     def _check(self, response: requests.Response, what: str) -> requests.Response:

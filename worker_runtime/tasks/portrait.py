@@ -54,7 +54,8 @@ class PortraitTask(NodeTask):
         s = self.settings
         image_path, audio_path = inputs.image, inputs.audio
         width, height, duration = inputs.width, inputs.height, inputs.duration
-        comfy = ComfyUI(ctx.node.comfyui_url, ctx.node.headers, s.node_request_timeout, ctx.log)
+        comfy = ComfyUI(ctx.node.comfyui_url, ctx.node.headers, s.node_request_timeout, ctx.log,
+                       node=ctx.node.name)
         try:
             comfy.wait_ready(ctx.cancel, s.comfyui_ready_timeout, s.comfyui_poll_interval)
             image_name = comfy.upload(image_path, image_path.name)
