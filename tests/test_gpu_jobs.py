@@ -4,7 +4,9 @@ the simulated Comput3; the simulator's ledger (launches, stops) is the evidence.
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +14,10 @@ from chalicelib.context import Context
 from chalicelib.logs import get_logger
 from chalicelib.models import JobStatus
 from chalicelib.settings import Settings
+from tests.support import procs, samples
 from tests.support.fake_gpu_tasks import GPU_FAST
-from tests.support.harness import FAST, ThreadWorker, service, submit, task_events, wait_until
+from tests.support.harness import (FAST, ThreadWorker, service, start_worker_process, submit, task_events,
+                                   wait_until)
 from tests.support.node_apps import inputs  # noqa: F401 - fixture
 from tests.support.samples import SampleServer
 from worker_runtime.cancel import CancelToken
@@ -170,3 +174,90 @@ def test_node_dying_mid_call_stops_the_instance_with_a_clear_error(stack_env, si
         assert job.error.endswith("; the instance was stopped"), job.error
         entry = wait_until(lambda: (e := sim.ledger()["instances"][0])["ended_by"] and e, 10)
         assert entry["ended_by"] == "stop"
+
+
+# -- tasks that cannot be stopped, inputs that would not fit ------------------------------
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def test_task_ignoring_its_cancel_is_killed_and_the_next_job_gets_a_watched_healthy_instance(genv, c3_sim,
+                                                                                              tmp_path):
+    with gpu_worker(genv, MAX_RENDER_TIME="4", TASK_WIND_DOWN="1") as tw:
+        stuck = submit(tw.ctx, "csm", {"text": "hang:120"})
+        [child] = wait_until(lambda: [int(e[4:]) for e in events(tmp_path, stuck) if e.startswith("pid=")])
+        assert child != os.getpid() and alive(child)  # the step runs in its own process
+        job = final(tw.ctx, stuck)
+        assert job.error == "Job exceeded max_time of 4 seconds"
+        wait_until(lambda: not alive(child), 10)  # killed, not abandoned
+        # It might still be working on the node: that instance is stopped, not handed on.
+        first = wait_until(lambda: (i := c3_sim.ledger()["instances"][0])["ended_by"] and i, 10)
+        assert first["ended_by"] == "stop"
+
+        # The next job gets a fresh, healthy instance, and its own monitor watches it.
+        after = submit(tw.ctx, "csm", {"text": "sleep:30"})
+        [workload] = wait_until(lambda: [e[5:] for e in events(tmp_path, after) if e.startswith("node=")], 20)
+        assert workload != first["workload"]
+        c3_sim.node_action(workload, die=True)
+        job = final(tw.ctx, after)
+        assert job.error.startswith(f"GPU instance {workload} on node "), job.error
+        assert "failed its health check" in job.error and job.error.endswith("the instance was stopped")
+        ledger = wait_until(lambda: (l := c3_sim.ledger())["running"] == 0 and l, 10)
+        assert (ledger["launches"], ledger["stops"]) == (2, 2)
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """Peak resident set size of a process (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture
+def huge_png(tmp_path):
+    """A PNG of 12000x12000 (144 Mpx) that is ~32 KB on the wire, served over HTTP."""
+    from PIL import Image
+
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    Image.new("1", (12000, 12000), 1).save(folder / "huge.png", optimize=True)
+    assert (folder / "huge.png").stat().st_size < 64 * 1024
+    server = samples.serve(folder)
+    yield server.url("huge.png")
+    server.stop()
+
+
+@pytest.mark.parametrize("limits, error", [
+    ({}, "was refused: 12000x12000 is 144000000 pixels, over the limit of 40000000 pixels (MAX_IMAGE_PIXELS)"),
+    # Past the header check (a pixel limit set too high), the child's memory cap stops the decode.
+    ({"MAX_IMAGE_PIXELS": "500000000", "TASK_MEMORY_LIMIT_MB": "400"}, "needs more memory to "),
+])
+def test_huge_image_fails_naming_image_url_and_the_worker_stays_small(stack_env, c3_sim, tmp_path, inputs,
+                                                                      huge_png, workers, limits, error):
+    env = {**stack_env, **GPU_FAST, **c3_sim.worker_env(), "OUTPUT_DIR": str(tmp_path / "out"),
+           "WORKER_TASKS": REAL_TASKS, "ALLOW_PRIVATE_URLS": "true", **limits}
+    ctx = Context(Settings(**env))
+    log = tmp_path / "worker.log"
+    worker = start_worker_process(env, log)
+    workers.append(worker)
+    wait_until(lambda: log.exists() and "worker.started" in log.read_text(), 30)
+    before = vm_hwm_kib(worker.pid)
+    for job_type, params in (("analyze", {"image_url": huge_png}),
+                             ("portrait", {"image_url": huge_png, "audio_url": inputs.url("speech.wav")})):
+        job = final(ctx, submit(ctx, job_type, params), 60)
+        assert job.status is JobStatus.FAILED
+        assert job.error.startswith(f"image_url {huge_png} {error}"), job.error
+    growth_mib = (vm_hwm_kib(worker.pid) - before) / 1024
+    assert growth_mib < 100, f"the worker's peak RSS grew by {growth_mib:.0f} MiB"
+    assert worker.poll() is None  # alive
+    assert c3_sim.ledger()["launch_requests"] == 0
+
+
+@pytest.fixture
+def workers():
+    started = []
+    yield started
+    for p in started:
+        procs.stop(p)

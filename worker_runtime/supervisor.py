@@ -4,7 +4,8 @@ its cancel token.
 
 The task runs in its own thread so that a task that ignores its token still
 cannot hold the job past a limit: the supervisor returns within one check
-interval and the worker writes the outcome."""
+interval plus the wind-down and the worker writes the outcome. A GPU task's steps
+run in a child process that is killed at the wind-down (worker_runtime/isolation.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from .lease import Lease, LeaseLost
 from .tasks.base import Task, TaskContext, TaskError, TaskResult
 
 # How long a cancelled task gets to wind down (remote cancel calls) before the
-# worker moves on without it.
+# worker moves on without it; a killable task (one that runs in a child process,
+# killed at the wind-down) gets this much more to report that it is gone.
 WIND_DOWN_SECONDS = 5.0
+KILL_SLACK_SECONDS = 10.0
 
 
 @dataclass
@@ -35,8 +38,9 @@ class Outcome:
 class Supervisor:
     def __init__(self, heartbeat_interval: float, max_render_time: int,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic, wind_down: float = WIND_DOWN_SECONDS):
         self.heartbeat_interval = heartbeat_interval
+        self.wind_down = wind_down
         self.max_render_time = max_render_time
         self.clock = clock
         self.monotonic = monotonic
@@ -90,7 +94,10 @@ class Supervisor:
             if shutdown_deadline is not None:
                 wake = min(wake, shutdown_deadline)
             done.wait(max(0.01, wake - self.monotonic()))
-        if token.cancelled and not done.wait(WIND_DOWN_SECONDS):
+        # A killable task ends by itself (its child is killed at the wind-down), so its
+        # node is released before the supervisor returns; another is abandoned.
+        wind_down = self.wind_down + (KILL_SLACK_SECONDS if getattr(task, "killable", False) else 0)
+        if token.cancelled and not done.wait(wind_down):
             log.warning("task.abandoned", reason="task did not stop within the wind-down time")
         if token.cancelled:
             # A token cancelled while the task was finishing still decides: the

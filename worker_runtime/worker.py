@@ -29,6 +29,7 @@ from chalicelib.store import NOTIFY, TransitionConflict
 from .cancel import CancelToken
 from .files import remove_job_files
 from .gpu.task import GpuTask
+from .isolation import TaskProcess
 from .lease import Lease, LeaseLost
 from .settings import WorkerSettings
 from .supervisor import Outcome, Supervisor
@@ -56,7 +57,8 @@ class Worker:
         self.idle = threading.Event()  # set while blocked in an empty long poll
         self.output_dir = Path(settings.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.supervisor = Supervisor(settings.heartbeat_interval, settings.max_render_time, clock)
+        self.supervisor = Supervisor(settings.heartbeat_interval, settings.max_render_time, clock,
+                                     wind_down=settings.task_wind_down)
         self.log = get_logger("c3.worker", worker=settings.worker_id)
         self.jobs_done = 0
 
@@ -215,7 +217,8 @@ class Worker:
                 if getattr(task, "needs_gpu", False) and self.gpu is not None:
                     # Acquires the node inside the supervised run (lease heartbeat, max_time,
                     # shutdown cover a launch too) and calls gpu.acquire/watch/release.
-                    task = GpuTask(task, self.gpu)
+                    task = GpuTask(task, self.gpu, TaskProcess(self.settings.task_memory_limit_mb,
+                                                               self.settings.task_wind_down))
                 ctx = TaskContext(job=job, request=request, output_dir=self.output_dir,
                                   cancel=token, log=log)
                 outcome = self.supervisor.run(task, ctx, lease, self.stopping,

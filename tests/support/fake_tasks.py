@@ -8,17 +8,24 @@ runs across worker processes."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 
 from worker_runtime.tasks.base import NodeFault, TaskContext, TaskError, TaskResult
 
 
+def worker_pid() -> int:
+    """The worker's pid, also from a task step running in the worker's child process."""
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid is not None else os.getpid()
+
+
 def record(job_id: str, event: str) -> None:
     path = os.environ.get("FAKE_TASK_LOG")
     if path:
         with open(path, "a") as fh:
-            fh.write(f"{job_id} {os.getpid()} {event}\n")
+            fh.write(f"{job_id} {worker_pid()} {event}\n")
 
 
 class ScriptTask:

@@ -6,14 +6,18 @@ node can take minutes (pre-launch delay, launch retries, init wait): doing it in
 the supervisor's task thread means the lease heartbeat, max_time, complete_by, client
 cancel and shutdown all cover it, exactly as they cover the task itself.
 
-The instance is stopped only for a fault of the node (NodeFault, or the monitor's
-failed health check); a bad input, a cancel or a limit the node honoured keep it."""
+Both steps run in a child process (``TaskProcess``) the worker kills when the task does
+not stop after its cancel; the node stays bound to the job until the step has ended.
+The instance is stopped only for a fault of the node (NodeFault, the monitor's failed
+health check, a step that had to be killed or died mid-call); a bad input, a cancel or a
+limit the node honoured keep it."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..cancel import CancelToken
+from ..cancel import CancelToken, TaskCancelled
+from ..isolation import StepDied, StepKilled, TaskProcess
 from ..tasks.base import NodeFault, Task, TaskContext, TaskResult
 
 # The cancel kind the health monitor uses; the monitor has stopped the instance already.
@@ -23,28 +27,42 @@ NODE_FAILED = "node_failed"
 class GpuTask:
     needs_gpu = True
 
-    def __init__(self, task: Task, gpu: Any):
+    def __init__(self, task: Task, gpu: Any, process: TaskProcess | None = None):
+        """``process``: where the steps run (killable, memory-capped); None runs them
+        in the calling thread."""
         self.task = task
         self.gpu = gpu
+        self.process = process
+        self.killable = process is not None
 
     def run(self, ctx: TaskContext) -> TaskResult:
         prepare = getattr(self.task, "prepare", None)
-        inputs = prepare(ctx) if prepare is not None else None
+        inputs = self._step(ctx, prepare) if prepare is not None else None
         ctx.cancel.raise_if_cancelled()
         job_id = ctx.job.id
         node = self.gpu.acquire(job_id, ctx.cancel, ctx.log)
         ctx.node = node
         self.gpu.watch(job_id, node, ctx.cancel)
         try:
-            result = self.task.render(ctx, inputs) if prepare is not None else self.task.run(ctx)
-        except NodeFault as exc:
-            stopped = self.gpu.release(job_id, exc)
-            raise NodeFault(f"{exc}; the instance was stopped" if stopped else str(exc)) from None
+            if prepare is not None:
+                result = self._step(ctx, self.task.render, inputs)  # type: ignore[attr-defined]
+            else:
+                result = self._step(ctx, self.task.run)
+        except (NodeFault, StepDied, StepKilled) as exc:
+            # A step that was killed or died may have left its work running on the node.
+            stopped = self.gpu.release(job_id, exc if isinstance(exc, NodeFault) else NodeFault(str(exc)))
+            message = f"{exc}; the instance was stopped" if stopped else str(exc)
+            raise (TaskCancelled if isinstance(exc, StepKilled) else type(exc))(message) from None
         except BaseException:
             self.gpu.release(job_id, _cancel_fault(ctx.cancel))
             raise
         self.gpu.release(job_id, _cancel_fault(ctx.cancel))
         return result
+
+    def _step(self, ctx: TaskContext, step: Any, *args: Any) -> Any:
+        if self.process is None:
+            return step(ctx, *args)
+        return self.process.call(ctx, step, *args)
 
 
 def _cancel_fault(token: CancelToken) -> NodeFault | None:

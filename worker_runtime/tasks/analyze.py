@@ -27,7 +27,8 @@ class AnalyzeTask(NodeTask):
                                     kind="image", cancel=ctx.cancel).path
         # The model takes JPEG/PNG; anything Pillow reads is re-encoded as JPEG at a size it handles.
         image_path = ctx.path("_input.jpg")
-        image = media.prepare_image(raw, image_path, s.analyze_max_side, f"image_url {request.image_url}")
+        image = media.prepare_image(raw, image_path, s.analyze_max_side, f"image_url {request.image_url}",
+                                    max_pixels=s.max_image_pixels)
         ctx.log.info("analyze.image_ready", size=f"{image.width}x{image.height}",
                      original=f"{image.original_width}x{image.original_height}", model=s.analyze_model)
         return image_path

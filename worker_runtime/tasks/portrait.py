@@ -38,7 +38,8 @@ class PortraitTask(NodeTask):
         request: PortraitRequest = ctx.request
         image_path = ctx.path("_portrait.jpg")
         image = media.prepare_image(self._fetch(ctx, request.image_url, "image_url", "image", "_portrait.download"),
-                                    image_path, s.max_image_side, f"image_url {request.image_url}")
+                                    image_path, s.max_image_side, f"image_url {request.image_url}",
+                                    max_pixels=s.max_image_pixels)
         audio_raw = self._fetch(ctx, request.audio_url, "audio_url", "audio", "_audio.download")
         audio_path, audio = media.plain_audio(audio_raw, ctx.path("_audio"), f"audio_url {request.audio_url}")
         duration = media.clip_seconds(audio.duration, s.portrait_extra_seconds)
