@@ -124,6 +124,16 @@ def test_client_cancel_keeps_the_instance(genv, c3_sim, tmp_path):
         assert (ledger["launches"], ledger["stops"], ledger["running"]) == (1, 0, 1)
 
 
+def test_max_time_the_node_honoured_keeps_the_instance(genv, c3_sim, tmp_path):
+    with gpu_worker(genv, MAX_RENDER_TIME="2") as tw:
+        job_id = submit(tw.ctx, "csm", {"text": "sleep:30"})
+        assert final(tw.ctx, job_id).error == "Job exceeded max_time of 2 seconds"
+        assert "cancelled" in events(tmp_path, job_id)  # it stopped when asked: not killed
+        assert final(tw.ctx, submit(tw.ctx, "csm", {"text": "quick"})).status is JobStatus.SUCCESS
+        ledger = c3_sim.ledger()
+        assert (ledger["launches"], ledger["stops"], ledger["running"]) == (1, 0, 1)
+
+
 # -- a node that dies mid-call -----------------------------------------------------------
 
 @pytest.fixture

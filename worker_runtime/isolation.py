@@ -37,6 +37,7 @@ from chalicelib.job import Job
 from chalicelib.logs import EventLogger, configure
 
 from .cancel import CancelToken, TaskCancelled
+from .stops import Stop
 from .tasks.base import TaskContext, TaskError
 
 M_ARENA_MAX = -8  # glibc mallopt: fewer malloc arenas, so threads do not reserve 64 MiB each
@@ -196,7 +197,7 @@ def _listen(conn: Connection, token: CancelToken, finished: threading.Event, win
     timer = threading.Timer(wind_down, os._exit, args=(1,))
     timer.daemon = True
     timer.start()
-    token.cancel("the worker process went away", "shutdown")
+    token.cancel("the worker process went away", Stop.SHUTDOWN)
 
 
 def _limit_memory(limit_mb: int | None) -> None:

@@ -19,6 +19,7 @@ from chalicelib.models import JobStatus
 
 from .cancel import CancelToken, TaskCancelled
 from .lease import Lease, LeaseLost
+from .stops import RULES, Record, Stop
 from .tasks.base import Task, TaskContext, TaskError, TaskResult
 
 # How long a cancelled task gets to wind down (remote cancel calls) before the
@@ -32,7 +33,7 @@ KILL_SLACK_SECONDS = 10.0
 class Outcome:
     result: TaskResult | None = None
     error: str | None = None  # the job's error when it failed
-    stop_kind: str | None = None  # set when the task was stopped: see CancelToken.kind
+    stop: Stop | None = None  # set when the task was stopped: see worker_runtime/stops.py
 
 
 class Supervisor:
@@ -55,8 +56,9 @@ class Supervisor:
         def target() -> None:
             try:
                 box["outcome"] = Outcome(result=task.run(ctx))
-            except TaskCancelled:
-                box["outcome"] = Outcome(stop_kind=token.kind or "failed")
+            except TaskCancelled as exc:
+                # Not cancelled by the token (a remote job cancelled by someone else): a failure.
+                box["outcome"] = Outcome(stop=token.kind) if token.kind else Outcome(error=f"Task stopped: {exc}")
             except TaskError as exc:
                 box["outcome"] = Outcome(error=str(exc))
             except Exception as exc:  # noqa: BLE001 - any task crash fails the job, readably
@@ -79,15 +81,15 @@ class Supervisor:
                     on_beat()
                 next_beat = now + self.heartbeat_interval
             if now >= run_deadline:
-                token.cancel(f"Job exceeded max_time of {limit} seconds", "failed")
+                token.cancel(f"Job exceeded max_time of {limit} seconds", Stop.MAX_TIME)
             elif self.clock() >= ctx.job.complete_by:
-                token.cancel("Job did not complete before its complete_by deadline", "failed")
+                token.cancel("Job did not complete before its complete_by deadline", Stop.DEADLINE)
             if stopping.is_set() and shutdown_deadline is None:
                 shutdown_deadline = now + shutdown_grace
                 log.info("job.shutdown_grace", grace=shutdown_grace,
                          reason="worker is stopping; the job gets the grace period to finish")
             if shutdown_deadline is not None and now >= shutdown_deadline:
-                token.cancel("worker shut down before the job finished", "shutdown")
+                token.cancel("worker shut down before the job finished", Stop.SHUTDOWN)
             if token.cancelled:
                 break
             wake = min(next_beat, run_deadline, now + max(0.0, ctx.job.complete_by - self.clock()))
@@ -102,8 +104,9 @@ class Supervisor:
         if token.cancelled:
             # A token cancelled while the task was finishing still decides: the
             # limit or the client's status wins over a late result.
-            failed = token.kind in ("failed", "node_failed")
-            return Outcome(error=token.reason if failed else None, stop_kind=token.kind)
+            assert token.kind is not None
+            failed = RULES[token.kind].record is Record.FAILED
+            return Outcome(error=token.reason if failed else None, stop=token.kind)
         return box["outcome"]
 
     def _heartbeat(self, lease: Lease, token: CancelToken, log: EventLogger) -> None:
@@ -112,11 +115,11 @@ class Supervisor:
         except LeaseLost as exc:
             current = exc.current
             if current is not None and current.status.is_terminal:
-                token.cancel(f"job was marked {current.status.value} while running", "client")
+                token.cancel(f"job was marked {current.status.value} while running", Stop.CLIENT)
             elif current is not None and current.status is JobStatus.RUNNING:
-                token.cancel(f"lease taken over by worker {current.worker}", "lease_lost")
+                token.cancel(f"lease taken over by worker {current.worker}", Stop.LEASE_LOST)
             else:
-                token.cancel("job record disappeared or was requeued", "lease_lost")
+                token.cancel("job record disappeared or was requeued", Stop.LEASE_LOST)
         except Exception:  # noqa: BLE001 - a transient AWS error: retry at the next beat
             log.warning("lease.renew_failed", exc_info=True,
                         reason="could not renew the lease; retrying at the next heartbeat")

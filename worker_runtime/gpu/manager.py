@@ -31,6 +31,7 @@ from chalicelib.logs import EventLogger, get_logger
 from ..cancel import CancelToken
 from ..comput3 import Comput3Client, Comput3Error, LaunchAborted, Wait, with_attempts
 from ..node import Node
+from ..stops import Stop
 from ..tasks.base import NodeFault, TaskError
 from .monitor import Monitor
 from .reaper import Reaper
@@ -299,7 +300,7 @@ class GpuManager:
         message = (f"GPU instance {node.workload} on node {node.name} failed its health check "
                    f"({self.settings.health_attempts} attempts): {reason}; the instance was stopped")
         self.log.error("gpu.unhealthy", workload=node.workload, node=node.name, reason=reason)
-        token.cancel(message, "node_failed")
+        token.cancel(message, Stop.NODE_FAILED)
         self._retire(node.workload, f"failed its health check during a job: {reason}")
 
     # -- keeping records current ------------------------------------------------

@@ -18,10 +18,8 @@ from typing import Any
 
 from ..cancel import CancelToken, TaskCancelled
 from ..isolation import StepDied, StepKilled, TaskProcess
+from ..stops import RULES, Gpu
 from ..tasks.base import NodeFault, Task, TaskContext, TaskResult
-
-# The cancel kind the health monitor uses; the monitor has stopped the instance already.
-NODE_FAILED = "node_failed"
 
 
 class GpuTask:
@@ -66,6 +64,7 @@ class GpuTask:
 
 
 def _cancel_fault(token: CancelToken) -> NodeFault | None:
-    if token.cancelled and token.kind == NODE_FAILED:
-        return NodeFault(token.reason or "the node failed its health check")
+    """A stop whose rule stops the instance (worker_runtime/stops.py) counts as the node's fault."""
+    if token.kind is not None and RULES[token.kind].gpu is Gpu.STOP:
+        return NodeFault(token.reason or token.kind.value)
     return None
