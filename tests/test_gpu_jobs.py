@@ -14,7 +14,7 @@ from chalicelib.context import Context
 from chalicelib.logs import get_logger
 from chalicelib.models import JobStatus
 from chalicelib.settings import Settings
-from tests.support import procs, samples
+from tests.support import samples
 from tests.support.fake_gpu_tasks import GPU_FAST
 from tests.support.harness import (FAST, ThreadWorker, service, start_worker_process, submit, task_events,
                                    wait_until)
@@ -263,11 +263,3 @@ def test_huge_image_fails_naming_image_url_and_the_worker_stays_small(stack_env,
     assert growth_mib < 100, f"the worker's peak RSS grew by {growth_mib:.0f} MiB"
     assert worker.poll() is None  # alive
     assert c3_sim.ledger()["launch_requests"] == 0
-
-
-@pytest.fixture
-def workers():
-    started = []
-    yield started
-    for p in started:
-        procs.stop(p)
