@@ -189,7 +189,12 @@ def test_node_dying_mid_call_stops_the_instance_with_a_clear_error(stack_env, si
 # -- tasks that cannot be stopped, inputs that would not fit ------------------------------
 
 def alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
+    """Running (a zombie left for a reaper that never comes counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_task_ignoring_its_cancel_is_killed_and_the_next_job_gets_a_watched_healthy_instance(genv, c3_sim,
@@ -199,7 +204,8 @@ def test_task_ignoring_its_cancel_is_killed_and_the_next_job_gets_a_watched_heal
         [child] = wait_until(lambda: [int(e[4:]) for e in events(tmp_path, stuck) if e.startswith("pid=")])
         assert child != os.getpid() and alive(child)  # the step runs in its own process
         job = final(tw.ctx, stuck)
-        assert job.error == "Job exceeded max_time of 4 seconds"
+        assert job.error == ("Job exceeded max_time of 4 seconds; the task did not stop within 1 s and was "
+                             "killed; the instance was stopped")
         wait_until(lambda: not alive(child), 10)  # killed, not abandoned
         # It might still be working on the node: that instance is stopped, not handed on.
         first = wait_until(lambda: (i := c3_sim.ledger()["instances"][0])["ended_by"] and i, 10)
@@ -215,6 +221,20 @@ def test_task_ignoring_its_cancel_is_killed_and_the_next_job_gets_a_watched_heal
         assert "failed its health check" in job.error and job.error.endswith("the instance was stopped")
         ledger = wait_until(lambda: (l := c3_sim.ledger())["running"] == 0 and l, 10)
         assert (ledger["launches"], ledger["stops"]) == (2, 2)
+
+
+def test_a_killed_worker_leaves_no_task_process_behind(stack_env, c3_sim, tmp_path, workers):
+    env = {**stack_env, **GPU_FAST, **c3_sim.worker_env(), "OUTPUT_DIR": str(tmp_path / "out"),
+           "FAKE_TASK_LOG": str(tmp_path / "tasks.log"), "TASK_WIND_DOWN": "1"}
+    ctx = Context(Settings(**env))
+    worker = start_worker_process(env, tmp_path / "worker.log")
+    workers.append(worker)
+    job_id = submit(ctx, "csm", {"text": "hang:120"})  # ignores its cancel, too
+    [child] = wait_until(lambda: [int(e[4:]) for e in events(tmp_path, job_id) if e.startswith("pid=")], 30)
+    worker.kill()
+    worker.wait()
+    # The child notices its worker is gone, cancels, and leaves after TASK_WIND_DOWN.
+    wait_until(lambda: not alive(child), 10)
 
 
 def vm_hwm_kib(pid: int) -> int:

@@ -155,6 +155,10 @@ def _send(conn: Connection, message: tuple[Any, ...]) -> None:
 
 def _child_main(conn: Connection, step: Callable[..., Any], args: tuple[Any, ...], spec: _ChildContext,
                 memory_limit_mb: int | None, wind_down: float, log_level: int, environ: dict[str, str]) -> None:
+    # The worker alone decides when a step ends (through the pipe): a Ctrl-C or a SIGTERM
+    # sent to the whole process group must not fail the job ahead of the worker's shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The worker's environment as it is now (the forkserver's is from when it started).
     os.environ.clear()
     os.environ.update(environ)

@@ -58,7 +58,9 @@ class Supervisor:
                 box["outcome"] = Outcome(result=task.run(ctx))
             except TaskCancelled as exc:
                 # Not cancelled by the token (a remote job cancelled by someone else): a failure.
-                box["outcome"] = Outcome(stop=token.kind) if token.kind else Outcome(error=f"Task stopped: {exc}")
+                # Its message may add to the token's reason (e.g. that it had to be killed).
+                box["outcome"] = (Outcome(stop=token.kind, error=str(exc)) if token.kind
+                                  else Outcome(error=f"Task stopped: {exc}"))
             except TaskError as exc:
                 box["outcome"] = Outcome(error=str(exc))
             except Exception as exc:  # noqa: BLE001 - any task crash fails the job, readably
@@ -105,8 +107,12 @@ class Supervisor:
             # A token cancelled while the task was finishing still decides: the
             # limit or the client's status wins over a late result.
             assert token.kind is not None
+            reason = token.reason or token.kind.value
+            late = box.get("outcome") if done.is_set() else None
+            if late is not None and late.stop is token.kind and (late.error or "").startswith(reason):
+                reason = late.error or reason
             failed = RULES[token.kind].record is Record.FAILED
-            return Outcome(error=token.reason if failed else None, stop=token.kind)
+            return Outcome(error=reason if failed else None, stop=token.kind)
         return box["outcome"]
 
     def _heartbeat(self, lease: Lease, token: CancelToken, log: EventLogger) -> None:
