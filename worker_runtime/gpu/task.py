@@ -40,8 +40,8 @@ class GpuTask:
         job_id = ctx.job.id
         node = self.gpu.acquire(job_id, ctx.cancel, ctx.log)
         ctx.node = node
-        self.gpu.watch(job_id, node, ctx.cancel)
         try:
+            self.gpu.watch(job_id, node, ctx.cancel)
             if prepare is not None:
                 result = self._step(ctx, self.task.render, inputs)  # type: ignore[attr-defined]
             else:
