@@ -122,6 +122,15 @@ def stack_env(aws_endpoints: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
+def workers() -> Iterator[list]:
+    """Worker processes a test starts; stopped at its end."""
+    started: list = []
+    yield started
+    for p in started:
+        procs.stop(p)
+
+
+@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     """A local webhook receiver that records every delivery."""
     r = Receiver().start()

@@ -65,7 +65,7 @@ def test_whole_download_deadline(inputs: SampleServer, tmp_path: Path) -> None:
 
 def test_cancel_stops_a_download(inputs: SampleServer, tmp_path: Path) -> None:
     token = CancelToken()
-    threading.Timer(0.3, token.cancel, args=("client cancelled",)).start()
+    threading.Timer(0.3, token.cancel, args=("client cancelled", "client")).start()
     with pytest.raises(TaskCancelled):
         local().fetch(inputs.base + "/drip", tmp_path / "x", field="image_url", kind="image", cancel=token)
     assert not (tmp_path / "x").exists()

@@ -138,10 +138,10 @@ def test_unhealthy_node_mid_job_fails_the_job_and_stops_the_instance(genv, c3_si
         assert registry(genv).all() == []
 
 
-def test_failed_job_stops_its_instance(genv, c3_sim):
+def test_node_fault_stops_its_instance(genv, c3_sim):
     with gpu_worker(genv) as tw:
-        job = final(tw.ctx, submit(tw.ctx, "csm", {"text": "fail:model crashed"}))
-        assert job.error == "model crashed"
+        job = final(tw.ctx, submit(tw.ctx, "csm", {"text": "nodefail:model crashed"}))
+        assert job.error == "model crashed; the instance was stopped"
         assert wait_until(lambda: c3_sim.ledger()["stops"] == 1, 10)
         assert c3_sim.ledger()["running"] == 0
 

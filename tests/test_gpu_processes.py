@@ -13,7 +13,6 @@ import pytest
 from chalicelib.context import Context
 from chalicelib.models import JobStatus
 from chalicelib.settings import Settings
-from tests.support import procs
 from tests.support.fake_gpu_tasks import GPU_FAST
 from tests.support.harness import start_worker_process, submit, task_events, wait_until
 from worker_runtime.gpu.registry import LAUNCHING, RUNNING, GpuRegistry
@@ -25,14 +24,6 @@ pytestmark = pytest.mark.integration
 def penv(stack_env, c3_sim, tmp_path):
     return {**stack_env, **GPU_FAST, **c3_sim.worker_env(), "OUTPUT_DIR": str(tmp_path / "out"),
             "FAKE_TASK_LOG": str(tmp_path / "tasks.log"), "LEASE_SECONDS": "3", "RENDER_POLLING_INTERVAL": "0.3"}
-
-
-@pytest.fixture
-def workers():
-    started = []
-    yield started
-    for p in started:
-        procs.stop(p)
 
 
 def spawn(workers, env, tmp_path, name, **extra):

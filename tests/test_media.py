@@ -51,6 +51,25 @@ def test_decompression_bomb_guard_stays_on(files: dict[str, Path], tmp_path: Pat
         media.prepare_image(files["bomb"], tmp_path / "out.jpg", 2048, "image_url http://x/bomb.png")
 
 
+def test_pixel_limit_is_read_from_the_header_before_decoding(tmp_path: Path) -> None:
+    # The header claims 7000x7000; the pixel data is a stub that would not even decode.
+    claim = samples.png_bomb(tmp_path / "claim.png", side=7000)
+    with pytest.raises(TaskError) as info:
+        media.prepare_image(claim, tmp_path / "out.jpg", 2048, "image_url u", max_pixels=40_000_000)
+    assert str(info.value) == ("image_url u was refused: 7000x7000 is 49000000 pixels, over the limit of "
+                               "40000000 pixels (MAX_IMAGE_PIXELS)")
+
+
+def test_large_rotated_image_is_scaled_then_turned_upright(tmp_path: Path) -> None:
+    src = samples.jpeg(tmp_path / "big-rotated.jpg", (3000, 2000), orientation=6)
+    info = media.prepare_image(src, tmp_path / "out.jpg", 1000, "image_url x")
+    assert (info.width, info.height, info.original_width, info.original_height) == (667, 1000, 3000, 2000)
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.size == (667, 1000)
+        red, green, blue = out.getpixel((650, 20))  # the top-left marker, turned to the top right
+        assert red > 180 and green < 80 and blue < 80
+
+
 def test_not_an_image(files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(TaskError, match=r"^image_url u is not an image Pillow can read$"):
         media.prepare_image(files["text"], tmp_path / "out.jpg", 2048, "image_url u")

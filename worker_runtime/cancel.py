@@ -7,6 +7,8 @@ from typing import Callable
 
 from chalicelib.logs import get_logger
 
+from .stops import Stop
+
 log = get_logger("c3.cancel")
 
 
@@ -19,21 +21,20 @@ class CancelToken:
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
         self.reason: str | None = None
-        # What the worker does after the task stops: "failed" writes the reason as
-        # the job's error; "client", "lease_lost" and "shutdown" write nothing.
-        self.kind: str | None = None
+        # Why it was stopped; what follows is in worker_runtime/stops.py (RULES).
+        self.kind: Stop | None = None
 
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
 
-    def cancel(self, reason: str, kind: str = "failed") -> bool:
+    def cancel(self, reason: str, kind: Stop | str) -> bool:
         """Returns True for the first caller only."""
         with self._lock:
             if self._event.is_set():
                 return False
             self.reason = reason
-            self.kind = kind
+            self.kind = Stop(kind)
             self._event.set()
             callbacks = list(self._callbacks)
         for callback in callbacks:

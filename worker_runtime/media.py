@@ -35,15 +35,27 @@ class ImageInfo:
     original_height: int
 
 
-def open_image(path: Path, source: str) -> Image.Image:
-    """Open and decode an image, or raise TaskError saying why it is not one."""
+def open_image(path: Path, source: str, max_pixels: int | None = None,
+               draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open and decode an image, or raise TaskError saying why it is not one. Its size is
+    checked from the header against ``max_pixels`` before a pixel is decoded; ``draft``
+    lets a JPEG decode at a reduced scale that still covers that size."""
     try:
         image = Image.open(path)
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise TaskError(f"{source} was refused: {width}x{height} is {width * height} pixels, over the "
+                            f"limit of {max_pixels} pixels (MAX_IMAGE_PIXELS)")
+        if draft is not None:
+            image.draft("RGB", draft)
         image.load()
     except Image.DecompressionBombError as exc:
         raise TaskError(f"{source} was refused: {exc}") from None
     except UnidentifiedImageError:
         raise TaskError(f"{source} is not an image Pillow can read") from None
+    except MemoryError:
+        raise TaskError(f"{source} needs more memory to decode than a task may use "
+                        "(TASK_MEMORY_LIMIT_MB)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise TaskError(f"{source} is not a readable image: {exc}") from None
     return image
@@ -51,13 +63,16 @@ def open_image(path: Path, source: str) -> Image.Image:
 
 def upright_rgb(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation and flatten to RGB (transparency onto white)."""
-    image = ImageOps.exif_transpose(image)
+    return _rgb(ImageOps.exif_transpose(image))
+
+
+def _rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def fit_within(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
@@ -66,15 +81,38 @@ def fit_within(width: int, height: int, max_width: int, max_height: int) -> tupl
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def prepare_image(src: Path, dest: Path, max_side: int, source: str,
-                  fmt: str = "JPEG") -> ImageInfo:
-    """Decode ``src``, make it upright RGB, scale it to ``max_side`` and save as ``fmt``."""
-    image = open_image(src, source)
-    original = image.size
-    image = upright_rgb(image)
-    size = fit_within(*image.size, max_side, max_side)
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.LANCZOS)
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+# Modes that resample badly (palette, bilevel) or not at all: converted before scaling.
+RESAMPLES_WELL = ("RGB", "RGBA", "L", "LA")
+
+
+def prepare_image(src: Path, dest: Path, max_side: int, source: str, fmt: str = "JPEG",
+                  max_pixels: int | None = None) -> ImageInfo:
+    """Decode ``src``, scale it to ``max_side``, make it upright RGB and save as ``fmt``.
+
+    Holds one full-size copy at most: the header is checked against ``max_pixels`` before
+    decoding, a JPEG decodes at a reduced scale when it can, and the image is scaled down
+    first (box-reduced, then resampled) so that orientation and colour work on the small one."""
+    image = open_image(src, source, max_pixels, draft=(max_side, max_side))
+    with Image.open(src) as header:
+        original = header.size  # before draft scaling
+    try:
+        orientation = UPRIGHT.get(image.getexif().get(0x0112))
+        if image.mode == "1":
+            image = image.convert("L")
+        elif image.mode not in RESAMPLES_WELL:
+            image = image.convert("RGBA" if "transparency" in image.info or "A" in image.mode else "RGB")
+        size = fit_within(*image.size, max_side, max_side)  # a square box: orientation does not matter
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        if orientation is not None:
+            image = image.transpose(orientation)
+        image = _rgb(image)
+    except MemoryError:
+        raise TaskError(f"{source} needs more memory to convert than a task may use (TASK_MEMORY_LIMIT_MB)") from None
     params = {"quality": 92} if fmt == "JPEG" else {}
     image.save(dest, fmt, **params)
     return ImageInfo(image.width, image.height, *original)

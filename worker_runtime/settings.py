@@ -29,6 +29,10 @@ class WorkerSettings(Settings):
     # Where the task implementations come from ("module:attribute").
     tasks: str = Field("worker_runtime.tasks:default_tasks", validation_alias="WORKER_TASKS")
     health_file: str | None = Field(None, validation_alias="WORKER_HEALTH_FILE")
+    # Task steps run in a child process: its address-space cap (0 = none), and how long
+    # it gets to stop after a cancel before it is killed.
+    task_memory_limit_mb: int = Field(1024, ge=0, validation_alias="TASK_MEMORY_LIMIT_MB")
+    task_wind_down: float = Field(5.0, gt=0, validation_alias="TASK_WIND_DOWN")
 
     @property
     def heartbeat_interval(self) -> float:

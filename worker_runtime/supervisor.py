@@ -4,7 +4,8 @@ its cancel token.
 
 The task runs in its own thread so that a task that ignores its token still
 cannot hold the job past a limit: the supervisor returns within one check
-interval and the worker writes the outcome."""
+interval plus the wind-down and the worker writes the outcome. A GPU task's steps
+run in a child process that is killed at the wind-down (worker_runtime/isolation.py)."""
 
 from __future__ import annotations
 
@@ -18,25 +19,29 @@ from chalicelib.models import JobStatus
 
 from .cancel import CancelToken, TaskCancelled
 from .lease import Lease, LeaseLost
+from .stops import RULES, Record, Stop
 from .tasks.base import Task, TaskContext, TaskError, TaskResult
 
 # How long a cancelled task gets to wind down (remote cancel calls) before the
-# worker moves on without it.
+# worker moves on without it; a killable task (one that runs in a child process,
+# killed at the wind-down) gets this much more to report that it is gone.
 WIND_DOWN_SECONDS = 5.0
+KILL_SLACK_SECONDS = 10.0
 
 
 @dataclass
 class Outcome:
     result: TaskResult | None = None
     error: str | None = None  # the job's error when it failed
-    stop_kind: str | None = None  # set when the task was stopped: see CancelToken.kind
+    stop: Stop | None = None  # set when the task was stopped: see worker_runtime/stops.py
 
 
 class Supervisor:
     def __init__(self, heartbeat_interval: float, max_render_time: int,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic):
+                 monotonic: Callable[[], float] = time.monotonic, wind_down: float = WIND_DOWN_SECONDS):
         self.heartbeat_interval = heartbeat_interval
+        self.wind_down = wind_down
         self.max_render_time = max_render_time
         self.clock = clock
         self.monotonic = monotonic
@@ -51,8 +56,11 @@ class Supervisor:
         def target() -> None:
             try:
                 box["outcome"] = Outcome(result=task.run(ctx))
-            except TaskCancelled:
-                box["outcome"] = Outcome(stop_kind=token.kind or "failed")
+            except TaskCancelled as exc:
+                # Not cancelled by the token (a remote job cancelled by someone else): a failure.
+                # Its message may add to the token's reason (e.g. that it had to be killed).
+                box["outcome"] = (Outcome(stop=token.kind, error=str(exc)) if token.kind
+                                  else Outcome(error=f"Task stopped: {exc}"))
             except TaskError as exc:
                 box["outcome"] = Outcome(error=str(exc))
             except Exception as exc:  # noqa: BLE001 - any task crash fails the job, readably
@@ -75,27 +83,36 @@ class Supervisor:
                     on_beat()
                 next_beat = now + self.heartbeat_interval
             if now >= run_deadline:
-                token.cancel(f"Job exceeded max_time of {limit} seconds", "failed")
+                token.cancel(f"Job exceeded max_time of {limit} seconds", Stop.MAX_TIME)
             elif self.clock() >= ctx.job.complete_by:
-                token.cancel("Job did not complete before its complete_by deadline", "failed")
+                token.cancel("Job did not complete before its complete_by deadline", Stop.DEADLINE)
             if stopping.is_set() and shutdown_deadline is None:
                 shutdown_deadline = now + shutdown_grace
                 log.info("job.shutdown_grace", grace=shutdown_grace,
                          reason="worker is stopping; the job gets the grace period to finish")
             if shutdown_deadline is not None and now >= shutdown_deadline:
-                token.cancel("worker shut down before the job finished", "shutdown")
+                token.cancel("worker shut down before the job finished", Stop.SHUTDOWN)
             if token.cancelled:
                 break
             wake = min(next_beat, run_deadline, now + max(0.0, ctx.job.complete_by - self.clock()))
             if shutdown_deadline is not None:
                 wake = min(wake, shutdown_deadline)
             done.wait(max(0.01, wake - self.monotonic()))
-        if token.cancelled and not done.wait(WIND_DOWN_SECONDS):
+        # A killable task ends by itself (its child is killed at the wind-down), so its
+        # node is released before the supervisor returns; another is abandoned.
+        wind_down = self.wind_down + (KILL_SLACK_SECONDS if getattr(task, "killable", False) else 0)
+        if token.cancelled and not done.wait(wind_down):
             log.warning("task.abandoned", reason="task did not stop within the wind-down time")
         if token.cancelled:
             # A token cancelled while the task was finishing still decides: the
             # limit or the client's status wins over a late result.
-            return Outcome(error=token.reason if token.kind == "failed" else None, stop_kind=token.kind)
+            assert token.kind is not None
+            reason = token.reason or token.kind.value
+            late = box.get("outcome") if done.is_set() else None
+            if late is not None and late.stop is token.kind and (late.error or "").startswith(reason):
+                reason = late.error or reason
+            failed = RULES[token.kind].record is Record.FAILED
+            return Outcome(error=reason if failed else None, stop=token.kind)
         return box["outcome"]
 
     def _heartbeat(self, lease: Lease, token: CancelToken, log: EventLogger) -> None:
@@ -104,11 +121,11 @@ class Supervisor:
         except LeaseLost as exc:
             current = exc.current
             if current is not None and current.status.is_terminal:
-                token.cancel(f"job was marked {current.status.value} while running", "client")
+                token.cancel(f"job was marked {current.status.value} while running", Stop.CLIENT)
             elif current is not None and current.status is JobStatus.RUNNING:
-                token.cancel(f"lease taken over by worker {current.worker}", "lease_lost")
+                token.cancel(f"lease taken over by worker {current.worker}", Stop.LEASE_LOST)
             else:
-                token.cancel("job record disappeared or was requeued", "lease_lost")
+                token.cancel("job record disappeared or was requeued", Stop.LEASE_LOST)
         except Exception:  # noqa: BLE001 - a transient AWS error: retry at the next beat
             log.warning("lease.renew_failed", exc_info=True,
                         reason="could not renew the lease; retrying at the next heartbeat")

@@ -29,8 +29,11 @@ from chalicelib.store import NOTIFY, TransitionConflict
 from .cancel import CancelToken
 from .files import remove_job_files
 from .gpu.task import GpuTask
+from .isolation import TaskProcess
 from .lease import Lease, LeaseLost
 from .settings import WorkerSettings
+from .stops import RULES, Record, Stop
+from .stops import Message as MessageFate
 from .supervisor import Outcome, Supervisor
 from .tasks.base import Task, TaskContext
 
@@ -56,7 +59,8 @@ class Worker:
         self.idle = threading.Event()  # set while blocked in an empty long poll
         self.output_dir = Path(settings.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.supervisor = Supervisor(settings.heartbeat_interval, settings.max_render_time, clock)
+        self.supervisor = Supervisor(settings.heartbeat_interval, settings.max_render_time, clock,
+                                     wind_down=settings.task_wind_down)
         self.log = get_logger("c3.worker", worker=settings.worker_id)
         self.jobs_done = 0
 
@@ -230,8 +234,9 @@ class Worker:
             else:
                 if getattr(task, "needs_gpu", False) and self.gpu is not None:
                     # Acquires the node inside the supervised run (lease heartbeat, max_time,
-                    # shutdown cover a launch too) and calls gpu.watch/unwatch/job_done.
-                    task = GpuTask(task, self.gpu)
+                    # shutdown cover a launch too) and calls gpu.acquire/watch/release.
+                    task = GpuTask(task, self.gpu, TaskProcess(self.settings.task_memory_limit_mb,
+                                                               self.settings.task_wind_down))
                 ctx = TaskContext(job=job, request=request, output_dir=self.output_dir,
                                   cancel=token, log=log)
                 outcome = self.supervisor.run(task, ctx, lease, self.stopping,
@@ -240,20 +245,12 @@ class Worker:
             log.error("job.setup_failed", exc_info=True)
             outcome = Outcome(error=str(exc) or type(exc).__name__)
         log.info("job.ran", run_time=round(time.monotonic() - started, 3),
-                 stopped=outcome.stop_kind, failed=outcome.error is not None)
+                 stopped=outcome.stop.value if outcome.stop else None, failed=outcome.error is not None)
         self.finish(job, outcome, lease, log)
 
     # -- writing the outcome ---------------------------------------------------
     def finish(self, job: Job, outcome: Outcome, lease: Lease, log: Any) -> None:
-        if outcome.stop_kind == "client":
-            log.info("job.stopped_by_client", reason="client changed the status; nothing written")
-            self.aws("ack", lease.ack)
-            return
-        if outcome.stop_kind == "lease_lost":
-            log.warning("job.lease_lost", reason="another worker owns the job now; result dropped")
-            return
-        if outcome.stop_kind == "shutdown":
-            self.release(job, lease, log)
+        if outcome.stop is not None and self.settle_stop(job, outcome.stop, lease, log):
             return
         if outcome.error is not None:
             self.write_final(job, JobStatus.FAILED, {"error": outcome.error}, lease, log)
@@ -267,8 +264,8 @@ class Worker:
                 # Still ours? Never upload for a job that was cancelled or taken over.
                 self.aws("renew", lease.renew)
             except LeaseLost as exc:
-                self.finish(job, Outcome(stop_kind="client" if exc.current and exc.current.status.is_terminal
-                                         else "lease_lost"), lease, log)
+                self.finish(job, Outcome(stop=Stop.CLIENT if exc.current and exc.current.status.is_terminal
+                                         else Stop.LEASE_LOST), lease, log)
                 return
             ext = result.ext or result.path.suffix
             # One key per attempt: a worker that loses the final write deletes only
@@ -289,6 +286,20 @@ class Worker:
             current = self.aws("get_job", self.ctx.store.get, job.id)
             if current is None or current.result_key != key:
                 self.aws("delete_result", self.ctx.results.delete, key)
+
+    def settle_stop(self, job: Job, stop: Stop, lease: Lease, log: Any) -> bool:
+        """Apply the stop's rule (worker_runtime/stops.py). False when the job is to be
+        written failed with the stop's reason (the outcome's error), which acks after."""
+        rule = RULES[stop]
+        if rule.record is Record.FAILED:
+            return False
+        if rule.record is Record.REQUEUE:
+            self.release(job, lease, log)  # the message is made visible again at once
+            return True
+        log.info(rule.event, reason=rule.why)
+        if rule.message is MessageFate.ACK:
+            self.aws("ack", lease.ack)
+        return True
 
     def write_final(self, job: Job, status: JobStatus, fields: dict[str, Any], lease: Lease,
                     log: Any) -> bool:

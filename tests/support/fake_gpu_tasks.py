@@ -6,6 +6,8 @@ runs the same tiny script as tests.support.fake_tasks (``sleep:S``, ``fail:msg``
 
 from __future__ import annotations
 
+import os
+
 import requests
 
 from worker_runtime.tasks.base import TaskContext, TaskError, TaskResult
@@ -41,6 +43,7 @@ class NodeScriptTask(ScriptTask):
         if resp.status_code != 200:
             raise TaskError(f"node {node.name} answered HTTP {resp.status_code}")
         record(ctx.job.id, f"node={node.workload}")
+        record(ctx.job.id, f"pid={os.getpid()}")  # the process the step runs in
         return super().run(ctx)
 
 

@@ -1,23 +1,31 @@
 """Task implementations for worker tests (the GPU tasks arrive with their own issue).
 
 A csm job's ``text`` is a tiny script: ``sleep:S`` (cancellable), ``hang:S``
-(ignores its cancel token), ``fail:message``, ``crash``; anything else finishes at
+(ignores its cancel token), ``fail:message``, ``nodefail:message`` (a fault of the GPU
+node), ``crash``; anything else finishes at
 once. Every run appends ``job_id pid event`` to $FAKE_TASK_LOG, so tests can count
 runs across worker processes."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 
-from worker_runtime.tasks.base import TaskContext, TaskError, TaskResult
+from worker_runtime.tasks.base import NodeFault, TaskContext, TaskError, TaskResult
+
+
+def worker_pid() -> int:
+    """The worker's pid, also from a task step running in the worker's child process."""
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None and parent.pid is not None else os.getpid()
 
 
 def record(job_id: str, event: str) -> None:
     path = os.environ.get("FAKE_TASK_LOG")
     if path:
         with open(path, "a") as fh:
-            fh.write(f"{job_id} {os.getpid()} {event}\n")
+            fh.write(f"{job_id} {worker_pid()} {event}\n")
 
 
 class ScriptTask:
@@ -35,6 +43,8 @@ class ScriptTask:
             time.sleep(float(arg))
         elif command == "fail":
             raise TaskError(arg)
+        elif command == "nodefail":
+            raise NodeFault(arg)
         elif command == "crash":
             raise RuntimeError("boom")
         out = ctx.path(".mp3")

@@ -1,15 +1,16 @@
 """GpuManager: the one object the worker asks for GPU instances.
 
-    acquire(token, log) -> Node   warm first: this worker's idle instance, else any idle
-                                  instance in the registry (adopted by a conditional
+    acquire(job_id, token, log) -> Node   warm first: this worker's idle instance, else any
+                                  idle instance in the registry (adopted by a conditional
                                   write, whoever left it), else a launch in a free slot
                                   (intent -> launch -> record -> poll until it boots);
-                                  with all MAX_GPUS slots taken it waits for one of them
-    watch(node, token)            health monitor while the job runs; on failure it
-                                  cancels the job ("failed") and stops the instance
-    unwatch(node)
-    job_done(node, failed)        idle again; stopped when the job failed (the spec's
-                                  cost rule) or the instance is past GPU_REFRESH_AFTER
+                                  with all MAX_GPUS slots taken it waits for one of them.
+                                  The instance is bound to the job until release.
+    watch(job_id, node, token)    health monitor while the job runs; on failure it
+                                  cancels the job ("node_failed") and stops the instance
+    unwatch(job_id)
+    release(job_id, node_fault)   the job's task has ended: idle again; stopped when the
+                                  node failed it or the instance is past GPU_REFRESH_AFTER
     maintain()                    starts the keeper thread (idle shutdown) and the
                                   heartbeat thread (registry liveness); orphans are the
                                   API's scheduled gpu_reaper's (chalicelib/gpu_reaper.py)
@@ -34,7 +35,8 @@ from chalicelib.logs import EventLogger, get_logger
 from ..cancel import CancelToken
 from ..comput3 import Comput3Client, Comput3Error, LaunchAborted, Wait, with_attempts
 from ..node import Node
-from ..tasks.base import TaskError
+from ..stops import Stop
+from ..tasks.base import NodeFault, TaskError
 from .monitor import Listing, Monitor
 from .reaper import Reaper
 from .registry import RUNNING, GpuRecord, GpuRegistry, RecordLost, SlotTaken
@@ -62,7 +64,8 @@ class GpuManager:
         self._lock = threading.RLock()
         self._current: GpuRecord | None = None  # this worker's launched instance
         self._intent: GpuRecord | None = None  # a launch in flight
-        self._monitors: dict[str, Monitor] = {}
+        self._monitors: dict[str, Monitor] = {}  # by job id
+        self._bound: dict[str, str] = {}  # job id -> workload, from acquire to release
         self._listing = Listing(lambda: [w.workload for w in client.workloads()], settings.health_interval)
         self._closed = threading.Event()
         self._keeper: threading.Thread | None = None
@@ -75,45 +78,63 @@ class GpuManager:
                 self._keeper.start()
                 threading.Thread(target=self._beat, name="gpu-heartbeat", daemon=True).start()
 
-    def acquire(self, token: CancelToken, log: EventLogger) -> Node:
+    def acquire(self, job_id: str, token: CancelToken, log: EventLogger) -> Node:
+        """An instance bound to ``job_id`` until ``release(job_id, ...)``. Never one whose
+        earlier job's task is still alive: that binding ends only when its task has ended."""
         self.maintain()
         if self._closed.is_set():
             raise GpuError("the worker is shutting down; no GPU instance is launched")
+        with self._lock:
+            held = [other for other in self._bound if other != job_id]
+        if held:
+            raise GpuError(f"this worker's GPU instance is still bound to job {held[0]}, whose task "
+                           "has not ended; no instance is shared with a live task")
         node = self._reuse(token, log)
-        return node if node is not None else self._launch(token, log)
+        node = node if node is not None else self._launch(token, log)
+        with self._lock:
+            self._bound[job_id] = node.workload
+        return node
 
-    def watch(self, node: Node, token: CancelToken) -> None:
+    def watch(self, job_id: str, node: Node, token: CancelToken) -> None:
         with self._lock:
             record = self._current
-            if record is None or record.workload != node.workload:
+            if record is None or record.workload != node.workload or self._bound.get(job_id) != node.workload:
                 return
             monitor = Monitor(lambda wait: self._health(record, wait),
                               lambda reason: self._instance_failed(node, token, reason),
                               self.settings.health_interval, node.workload)
-            self._monitors[node.workload] = monitor.start()
+            self._monitors[job_id] = monitor.start()
 
-    def unwatch(self, node: Node) -> None:
+    def unwatch(self, job_id: str) -> None:
         with self._lock:
-            monitor = self._monitors.pop(node.workload, None)
+            monitor = self._monitors.pop(job_id, None)
         if monitor is not None:
             monitor.stop()
 
-    def job_done(self, node: Node, failed: bool) -> None:
-        self.unwatch(node)
+    def release(self, job_id: str, node_fault: NodeFault | None) -> bool:
+        """``job_id``'s task has ended: its instance is idle again, or stopped when the
+        node failed it (or it is past GPU_REFRESH_AFTER). Anything else that ended the job
+        (a bad input, the client's cancel, a max_time the node honoured) keeps it.
+        Returns True when the job's instance is no longer running (stopped now or before)."""
+        self.unwatch(job_id)
         with self._lock:
+            workload = self._bound.pop(job_id, None)
+            if workload is None:
+                return False  # never bound, or released already
             record = self._current
-            if record is None or record.workload != node.workload:
-                return  # already stopped (monitor, shutdown) or taken over
+            if record is None or record.workload != workload:
+                return True  # already stopped (monitor, shutdown) or taken over
             now = self.clock()
-            if failed:
-                reason = "the job failed during execution: its instance is stopped (cost rule)"
+            if node_fault is not None:
+                reason = f"the node failed job {job_id}: {node_fault}"
             elif record.age(now) >= self.settings.refresh_after:
                 reason = (f"up for {record.age(now):.0f} s, past GPU_REFRESH_AFTER="
                           f"{self.settings.refresh_after:g}: the next job gets a fresh instance")
             else:
                 self._write_current(busy=False, last_used=now, heartbeat=now)
-                return
-        self._retire(node.workload, reason)
+                return False
+        self._retire(workload, reason)
+        return True
 
     def shutdown(self) -> None:
         if self._closed.is_set():
@@ -353,7 +374,7 @@ class GpuManager:
         message = (f"GPU instance {node.workload} on node {node.name} failed its health check "
                    f"({self.settings.health_attempts} attempts): {reason}; the instance was stopped")
         self.log.error("gpu.unhealthy", workload=node.workload, node=node.name, reason=reason)
-        token.cancel(message, "failed")
+        token.cancel(message, Stop.NODE_FAILED)
         self._retire(node.workload, f"failed its health check during a job: {reason}")
 
     # -- keeping records current ------------------------------------------------

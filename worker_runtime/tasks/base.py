@@ -16,6 +16,12 @@ class TaskError(Exception):
     """A task failed for a reason the job's error should carry verbatim."""
 
 
+class NodeFault(TaskError):
+    """The GPU node failed the job: it stopped answering, or one of its apps failed in a
+    way that points at the node (an error answer, a CUDA error, a missing model, a
+    malformed result). The worker stops the instance; any other TaskError keeps it."""
+
+
 @dataclass
 class TaskResult:
     """Either a media file (``path`` with extension ``ext``) or ``text``."""
@@ -51,7 +57,11 @@ class Task(Protocol):
 
 
 class NodeTask:
-    """Base of the four GPU tasks: settings, the downloader, and the node they need."""
+    """Base of the four GPU tasks: settings, the downloader, and the node they need.
+
+    A task is two steps: ``prepare`` downloads, validates and converts every input
+    without a node (a bad input fails here and costs no GPU), and ``render`` runs on
+    ``ctx.node`` with what ``prepare`` returned. The worker asks for a node between the two."""
 
     needs_gpu = True
     label = "This task"
@@ -59,6 +69,16 @@ class NodeTask:
     def __init__(self, settings: Any, downloader: Any):
         self.settings = settings
         self.downloader = downloader
+
+    def run(self, ctx: TaskContext) -> TaskResult:
+        """Both steps at once, on the node already in ``ctx.node``."""
+        return self.render(ctx, self.prepare(ctx))
+
+    def prepare(self, ctx: TaskContext) -> Any:
+        raise NotImplementedError
+
+    def render(self, ctx: TaskContext, inputs: Any) -> TaskResult:
+        raise NotImplementedError
 
     def require_node(self, ctx: TaskContext) -> Any:
         if ctx.node is None:

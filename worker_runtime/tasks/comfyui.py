@@ -1,5 +1,5 @@
 """A small client of ComfyUI's REST API: readiness, uploads, queueing, polling,
-stopping and downloading outputs. Every failure is a TaskError that says what
+stopping and downloading outputs. Every failure is a NodeFault that says what
 ComfyUI answered (node errors of a rejected graph, the failing node of a run)."""
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ import requests
 from chalicelib.logs import EventLogger
 
 from ..cancel import CancelToken
-from .base import TaskError
+from .base import NodeFault
+from .node_faults import stopped_answering, transport_cause
 
 STOP_TIMEOUT = 10.0
 
 
 class ComfyUI:
-    def __init__(self, base_url: str, headers: dict[str, str], timeout: float, log: EventLogger):
+    def __init__(self, base_url: str, headers: dict[str, str], timeout: float, log: EventLogger,
+                 node: str | None = None):
         self.base = base_url.rstrip("/")
+        self.node = node or self.base  # the node's name, for errors
         self.timeout = timeout
         self.log = log
         self.session = requests.Session()
@@ -36,11 +39,14 @@ class ComfyUI:
             return self.session.request(method, self.base + path, timeout=timeout or self.timeout,
                                         **kwargs)
         except requests.RequestException as exc:
-            raise TaskError(f"ComfyUI {method} {self.base}{path} failed: {exc}") from None
+            cause = transport_cause(exc)
+            if cause is not None:
+                raise stopped_answering(self.node, f"the ComfyUI call {method} {path}", cause) from None
+            raise NodeFault(f"ComfyUI {method} {self.base}{path} failed: {exc}") from None
 
     def _check(self, response: requests.Response, what: str) -> requests.Response:
         if response.status_code != 200:
-            raise TaskError(f"ComfyUI {what} answered HTTP {response.status_code}: {_body(response)}")
+            raise NodeFault(f"ComfyUI {what} answered HTTP {response.status_code}: {_body(response)}")
         return response
 
     # -- steps -----------------------------------------------------------------
@@ -55,7 +61,7 @@ class ComfyUI:
             except requests.RequestException as exc:
                 last = str(exc)
             if time.monotonic() >= deadline:
-                raise TaskError(f"ComfyUI at {self.base} was not ready within {timeout:g} s "
+                raise NodeFault(f"ComfyUI at {self.base} was not ready within {timeout:g} s "
                                 f"(last answer: {last})")
             self.log.info("comfyui.waiting", reason=f"/system_stats not ready yet: {last}")
             cancel.wait(poll)
@@ -70,20 +76,20 @@ class ComfyUI:
         body = _json(self._check(response, f"upload of {name}"), f"upload of {name}")
         stored = body.get("name")
         if not stored:
-            raise TaskError(f"ComfyUI upload of {name} answered without a file name: {body}")
+            raise NodeFault(f"ComfyUI upload of {name} answered without a file name: {body}")
         subfolder = body.get("subfolder") or ""
         return f"{subfolder}/{stored}" if subfolder else stored
 
     def queue(self, workflow: dict[str, Any], client_id: str) -> str:
         response = self._call("POST", "/prompt", json={"prompt": workflow, "client_id": client_id})
         if response.status_code == 400:
-            raise TaskError(prompt_error(_json(response, "/prompt")))
+            raise NodeFault(prompt_error(_json(response, "/prompt")))
         body = _json(self._check(response, "/prompt"), "/prompt")
         if body.get("node_errors"):
-            raise TaskError(prompt_error(body))
+            raise NodeFault(prompt_error(body))
         prompt_id = body.get("prompt_id")
         if not prompt_id:
-            raise TaskError(f"ComfyUI /prompt answered without a prompt_id: {body}")
+            raise NodeFault(f"ComfyUI /prompt answered without a prompt_id: {body}")
         return str(prompt_id)
 
     def wait(self, prompt_id: str, cancel: CancelToken, poll: float) -> dict[str, Any]:
@@ -95,7 +101,7 @@ class ComfyUI:
             if entry:
                 status = entry.get("status") or {}
                 if status.get("status_str") == "error":
-                    raise TaskError(execution_error(prompt_id, status))
+                    raise NodeFault(execution_error(prompt_id, status))
                 if status.get("completed") or status.get("status_str") == "success":
                     return entry.get("outputs") or {}
             cancel.wait(poll)
@@ -106,7 +112,7 @@ class ComfyUI:
         for path, body in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
             try:
                 self._check(self._call("POST", path, json=body, timeout=STOP_TIMEOUT), path)
-            except TaskError as exc:
+            except NodeFault as exc:
                 self.log.warning("comfyui.stop_failed", prompt_id=prompt_id, reason=str(exc))
         self.log.info("comfyui.stopped", prompt_id=prompt_id, reason="job cancelled or out of time")
 
@@ -130,7 +136,7 @@ def find_video(outputs: dict[str, Any], prefer: str | None = None) -> dict[str, 
             for item in outputs[node_id].get(key) or []:
                 if isinstance(item, dict) and str(item.get("filename", "")).endswith((".mp4", ".webm", ".mov")):
                     return item
-    raise TaskError(f"ComfyUI finished but listed no video output (outputs: {str(outputs)[:300]})")
+    raise NodeFault(f"ComfyUI finished but listed no video output (outputs: {str(outputs)[:300]})")
 
 
 def prompt_error(body: dict[str, Any]) -> str:
@@ -163,9 +169,9 @@ def _json(response: requests.Response, what: str) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
-        raise TaskError(f"ComfyUI {what} answered with something that is not JSON: {_body(response)}") from None
+        raise NodeFault(f"ComfyUI {what} answered with something that is not JSON: {_body(response)}") from None
     if not isinstance(body, dict):
-        raise TaskError(f"ComfyUI {what} answered with unexpected JSON: {str(body)[:300]}")
+        raise NodeFault(f"ComfyUI {what} answered with unexpected JSON: {str(body)[:300]}")
     return body
 
 

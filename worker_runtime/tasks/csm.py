@@ -11,7 +11,7 @@ from chalicelib.models import CsmRequest
 from .. import media
 from ..downloads import Downloader
 from . import gradio_call
-from .base import NodeTask, TaskContext, TaskError, TaskResult
+from .base import NodeFault, NodeTask, TaskContext, TaskResult
 from .settings import TaskSettings
 
 API_NAME = "/generate_monologue_audio"
@@ -43,12 +43,15 @@ class CsmTask(NodeTask):
     settings: TaskSettings
     downloader: Downloader
 
-    def run(self, ctx: TaskContext) -> TaskResult:
-        self.require_node(ctx)
+    def prepare(self, ctx: TaskContext) -> Path | None:
+        """The voice to clone, if any, as a mono WAV."""
         request: CsmRequest = ctx.request
-        reference = self.reference_audio(ctx, request) if request.voice == "clone" else None
+        return self.reference_audio(ctx, request) if request.voice == "clone" else None
+
+    def render(self, ctx: TaskContext, reference: Path | None) -> TaskResult:
+        self.require_node(ctx)
         result = gradio_call.call(ctx, "CSM", ctx.node.csm_url, API_NAME,
-                                  csm_inputs(request, reference), self.settings.gradio_poll_interval)
+                                  csm_inputs(ctx.request, reference), self.settings.gradio_poll_interval)
         produced = _result_path(result)
         out = ctx.path(".mp3")
         info = media.probe_audio(produced, "the CSM app's audio")
@@ -78,5 +81,5 @@ def _result_path(result: object) -> Path:
     if isinstance(result, dict):
         result = result.get("path") or result.get("name")
     if not isinstance(result, str) or not Path(result).is_file():
-        raise TaskError(f"CSM app returned no audio file (got {str(result)[:200]!r})")
+        raise NodeFault(f"CSM app returned no audio file (got {str(result)[:200]!r})")
     return Path(result)

@@ -14,7 +14,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from gradio_client import Client, handle_file  # noqa: E402,F401 - after the analytics switch
 from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
 
-from .base import TaskContext, TaskError  # noqa: E402
+from .base import NodeFault, TaskContext, TaskError  # noqa: E402
+from .node_faults import call_failed  # noqa: E402
 
 
 def connect(ctx: TaskContext, app: str, url: str) -> Client:
@@ -24,7 +25,7 @@ def connect(ctx: TaskContext, app: str, url: str) -> Client:
     except AuthenticationError:
         raise TaskError(f"{app} app at {url} refused the node's API key") from None
     except Exception as exc:  # noqa: BLE001 - connection refused, bad config, HTTP errors ...
-        raise TaskError(f"{app} app at {url} is not reachable: {_describe(exc)}") from None
+        raise _fault(ctx, app, exc, f"{app} app at {url} is not reachable: {_describe(exc)}") from None
 
 
 def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, Any],
@@ -48,11 +49,18 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
         try:
             return job.result(timeout=0)
         except AppError as exc:
-            raise TaskError(f"{app} app failed: {_describe(exc)}") from None
+            raise NodeFault(f"{app} app failed: {_describe(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - transport or protocol failure mid-call
-            raise TaskError(f"{app} app call {api_name} failed: {_describe(exc)}") from None
+            raise _fault(ctx, app, exc, f"{app} app call {api_name} failed: {_describe(exc)}") from None
     finally:
         client.close()
+
+
+def _fault(ctx: TaskContext, app: str, exc: Exception, otherwise: str) -> NodeFault:
+    """A node that stopped answering says so (gradio_client alone reports a dead node as
+    e.g. CancelledError); an app that failed on a live node keeps ``otherwise``."""
+    node = ctx.node
+    return call_failed(node.name, node.base_url, node.headers, f"the {app} call", exc, otherwise)
 
 
 def _describe(exc: Exception) -> str:

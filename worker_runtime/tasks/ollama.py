@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..cancel import CancelToken
-from .base import TaskError
+from .base import NodeFault
+from .node_faults import probe, stopped_answering, transport_cause
 
 
 def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
@@ -24,8 +25,9 @@ def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
 
 
 def generate(base_url: str, headers: dict[str, str], body: dict[str, Any], cancel: CancelToken,
-             connect_timeout: float) -> str:
-    """Run one generation; returns the concatenated ``response`` text."""
+             connect_timeout: float, node: str | None = None) -> str:
+    """Run one generation; returns the concatenated ``response`` text. ``node``: the
+    node's name, for errors."""
     url = base_url.rstrip("/") + "/api/generate"
     path = urlsplit(url).path
     conn = _connection(url, connect_timeout)
@@ -47,18 +49,29 @@ def generate(base_url: str, headers: dict[str, str], body: dict[str, Any], cance
                          headers={**headers, "Content-Type": "application/json"})
             response = conn.getresponse()
             if response.status != 200:
-                raise TaskError(f"Ollama at {url} answered HTTP {response.status}: {_error(response.read())}")
-            return _collect(response, url)
-        except (OSError, http.client.HTTPException, TaskError) as exc:
+                raise NodeFault(f"Ollama at {url} answered HTTP {response.status}: {_error(response.read())}")
+            text = _collect(response, url)
+        except (OSError, http.client.HTTPException, NodeFault) as exc:
             cancel.raise_if_cancelled()  # the failure is our own abort
-            if isinstance(exc, TaskError):
+            if isinstance(exc, NodeFault):
                 raise
-            raise TaskError(f"Ollama at {url} failed: {exc or type(exc).__name__}") from None
+            cause = transport_cause(exc)
+            if cause is not None:
+                raise stopped_answering(node or url, "the Ollama generate call", cause) from None
+            raise NodeFault(f"Ollama at {url} failed: {exc or type(exc).__name__}") from None
+        if text is None:  # the stream ended early: the node died, or only Ollama did
+            cancel.raise_if_cancelled()
+            cause = probe(base_url, headers)
+            if cause is not None:
+                raise stopped_answering(node or url, "the Ollama generate call", cause)
+            raise NodeFault(f"Ollama at {url} closed the stream before the answer was done")
+        return text
     finally:
         conn.close()
 
 
-def _collect(response: http.client.HTTPResponse, url: str) -> str:
+def _collect(response: http.client.HTTPResponse, url: str) -> str | None:
+    """The answer, or None when the stream ends before ``done``."""
     parts: list[str] = []
     for line in response:
         if not line.strip():
@@ -66,13 +79,13 @@ def _collect(response: http.client.HTTPResponse, url: str) -> str:
         try:
             chunk = json.loads(line)
         except ValueError:
-            raise TaskError(f"Ollama at {url} sent a line that is not JSON: {line[:200]!r}") from None
+            raise NodeFault(f"Ollama at {url} sent a line that is not JSON: {line[:200]!r}") from None
         if chunk.get("error"):
-            raise TaskError(f"Ollama at {url} reported: {chunk['error']}")
+            raise NodeFault(f"Ollama at {url} reported: {chunk['error']}")
         parts.append(chunk.get("response", ""))
         if chunk.get("done"):
             return "".join(parts).strip()
-    raise TaskError(f"Ollama at {url} closed the stream before the answer was done")
+    return None
 
 
 def _error(raw: bytes) -> str:

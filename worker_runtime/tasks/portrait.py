@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.models import PortraitRequest
 
 from .. import media
 from ..downloads import Downloader
-from .base import NodeTask, TaskContext, TaskError, TaskResult
+from .base import NodeTask, TaskContext, TaskResult
 from .comfyui import ComfyUI, find_video
 from .settings import TaskSettings
 from .sonic_workflow import VIDEO_NODE, sonic_workflow
@@ -18,18 +19,27 @@ from .sonic_workflow import VIDEO_NODE, sonic_workflow
 MAX_SEED = 2**31 - 1  # SONICSampler's seed range
 
 
+@dataclass(frozen=True)
+class PortraitInputs:
+    image: Path  # upright RGB JPEG, at most MAX_IMAGE_SIDE
+    audio: Path  # plain MP3/WAV
+    width: int  # the box the workflow fits the image into
+    height: int
+    duration: int  # clip seconds
+
+
 class PortraitTask(NodeTask):
     label = "Portrait"
     settings: TaskSettings
     downloader: Downloader
 
-    def run(self, ctx: TaskContext) -> TaskResult:
-        self.require_node(ctx)
+    def prepare(self, ctx: TaskContext) -> PortraitInputs:
         s = self.settings
         request: PortraitRequest = ctx.request
         image_path = ctx.path("_portrait.jpg")
         image = media.prepare_image(self._fetch(ctx, request.image_url, "image_url", "image", "_portrait.download"),
-                                    image_path, s.max_image_side, f"image_url {request.image_url}")
+                                    image_path, s.max_image_side, f"image_url {request.image_url}",
+                                    max_pixels=s.max_image_pixels)
         audio_raw = self._fetch(ctx, request.audio_url, "audio_url", "audio", "_audio.download")
         audio_path, audio = media.plain_audio(audio_raw, ctx.path("_audio"), f"audio_url {request.audio_url}")
         duration = media.clip_seconds(audio.duration, s.portrait_extra_seconds)
@@ -38,8 +48,15 @@ class PortraitTask(NodeTask):
                      original=f"{image.original_width}x{image.original_height}",
                      fit=f"{width}x{height}", audio_seconds=round(audio.duration, 3),
                      audio_format=audio.container, duration=duration)
+        return PortraitInputs(image_path, audio_path, width, height, duration)
 
-        comfy = ComfyUI(ctx.node.comfyui_url, ctx.node.headers, s.node_request_timeout, ctx.log)
+    def render(self, ctx: TaskContext, inputs: PortraitInputs) -> TaskResult:
+        self.require_node(ctx)
+        s = self.settings
+        image_path, audio_path = inputs.image, inputs.audio
+        width, height, duration = inputs.width, inputs.height, inputs.duration
+        comfy = ComfyUI(ctx.node.comfyui_url, ctx.node.headers, s.node_request_timeout, ctx.log,
+                       node=ctx.node.name)
         try:
             comfy.wait_ready(ctx.cancel, s.comfyui_ready_timeout, s.comfyui_poll_interval)
             image_name = comfy.upload(image_path, image_path.name)

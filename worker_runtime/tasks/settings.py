@@ -27,6 +27,9 @@ class TaskSettings(EgressSettings):
     # -- media preprocessing --
     max_image_side: int = Field(2048, ge=64, validation_alias="MAX_IMAGE_SIDE",
                                 description="Images larger on a side are scaled down first")
+    max_image_pixels: int = Field(40_000_000, ge=1, validation_alias="MAX_IMAGE_PIXELS",
+                                  description="Images claiming more pixels (read from the header) are "
+                                              "refused before they are decoded")
     portrait_max_width: int = Field(1280, ge=64, validation_alias="PORTRAIT_MAX_WIDTH")
     portrait_max_height: int = Field(720, ge=64, validation_alias="PORTRAIT_MAX_HEIGHT")
 

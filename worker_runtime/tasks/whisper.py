@@ -9,7 +9,7 @@ from chalicelib.models import WhisperRequest
 from .. import media
 from ..downloads import Downloader
 from . import gradio_call
-from .base import NodeTask, TaskContext, TaskError, TaskResult
+from .base import NodeFault, NodeTask, TaskContext, TaskResult
 from .settings import TaskSettings
 
 API_NAME = "/transcribe_audio"
@@ -39,15 +39,19 @@ class WhisperTask(NodeTask):
     settings: TaskSettings
     downloader: Downloader
 
-    def run(self, ctx: TaskContext) -> TaskResult:
-        self.require_node(ctx)
+    def prepare(self, ctx: TaskContext) -> Path:
+        """The audio, downloaded and made plain MP3/WAV."""
         request: WhisperRequest = ctx.request
         raw = self.downloader.fetch(request.audio_url, ctx.path("_input.download"), field="audio_url",
                                     kind="audio", cancel=ctx.cancel).path
         audio, info = media.plain_audio(raw, ctx.path("_input"), f"audio_url {request.audio_url}")
         ctx.log.info("whisper.input_ready", seconds=round(info.duration, 3), format=info.container)
+        return audio
+
+    def render(self, ctx: TaskContext, audio: Path) -> TaskResult:
+        self.require_node(ctx)
         result = gradio_call.call(ctx, "Whisper", ctx.node.whisper_url, API_NAME,
-                                  whisper_inputs(request, audio), self.settings.gradio_poll_interval)
+                                  whisper_inputs(ctx.request, audio), self.settings.gradio_poll_interval)
         text = _transcript(result)
         ctx.log.info("whisper.done", chars=len(text))
         return TaskResult(text=text)
@@ -57,5 +61,5 @@ def _transcript(result: object) -> str:
     """The app answers (transcript text, downloadable files)."""
     text = result[0] if isinstance(result, (list, tuple)) and result else result
     if not isinstance(text, str):
-        raise TaskError(f"Whisper app returned no transcript (got {str(result)[:200]!r})")
+        raise NodeFault(f"Whisper app returned no transcript (got {str(result)[:200]!r})")
     return text.strip()
