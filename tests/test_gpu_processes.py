@@ -13,6 +13,7 @@ import pytest
 from chalicelib.context import Context
 from chalicelib.models import JobStatus
 from chalicelib.settings import Settings
+from tests.support import procs
 from tests.support.fake_gpu_tasks import GPU_FAST
 from tests.support.harness import start_worker_process, submit, task_events, wait_until
 from worker_runtime.gpu.registry import LAUNCHING, RUNNING, GpuRegistry
