@@ -207,8 +207,11 @@ def test_cancel_retry_and_health(api, client):
     assert client.status(job.id).status is JobStatus.CANCELLED
     with pytest.raises(Conflict):
         client.cancel(job.id)
+    api.script("POST", "/jobs/*/retry", (503, {"error": "down"}))
     again = client.retry(job.id)
     assert again.retry_of == job.id and again.status is JobStatus.QUEUED
+    first, second = api.requests_to("POST", "/jobs/*/retry")
+    assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
     assert client.health().workers == {"alive": 1}
 
 

@@ -183,9 +183,12 @@ class Client:
     def cancel(self, job_id: str, error: str | None = None, remove_data: bool = False) -> Message:
         return self.update(job_id, "cancelled", error, remove_data)
 
-    def retry(self, job_id: str) -> Job:
-        """A new job with the parameters of a failed, timed_out or cancelled one."""
-        return Job.model_validate(self._call("POST", _job_path("jobs", job_id, "/retry")).json())
+    def retry(self, job_id: str, idempotency_key: str | None = None) -> Job:
+        """A new job with the parameters of a failed, timed_out or cancelled one. Like a
+        submission it carries an Idempotency-Key (a fresh one by default), so the client's
+        own retries of this call make one new job, not several."""
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        return Job.model_validate(self._call("POST", _job_path("jobs", job_id, "/retry"), headers=headers).json())
 
     def result(self, job_id: str) -> Result:
         """A successful job's result; Conflict (with ``job_status``) while it has none."""
