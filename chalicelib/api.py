@@ -13,24 +13,28 @@ from .auth import authenticate
 from .context import Context
 from .dead_letters import handle_dead_letters
 from .delivery import DeliveryHandler
-from .errors import C3RenderError, PayloadTooLarge
+from .errors import C3RenderError, Forbidden, NotFound, PayloadTooLarge
 from .events import EventPublisher
+from .gpu_reaper import reap_gpus
+from .health import HealthReport
+from .job import Job
 from .intake import IntakeHandler
-from .jobs import JobService
+from .jobs import JobService, parse_job_id
 from .json_body import parse_json
 from .logs import configure, get_logger
-from .models import JobType
+from .models import JobStatus, JobType
 from .openapi import openapi_document
 from .outbox import Reconciler
+from .waiting import preferred_wait, wait_final
 from .webhooks import WebhookSender
 
 log = get_logger("c3.api")
 JSON_TYPES = ["application/json"]
 
 
-def _json_response(body: Any, status: int = 200) -> Response:
+def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        body=json.dumps(body), status_code=status, headers={"Content-Type": "application/json"}
+        body=json.dumps(body), status_code=status, headers={"Content-Type": "application/json", **(headers or {})}
     )
 
 
@@ -59,7 +63,10 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     app.register_middleware(lambda event, get_response: in_error_format(get_response(event)), "http")
     if events is None:
         events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results, ctx.clock)
-    service = JobService(ctx.store, ctx.outbox, ctx.results, ctx.clock, settings.job_ttl_days)
+    service = JobService(ctx.store, ctx.outbox, ctx.results, ctx.clock, settings.job_ttl_days,
+                         ctx.queries, settings.max_in_flight_per_key)
+    health_report = HealthReport(ctx.jobs_queue, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
+                                 ctx.beacons, ctx.clock)
     keys = settings.api_key_list
     if not keys:
         log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
@@ -68,9 +75,10 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Response:
             try:
-                return _json_response(fn(*args, **kwargs))
+                out = fn(*args, **kwargs)
+                return out if isinstance(out, Response) else _json_response(out)
             except C3RenderError as exc:
-                return _json_response(exc.to_body(), exc.status_code)
+                return _json_response(exc.to_body(), exc.status_code, exc.headers)
             except (ClientError, BotoCoreError) as exc:
                 log.error("api.backend_error", exc_info=True, reason=str(exc))
                 return _json_response({"error": "A backing AWS service is unavailable; retry later"}, 503)
@@ -79,6 +87,25 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
 
     def owner() -> str:
         return authenticate(app.current_request.headers, keys)
+
+    def waited(job: Job, brief: bool = False) -> Response:
+        """The job's view (``brief``: only id and status, the seed's submit answer), after
+        waiting for it to be final when the client asks to (``Prefer: wait=N``)."""
+        seconds = preferred_wait(app.current_request.headers.get("prefer"))
+        if seconds is None:
+            return _json_response({"id": job.id, "status": job.status.value} if brief else service.view(job))
+        job = wait_final(lambda: ctx.store.get(job.id) or job, seconds)
+        return _json_response(service.view(job), headers={"Preference-Applied": f"wait={seconds}"})
+
+    def base_url() -> str:
+        """The API's public base URL: PUBLIC_API_URL, or how this request reached it."""
+        if settings.public_api_url:
+            return settings.public_api_url
+        request = app.current_request
+        host = request.headers.get("host", "127.0.0.1")
+        proto = request.headers.get("x-forwarded-proto", "http")
+        stage = request.context.get("stage") if host.endswith(".amazonaws.com") else None
+        return f"{proto}://{host}" + (f"/{stage}" if stage else "")
 
     def body() -> Any:
         raw = app.current_request.raw_body or b""
@@ -106,7 +133,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
             data = body()
             key = app.current_request.headers.get("idempotency-key")
             job, _ = service.submit(job_type, data, who, key)
-            return {"id": job.id, "status": job.status.value}
+            return waited(job, brief=True)
 
         submit.__name__ = f"submit_{job_type.value}"
         app.route(f"/{job_type.value}", methods=["POST"], content_types=JSON_TYPES)(submit)
@@ -116,8 +143,9 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
 
     @app.route("/status/{job_id}")
     @handled
-    def status(job_id: str) -> dict[str, Any]:
-        return service.get(job_id, owner()).status_view()
+    def status(job_id: str) -> Response:
+        job = service.get(job_id, owner())
+        return waited(job)
 
     @app.route("/job/{job_id}", methods=["POST"], content_types=JSON_TYPES)
     @handled
@@ -132,14 +160,46 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/result/{job_id}")
     @handled
     def result(job_id: str) -> dict[str, Any]:
-        return service.result(job_id, owner())
+        return service.result(job_id, owner(), ctx.links, base_url())
+
+    @app.route("/results/{job_id}")
+    @handled
+    def result_link(job_id: str) -> Response:
+        """A durable result link: no key (the token is the credential), 302 to a URL
+        presigned now."""
+        query = app.current_request.query_params or {}
+        if ctx.links is None:
+            raise NotFound("Result links are not enabled (set RESULT_LINK_SECRET)")
+        problem = ctx.links.problem(job_id, query.get("expires"), query.get("token"))
+        if problem:
+            raise Forbidden("This result link does not open the job", [{"field": "token", "message": problem}])
+        job = ctx.store.get(parse_job_id(job_id))
+        if job is None or job.status is not JobStatus.SUCCESS or not job.result_key:
+            raise NotFound(f"Job {job_id} has no result")
+        return Response(body="", status_code=302, headers={"Location": ctx.results.presign(job.result_key)})
+
+    @app.route("/jobs")
+    @handled
+    def jobs() -> dict[str, Any]:
+        return service.list(owner(), dict(app.current_request.query_params or {}))
+
+    @app.route("/jobs/{job_id}/retry", methods=["POST"], content_types=JSON_TYPES)
+    @handled
+    def retry(job_id: str) -> dict[str, Any]:
+        job = service.retry(job_id, owner(), app.current_request.headers.get("idempotency-key"))
+        return {"id": job.id, "status": job.status.value, "retry_of": job.retry_of}
+
+    @app.route("/health")
+    @handled
+    def service_health() -> dict[str, Any]:
+        return health_report.snapshot()
 
     webhooks = WebhookSender(
         settings.webhook_attempts, settings.webhook_interval, settings.webhook_timeout,
         settings.webhook_secret, allow_private=settings.allow_private_urls,
     )
     delivery = DeliveryHandler(ctx.store, ctx.outbox, events, webhooks, ctx.results, ctx.clock,
-                               settings.outbox_grace)
+                               settings.outbox_grace, ctx.links)
     reconciler = Reconciler(ctx.store, ctx.outbox, ctx.clock, settings.outbox_grace,
                             settings.outbox_max_backoff)
 
@@ -157,6 +217,12 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     def reconcile(event: Any) -> dict[str, Any]:
         report = reconciler.run_once()
         return {"resent": report.resent, "failed": report.failed}
+
+    # Orphaned, idle-expired and past-lifetime GPU instances are stopped here, not by the
+    # workers: the worker service scales to zero, and what it leaves must still be stopped.
+    @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
+    def gpu_reaper(event: Any) -> dict[str, Any]:
+        return reap_gpus(ctx.registry, clock=ctx.clock)
 
     intake_handler = IntakeHandler(service, events, settings)
 

@@ -8,11 +8,15 @@ from functools import cached_property
 from typing import Callable
 
 from . import aws
+from .gpu_registry import GpuRegistry
+from .links import ResultLinks
 from .outbox import Outbox
+from .queries import JobQueries
 from .queue import JobQueue, Queue
 from .results import ResultStore
 from .settings import Settings, get_settings
 from .store import JobStore
+from .workers import WorkerBeacons
 
 
 @dataclass
@@ -43,6 +47,26 @@ class Context:
     @cached_property
     def webhooks_queue(self) -> JobQueue:
         return JobQueue(self.sqs, self.settings.webhooks_queue)
+
+    @cached_property
+    def queries(self) -> JobQueries:
+        return JobQueries(self.dynamodb, self.settings.jobs_table, self.clock)
+
+    @cached_property
+    def registry(self) -> GpuRegistry:
+        return GpuRegistry(self.dynamodb, self.settings.gpu_table, self.clock)
+
+    @cached_property
+    def beacons(self) -> WorkerBeacons:
+        return WorkerBeacons(self.dynamodb, self.settings.gpu_table, self.clock)
+
+    @cached_property
+    def links(self) -> ResultLinks | None:
+        """Result links, when a secret signs them (RESULT_LINK_SECRET or WEBHOOK_SECRET)."""
+        secret = self.settings.link_secret
+        if not secret:
+            return None
+        return ResultLinks(secret, self.settings.public_api_url, self.settings.presign_expires, self.clock)
 
     @cached_property
     def outbox(self) -> Outbox:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 from .batch import partial_batch
 from .events import EventPublisher
 from .job import Job
+from .links import ResultLinks
 from .logs import get_logger
 from .outbox import Outbox
 from .results import ResultStore
@@ -35,7 +36,7 @@ HOLD_SLACK = 5.0
 class DeliveryHandler:
     def __init__(self, store: JobStore, outbox: Outbox, events: EventPublisher | None,
                  webhooks: WebhookSender, results: ResultStore, clock: Callable[[], float],
-                 grace: float):
+                 grace: float, links: ResultLinks | None = None):
         self.store = store
         self.outbox = outbox
         self.events = events
@@ -43,6 +44,7 @@ class DeliveryHandler:
         self.results = results
         self.clock = clock
         self.grace = grace
+        self.links = links
 
     def handle_batch(self, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         """Lambda SQS records in (delivered concurrently: one slow receiver must not hold
@@ -85,7 +87,7 @@ class DeliveryHandler:
                 self.outbox.try_send(NOTIFY, job.id, delay=wait)
             return "held"
         attempt = held.webhook_attempts
-        ok, outcome = self.webhooks.attempt(held.notify_url or "", webhook_payload(held, self.results), attempt)
+        ok, outcome = self.webhooks.attempt(held.notify_url or "", webhook_payload(held, self.results, self.links), attempt)
         now = self.clock()
         interval = self.webhooks.interval
         if ok:

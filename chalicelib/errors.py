@@ -5,7 +5,9 @@
      ├── PayloadTooLarge     413
      ├── Unauthorized        401
      ├── NotFound            404
-     └── Conflict            409      a state-machine transition lost or is illegal
+     ├── Forbidden           403      a result link that does not open this job
+     ├── Conflict            409      a state-machine transition lost or is illegal
+     └── TooManyRequests     429      the key has its cap of jobs in flight (Retry-After)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 class C3RenderError(Exception):
     status_code = 500
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, details: list[dict[str, str]] | None = None, **extra: Any):
         super().__init__(message)
@@ -54,3 +57,15 @@ class NotFound(C3RenderError):
 
 class Conflict(C3RenderError):
     status_code = 409
+
+
+class Forbidden(C3RenderError):
+    status_code = 403
+
+
+class TooManyRequests(C3RenderError):
+    status_code = 429
+
+    def __init__(self, message: str, details: list[dict[str, str]], retry_after: int, **extra: Any):
+        super().__init__(message, details, **extra)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -55,6 +55,8 @@ class Job:
     webhook_error: str | None = None
     webhook_lease: float | None = None
     event_sent_at: float | None = None
+    inflight_owner: str | None = None  # the owner while queued or running (the per-key cap's index)
+    retry_of: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -94,6 +96,8 @@ class Job:
                 "max_time": self.max_time,
             }
         )
+        if self.retry_of:
+            view["retry_of"] = self.retry_of
         if self.webhook:
             hook: dict[str, Any] = {"status": self.webhook, "attempts": self.webhook_attempts}
             if self.webhook_error:

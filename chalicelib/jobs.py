@@ -10,13 +10,16 @@ import json
 import uuid
 from typing import Any, Callable, NamedTuple
 
-from .errors import Conflict, InvalidRequest, NotFound
+from .errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from .job import Job
 from .logs import get_logger
 from .models import CLIENT_STATES, JobStatus, JobType, StatusUpdate, parse_job_request, parse_model
+from .links import ResultLinks
 from .outbox import Outbox
+from .queries import JobQueries
 from .results import ResultStore
 from .store import DISPATCH, JobExists, JobStore, TransitionConflict
+from .webhooks import result_fields
 
 log = get_logger("c3.jobs")
 
@@ -51,12 +54,16 @@ class JobService:
         results: ResultStore,
         clock: Callable[[], float],
         ttl_days: int = 30,
+        queries: JobQueries | None = None,
+        max_in_flight: int = 0,
     ):
         self.store = store
         self.outbox = outbox
         self.results = results
         self.clock = clock
         self.ttl_days = ttl_days
+        self.queries = queries
+        self.max_in_flight = max_in_flight
 
     def submit(
         self,
@@ -67,6 +74,7 @@ class JobService:
         *,
         reply_to: str | None = None,
         source: str = "http",
+        retry_of: str | None = None,
     ) -> tuple[Job, bool]:
         """Validate, write the record (one conditional put), enqueue (one send).
 
@@ -86,6 +94,7 @@ class JobService:
             job_id = str(uuid.uuid5(_IDEMPOTENCY_NS, f"{owner}\n{idempotency_key}"))
         else:
             job_id = str(uuid.uuid4())
+        self._check_fair_use(owner, job_id if idempotency_key is not None else None)
         job = Job(
             id=job_id,
             type=job_type,
@@ -102,6 +111,7 @@ class JobService:
             request_hash=digest,
             reply_to=reply_to,
             source=source,
+            retry_of=retry_of,
         )
         try:
             self.store.create(job)
@@ -122,6 +132,59 @@ class JobService:
         log.info("job.submitted", job_id=job.id, type=job_type.value, source=source,
                  dispatched=sent)
         return job, True
+
+    def _check_fair_use(self, owner: str, replay_id: str | None) -> None:
+        """429 once the key has ``max_in_flight`` jobs queued or running (a replay of an
+        existing job is never refused). Two racing submits may both pass at the cap's
+        edge: the cap is a fair-use bound, not an exact quota."""
+        if not self.max_in_flight or self.queries is None:
+            return
+        if self.queries.in_flight(owner, self.max_in_flight) < self.max_in_flight:
+            return
+        if replay_id is not None and self.store.get(replay_id) is not None:
+            return
+        raise TooManyRequests(
+            f"This key already has {self.max_in_flight} jobs queued or running",
+            [{"field": "X-C3-RENDER-KEY", "message": f"may have at most {self.max_in_flight} jobs in flight "
+                                                     "(MAX_IN_FLIGHT_PER_KEY); retry when some finish"}],
+            retry_after=30, limit=self.max_in_flight,
+        )
+
+    def view(self, job: Job) -> dict[str, Any]:
+        """``GET /status``: the record's view plus where a queued job stands."""
+        view = job.status_view()
+        if job.status is JobStatus.QUEUED and self.queries is not None:
+            position = self.queries.queue_position(job)
+            view["queue_position"] = position.value
+            if position.approximate:
+                view["queue_position_approximate"] = True
+        return view
+
+    def list(self, owner: str, query: dict[str, str]) -> dict[str, Any]:
+        """``GET /jobs``: the key's jobs, newest first, filtered, a page at a time."""
+        assert self.queries is not None
+        unknown = sorted(set(query) - {"status", "type", "limit", "cursor"})
+        if unknown:
+            raise InvalidRequest("Unknown query parameter", [{"field": unknown[0], "message":
+                                 "is not a parameter of GET /jobs (status, type, limit, cursor)"}])
+        status = _enum_param(JobStatus, query, "status")
+        job_type = _enum_param(JobType, query, "type")
+        raw_limit = query.get("limit", "20")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+            raise InvalidRequest("Invalid limit", [{"field": "limit", "message": "must be a whole number from 1 to 100"}])
+        jobs, cursor = self.queries.list(owner, status, job_type, int(raw_limit), query.get("cursor"))
+        return {"jobs": [job.status_view() for job in jobs], "next_cursor": cursor}
+
+    def retry(self, job_id: str, owner: str, idempotency_key: str | None = None) -> Job:
+        """Submit a failed, timed-out or cancelled job's parameters again, as a new job."""
+        old = self.get(job_id, owner)
+        if old.status not in RETRYABLE:
+            raise Conflict(f"Job {old.id} is {old.status.value}: only failed, timed_out or cancelled jobs "
+                           "can be retried", status=old.status.value)
+        job, _ = self.submit(old.type, old.params, owner, idempotency_key, reply_to=old.reply_to,
+                             source=old.source, retry_of=old.id)
+        log.info("job.retried", job_id=job.id, retry_of=old.id)
+        return job
 
     def get(self, job_id: str, owner: str) -> Job:
         job = self.store.get(parse_job_id(job_id))
@@ -167,18 +230,26 @@ class JobService:
             log.info("job.data_removed", job_id=job.id, status=job.status.value, objects=objects)
         return ClientUpdate(job, changed, update.remove_data)
 
-    def result(self, job_id: str, owner: str) -> dict[str, Any]:
+    def result(self, job_id: str, owner: str, links: ResultLinks | None = None,
+               base_url: str | None = None) -> dict[str, Any]:
         job = self.get(job_id, owner)
         if job.status is not JobStatus.SUCCESS:
             body: dict[str, Any] = {"status": job.status.value}
             if job.error:
                 body["job_error"] = job.error
             raise Conflict(f"Job {job.id} has no result: it is {job.status.value}", **body)
-        return result_payload(job, self.results)
+        return result_fields(job, self.results, links, base_url)
 
 
-def result_payload(job: Job, results: ResultStore) -> dict[str, Any]:
-    """``{"result_url"}`` for media jobs (presigned now), ``{"text"}`` for text jobs."""
-    if job.result_key:
-        return {"result_url": results.presign(job.result_key)}
-    return {"text": job.result_text or ""}
+RETRYABLE = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
+
+
+def _enum_param(enum: Any, query: dict[str, str], name: str) -> Any:
+    value = query.get(name)
+    if value is None:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum)
+        raise InvalidRequest(f"Invalid {name}", [{"field": name, "message": f"must be one of: {allowed}"}]) from None

@@ -35,9 +35,12 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or wrong API key", 404: "Unknown job",
+            403: "The result link does not open this job",
+            405: "Method not allowed on this route",
             409: "Conflict with the job's state", 413: "Body too large",
             415: "Content-Type is not application/json", 422: "Invalid fields",
-            503: "Job could not be queued"}
+            429: "The key has its cap of jobs in flight (see Retry-After)",
+            503: "A backing AWS service is unavailable; nothing was accepted"}
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
 
@@ -49,7 +52,10 @@ def openapi_document() -> dict[str, Any]:
     schemas["Error"] = _ERROR
     schemas["Submitted"] = {
         "type": "object",
-        "properties": {"id": {"type": "string", "format": "uuid"}, "status": {"const": "queued"}},
+        "required": ["id", "status"],
+        "properties": {"id": {"type": "string", "format": "uuid"},
+                       "status": {"enum": ["queued", "running", "success", "failed", "cancelled", "timed_out"],
+                                  "description": "queued, or the current state of a replayed submission"}},
     }
     schemas["JobStatus"] = {
         "type": "object",
@@ -65,17 +71,65 @@ def openapi_document() -> dict[str, Any]:
             "finished_at": {"type": "string", "format": "date-time"},
             "complete_by": {"type": "string", "format": "date-time"},
             "max_time": {"type": "integer"},
+            "queue_position": {"type": "integer", "description": "queued jobs ahead of this one"},
+            "queue_position_approximate": {"type": "boolean"},
+            "retry_of": {"type": "string", "format": "uuid"},
+            "webhook": {"type": "object", "required": ["status", "attempts"], "properties": {
+                "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
+                "last_error": {"type": "string"}}},
         },
     }
+    schemas["JobList"] = {
+        "type": "object", "required": ["jobs", "next_cursor"],
+        "properties": {"jobs": {"type": "array", "items": _ref("JobStatus")},
+                       "next_cursor": {"type": ["string", "null"]}},
+    }
+    schemas["Retried"] = {
+        "type": "object", "required": ["id", "status", "retry_of"],
+        "properties": {"id": {"type": "string", "format": "uuid"}, "status": {"const": "queued"},
+                       "retry_of": {"type": "string", "format": "uuid"}},
+    }
+    schemas["Health"] = {"type": "object", "required": ["status", "queue", "jobs", "workers", "gpus"],
+                         "properties": {"status": {"const": "ok"}, "queue": {"type": "object"},
+                                        "jobs": {"type": "object"}, "workers": {"type": "object"},
+                                        "gpus": {"type": "object"}}}
     schemas["Result"] = {
         "oneOf": [
-            {"type": "object", "properties": {"result_url": {"type": "string"}}},
-            {"type": "object", "properties": {"text": {"type": "string"}}},
+            {"type": "object", "required": ["result_url"], "additionalProperties": False,
+             "properties": {"result_url": {"type": "string"},
+                            "result_link": {"type": "string", "description": "lasts PRESIGN_EXPIRES"}}},
+            {"type": "object", "required": ["text"], "additionalProperties": False,
+             "properties": {"text": {"type": "string"}}},
         ]
     }
     job_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    prefer = {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+              "description": "wait=N (1-25): answer once the job is final, or after N seconds "
+                             "(Preference-Applied says it waited)"}
+    open_route = {"security": []}
     paths: dict[str, Any] = {
-        "/": {"get": {"summary": "Health", "responses": {"200": {"description": "Service is up"}}}}
+        "/": {"get": {"summary": "Up", "responses": {"200": {"description": "Service is up"}}, **open_route}},
+        "/health": {"get": {"summary": "Queue, jobs, workers and GPU instances", **open_route,
+                            "responses": {"200": _json(_ref("Health"), "Health")}}},
+        "/jobs": {"get": {"summary": "The key's jobs, newest first", "parameters": [
+            {"name": "status", "in": "query", "schema": {"enum": ["queued", "running", "success", "failed",
+                                                                    "cancelled", "timed_out"]}},
+            {"name": "type", "in": "query", "schema": {"enum": [t.value for t in REQUEST_MODELS]}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+            {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+            "responses": {"200": _json(_ref("JobList"), "A page of jobs"), **_errors(400, 401)}}},
+        "/jobs/{id}/retry": {"post": {"summary": "Submit a failed, timed-out or cancelled job again",
+                                      "parameters": [job_id], "responses": {
+                                          "200": _json(_ref("Retried"), "The new job"),
+                                          **_errors(400, 401, 404, 409, 415, 429)}}},
+        "/results/{id}": {"get": {"summary": "A durable result link: 302 to a fresh presigned URL",
+                                  **open_route, "parameters": [
+                                      job_id, {"name": "expires", "in": "query", "required": True,
+                                               "schema": {"type": "integer"}},
+                                      {"name": "token", "in": "query", "required": True,
+                                       "schema": {"type": "string"}}],
+                                  "responses": {"302": {"description": "Location: the result"},
+                                                **_errors(400, 403, 404)}}},
     }
     for job_type, model in REQUEST_MODELS.items():
         paths[f"/{job_type.value}"] = {
@@ -83,14 +137,16 @@ def openapi_document() -> dict[str, Any]:
                 "summary": f"Submit a {job_type.value} job",
                 "parameters": [
                     {"name": "Idempotency-Key", "in": "header", "required": False,
-                     "schema": {"type": "string", "maxLength": 255}}
+                     "schema": {"type": "string", "maxLength": 255}},
+                    prefer,
                 ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(model.__name__)}}},
-                "responses": {"200": _json(_ref("Submitted"), "Job queued"),
-                              **_errors(400, 401, 409, 413, 415, 422, 503)},
+                "responses": {"200": _json({"oneOf": [_ref("Submitted"), _ref("JobStatus")]},
+                                           "Job accepted (with Prefer: wait, its status view)"),
+                              **_errors(400, 401, 409, 413, 415, 422, 429, 503)},
             }
         }
-    paths["/status/{id}"] = {"get": {"summary": "Job status", "parameters": [job_id],
+    paths["/status/{id}"] = {"get": {"summary": "Job status", "parameters": [job_id, prefer],
                                      "responses": {"200": _json(_ref("JobStatus"), "Job status"),
                                                    **_errors(400, 401, 404)}}}
     paths["/job/{id}"] = {"post": {

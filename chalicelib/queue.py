@@ -82,6 +82,16 @@ class Queue:
     def delete(self, receipt: str) -> None:
         self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=receipt)
 
+    def depth(self) -> dict[str, int]:
+        """Messages visible, in flight (received, not deleted) and delayed (approximate)."""
+        attrs = self._sqs.get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages",
+                                               "ApproximateNumberOfMessagesNotVisible",
+                                               "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+        return {"messages": int(attrs.get("ApproximateNumberOfMessages", 0)),
+                "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0))}
+
     def set_visibility(self, receipt: str, seconds: int) -> None:
         self._sqs.change_message_visibility(
             QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=int(seconds)

@@ -62,7 +62,18 @@ class Settings(EgressSettings):
     # A job claimed this many times (each claim after a worker died or lost it) fails.
     max_attempts: int = Field(5, ge=1, validation_alias="MAX_ATTEMPTS")
 
+    # The API's public base URL (result links in webhooks); unset: derived from each request.
+    public_api_url: str | None = Field(None, validation_alias="PUBLIC_API_URL")
+    # Signs result links (GET /results/{id}); unset: WEBHOOK_SECRET; neither: no result links.
+    result_link_secret: str | None = Field(None, validation_alias="RESULT_LINK_SECRET")
+    # Fair use: queued + running jobs one key may have (429 above); 0 = no cap.
+    max_in_flight_per_key: int = Field(100, ge=0, validation_alias="MAX_IN_FLIGHT_PER_KEY")
+
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+
+    @property
+    def link_secret(self) -> str | None:
+        return self.result_link_secret or self.webhook_secret
 
     @property
     def api_key_list(self) -> list[str]:

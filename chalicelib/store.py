@@ -19,6 +19,9 @@ from .models import JobStatus, sources_of
 
 # The outbox index: a sparse GSI over the jobs that are owed a message (see outbox.py).
 OUTBOX_INDEX = "outbox-due"
+# A key's jobs by creation time (GET /jobs), and the sparse subset still in flight.
+OWNER_INDEX = "owner-created"
+INFLIGHT_INDEX = "owner-inflight"
 DISPATCH = "dispatch"  # queued or running: the job message must exist
 NOTIFY = "notify"  # final: the webhook/event delivery must still happen
 
@@ -126,6 +129,7 @@ class JobStore:
         The record enters the outbox as owed a dispatch: if its message is never sent
         (the API died between the two writes), the reconciler sends it."""
         job.outbox, job.outbox_at, job.outbox_sends = DISPATCH, job.created_at + self.outbox_grace, 0
+        job.inflight_owner = job.owner
         if job.notify_url and job.webhook is None:
             job.webhook = "pending"
         try:
@@ -174,7 +178,7 @@ class JobStore:
         expr.set("updated_at", now)
         if target.is_terminal:
             expr.set("finished_at", now)
-            expr.removes.extend(["lease_expires"])
+            expr.removes.extend(["lease_expires", "inflight_owner"])
             self._owe(expr, NOTIFY, now + self.outbox_grace)
         elif target is JobStatus.QUEUED:
             self._owe(expr, DISPATCH, now + self.outbox_grace)
@@ -241,7 +245,7 @@ class JobStore:
         for attr, value in (("status", JobStatus.FAILED.value), ("updated_at", now),
                             ("finished_at", now), ("error", error)):
             expr.set(attr, value)
-        expr.removes.append("lease_expires")
+        expr.removes.extend(["lease_expires", "inflight_owner"])
         self._owe(expr, NOTIFY, now + self.outbox_grace)
         return self._update(job_id, JobStatus.FAILED, expr)
 

@@ -17,6 +17,7 @@ import requests
 
 from .egress import egress_session
 from .job import Job
+from .links import ResultLinks
 from .logs import get_logger
 from .models import JobStatus
 from .results import ResultStore
@@ -24,14 +25,24 @@ from .results import ResultStore
 log = get_logger("c3.webhooks")
 
 
-def webhook_payload(job: Job, results: ResultStore) -> dict[str, Any]:
+def result_fields(job: Job, results: ResultStore, links: ResultLinks | None = None,
+                  base_url: str | None = None) -> dict[str, Any]:
+    """A finished job's result: ``result_url`` (presigned now) and, where links are
+    signed, the durable ``result_link`` for media; ``text`` for text jobs."""
+    if not job.result_key:
+        return {"text": job.result_text or ""}
+    fields = {"result_url": results.presign(job.result_key)}
+    link = links.link(job.id, base_url) if links is not None else None
+    if link:
+        fields["result_link"] = link
+    return fields
+
+
+def webhook_payload(job: Job, results: ResultStore, links: ResultLinks | None = None) -> dict[str, Any]:
     """The seed's payload: result_url (media) or text on success, error otherwise."""
     payload: dict[str, Any] = {"id": job.id, "status": job.status.value}
     if job.status is JobStatus.SUCCESS:
-        if job.result_key:
-            payload["result_url"] = results.presign(job.result_key)
-        else:
-            payload["text"] = job.result_text or ""
+        payload.update(result_fields(job, results, links))
     else:
         payload["error"] = job.error or f"Job {job.status.value}"
     return payload

@@ -5,7 +5,11 @@ Reports medians of several runs (this machine is small and noisy):
   submit loop in-process (the moto-bound ceiling),
   with 1 and with 8 concurrent clients;
 - dispatch latency: job submitted -> claimed by an idle worker in a long poll;
-- worker memory (RSS) before and after a batch of jobs.
+- worker memory (RSS) before and after a batch of jobs;
+- the GPU fleet on the Comput3 simulator (infra/bench_gpu.py): cold-start overhead, billed/busy
+  GPU seconds, makespan and launches per bad input on a bursty trace.
+
+BENCH_SECTIONS=api,dispatch,gpu (default: all) picks what runs.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 SUBMISSIONS = int(os.environ.get("BENCH_SUBMISSIONS", "300"))
 DISPATCH_JOBS = int(os.environ.get("BENCH_DISPATCH_JOBS", "20"))
 MEMORY_JOBS = int(os.environ.get("BENCH_MEMORY_JOBS", "300"))
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "api,dispatch,gpu").split(","))
 
 
 def submissions_per_second(base: str, clients: int) -> float:
@@ -84,7 +89,7 @@ def main() -> int:
         #    ratio is the API's own cost; moto's SQS slows as a queue grows, so every
         #    measurement gets fresh resources.
         sub: dict[str, list[float]] = {"in_process": [], "1_clients": [], "8_clients": []}
-        for run in range(RUNS):
+        for run in range(RUNS if "api" in SECTIONS else 0):
             for label in sub:
                 env = {"JOBS_TABLE": f"b{run}{label}-jobs", "JOBS_QUEUE": f"b{run}{label}-jobs",
                        "JOBS_DLQ": f"b{run}{label}-dlq", "RESULTS_BUCKET": f"b{run}-{label.replace('_', '-')}",
@@ -99,46 +104,52 @@ def main() -> int:
                     sub[label].append(submissions_per_second(f"http://127.0.0.1:{port}", int(label[0])))
                 finally:
                     processes.stop(api)
-        medians = {label: round(statistics.median(v), 1) for label, v in sub.items()}
-        report["submissions_per_s_median"] = medians
-        report["api_vs_in_process_ratio"] = {
-            label: round(medians[label] / medians["in_process"], 2) for label in ("1_clients", "8_clients")}
+        if "api" in SECTIONS:
+            medians = {label: round(statistics.median(v), 1) for label, v in sub.items()}
+            report["submissions_per_s_median"] = medians
+            report["api_vs_in_process_ratio"] = {
+                label: round(medians[label] / medians["in_process"], 2) for label in ("1_clients", "8_clients")}
+        if "gpu" in SECTIONS:
+            from infra.bench_gpu import gpu_report
 
-        # 2. Dispatch latency and 3. worker memory, one idle worker in a long poll
-        env = {"JOBS_TABLE": "bd-jobs", "JOBS_QUEUE": "bd-jobs", "JOBS_DLQ": "bd-dlq", "RESULTS_BUCKET": "bd-results",
-               "GPU_TABLE": "bd-gpus", "WORKER_TASKS": "tests.support.fake_tasks:fake_tasks", "LOG_LEVEL": "WARNING",
-               "OUTPUT_DIR": str(work / "out"), "RECEIVE_WAIT_SECONDS": "20"}
-        settings = Settings(**env)
-        create_stack(settings)
-        ctx = Context(settings)
-        worker = processes.start([sys.executable, "-m", "worker_runtime"], env=env, log_path=work / "worker.log")
-        children.append(worker)
-        from chalicelib.jobs import JobService
-        from chalicelib.models import JobType
+            report["gpu"] = gpu_report(work)
 
-        service = JobService(ctx.store, ctx.outbox, ctx.results, time.time)
-        time.sleep(2)  # let the worker settle into its long poll
+        if "dispatch" in SECTIONS:
+            # 2. Dispatch latency and 3. worker memory, one idle worker in a long poll
+            env = {"JOBS_TABLE": "bd-jobs", "JOBS_QUEUE": "bd-jobs", "JOBS_DLQ": "bd-dlq", "RESULTS_BUCKET": "bd-results",
+                   "GPU_TABLE": "bd-gpus", "WORKER_TASKS": "tests.support.fake_tasks:fake_tasks", "LOG_LEVEL": "WARNING",
+                   "OUTPUT_DIR": str(work / "out"), "RECEIVE_WAIT_SECONDS": "20"}
+            settings = Settings(**env)
+            create_stack(settings)
+            ctx = Context(settings)
+            worker = processes.start([sys.executable, "-m", "worker_runtime"], env=env, log_path=work / "worker.log")
+            children.append(worker)
+            from chalicelib.jobs import JobService
+            from chalicelib.models import JobType
 
-        def run_job(body: dict) -> float:
-            job, _ = service.submit(JobType.WHISPER, body, "anonymous")
-            while True:
-                j = ctx.store.get(job.id)
-                if j.status.is_terminal:
-                    return j.started_at - j.created_at
-                time.sleep(0.01)
+            service = JobService(ctx.store, ctx.outbox, ctx.results, time.time)
+            time.sleep(2)  # let the worker settle into its long poll
 
-        latencies = []
-        for _ in range(DISPATCH_JOBS):
-            time.sleep(0.3)  # the worker is idle, in a long poll, when the job arrives
-            latencies.append(run_job({"audio_url": "https://x.org/a.mp3"}))
-        report["dispatch_ms"] = {"median": round(statistics.median(latencies) * 1000, 1),
-                                 "max": round(max(latencies) * 1000, 1), "jobs": DISPATCH_JOBS}
-        before = rss_kib(worker.pid)
-        for _ in range(MEMORY_JOBS):
-            run_job({"audio_url": "https://x.org/b.mp3"})
-        after = rss_kib(worker.pid)
-        report["worker_rss_kib"] = {"before": before, "after": after, "jobs": MEMORY_JOBS,
-                                    "ratio": round(after / before, 3) if before else None}
+            def run_job(body: dict) -> float:
+                job, _ = service.submit(JobType.WHISPER, body, "anonymous")
+                while True:
+                    j = ctx.store.get(job.id)
+                    if j.status.is_terminal:
+                        return j.started_at - j.created_at
+                    time.sleep(0.01)
+
+            latencies = []
+            for _ in range(DISPATCH_JOBS):
+                time.sleep(0.3)  # the worker is idle, in a long poll, when the job arrives
+                latencies.append(run_job({"audio_url": "https://x.org/a.mp3"}))
+            report["dispatch_ms"] = {"median": round(statistics.median(latencies) * 1000, 1),
+                                     "max": round(max(latencies) * 1000, 1), "jobs": DISPATCH_JOBS}
+            before = rss_kib(worker.pid)
+            for _ in range(MEMORY_JOBS):
+                run_job({"audio_url": "https://x.org/b.mp3"})
+            after = rss_kib(worker.pid)
+            report["worker_rss_kib"] = {"before": before, "after": after, "jobs": MEMORY_JOBS,
+                                        "ratio": round(after / before, 3) if before else None}
     finally:
         for child in reversed(children):
             processes.stop(child)

@@ -132,9 +132,9 @@ class Soak:
             "LAMBDA_POLL_WAIT_SECONDS": "2",
             "WEBHOOK_ATTEMPTS": str(self.opts.webhook_attempts),
             "WEBHOOK_INTERVAL": str(self.opts.webhook_interval), "WEBHOOK_TIMEOUT": "5",
-            "GPU_IDLE_TIMEOUT": str(self.opts.idle_timeout), "GPU_INIT_WAIT": "0.2",
+            "GPU_IDLE_TIMEOUT": str(self.opts.idle_timeout),
             "GPU_HEALTH_INTERVAL": "2", "GPU_HEARTBEAT_INTERVAL": "2", "GPU_OWNER_GRACE": "8",
-            "GPU_REAP_INTERVAL": "3", "PRE_LAUNCH_TIMEOUT": "0", "PRE_LAUNCH_TIMEOUT_MAX": "0",
+            "GPU_BOOT_POLL": "0.2",
             "GRADIO_POLL_INTERVAL": "0.2", "COMFYUI_POLL_INTERVAL": "0.2",
         }
         self.children.append(processes.start([sys.executable, "-m", "infra.local.lambda_poller"],

@@ -16,6 +16,7 @@ from cfnlint.api import lint_file
 
 from chalicelib import aws
 from chalicelib.context import Context
+from chalicelib.gpu_reaper import REAPER_SECRETS
 from chalicelib.jobs import JobService
 from chalicelib.models import JobType
 from chalicelib.secrets import MissingSecret, load_secrets
@@ -31,6 +32,8 @@ from tests.support import procs
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = {stage: json.loads((ROOT / ".chalice" / f"policy-{stage}.json").read_text()) for stage in ("dev", "prod")}
+REAPER_POLICY = {stage: json.loads((ROOT / ".chalice" / f"policy-{stage}-gpu-reaper.json").read_text())
+                 for stage in ("dev", "prod")}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +101,16 @@ def test_app_template_wiring():
     for role in ("ApiHandlerRole", "IntakeRole", "DeadLettersRole"):
         [policy] = res[role]["Properties"]["Policies"]
         assert policy["PolicyDocument"] == POLICY["prod"]
+    # The GPU reaper runs every minute whatever the workers do, on a role of its own: the
+    # registry (read through its index) and the Comput3 key, which no other Lambda can read.
+    reaper = res["GpuReaper"]["Properties"]
+    assert reaper["Handler"] == "app.gpu_reaper"
+    assert reaper["Events"]["GpuReaperEvent"]["Properties"]["Schedule"] == "rate(1 minute)"
+    [policy] = res["GpuReaperRole"]["Properties"]["Policies"]
+    assert policy["PolicyDocument"] == REAPER_POLICY["prod"]
+    assert "comput3-api-key" in json.dumps(REAPER_POLICY["prod"]) and "comput3-api-key" not in json.dumps(POLICY)
+    assert any(r.endswith("-gpus/index/by-state") for s in REAPER_POLICY["prod"]["Statement"]
+               for r in _as_list(s["Resource"]))
     # Nothing runs at rest; the service scales from zero on the jobs queue.
     service = res["WorkerService"]["Properties"]
     assert service["DesiredCount"] == 0 and service["LaunchType"] == "FARGATE"
@@ -131,6 +144,9 @@ def test_policy_files_name_only_their_stage():
     }
     text = json.dumps(prod)
     assert "c3-render-dev" not in text and "c3-render-prod" in text
+    reaper_dev, reaper_prod = REAPER_POLICY["dev"], REAPER_POLICY["prod"]
+    assert [s["Action"] for s in reaper_dev["Statement"]] == [s["Action"] for s in reaper_prod["Statement"]]
+    assert "c3-render-dev" not in json.dumps(reaper_prod) and "c3-render/dev" not in json.dumps(reaper_prod)
     # The names the data stack creates for a stage are the ones the policy grants.
     data = load_template(DATA_TEMPLATE)
     resolver = Resolver({"Stage": "prod"}, {"AWS::Region": "r", "AWS::AccountId": "1", "AWS::StackName": "s"})
@@ -158,6 +174,8 @@ def test_deploy_data_plane_to_moto_and_use_it(moto, stage, capsys):
         assert desc["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
         ttl = ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
         assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
+    [index] = ddb.describe_table(TableName=f"{prefix}-gpus")["Table"]["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "by-state" and index["KeySchema"] == [{"AttributeName": "state", "KeyType": "HASH"}]
 
     def attrs(name):
         url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
@@ -279,6 +297,9 @@ def test_secrets_from_the_deploy_to_the_lambda(moto, stage):
     assert sorted(load_secrets(lambda_env, ssm)) == ["C3_RENDER_API_KEY", "WEBHOOK_SECRET"]
     assert lambda_env["C3_RENDER_API_KEY"] == "k1,k2" and "C3_API_KEY" not in lambda_env  # not the API's
     assert load_secrets({"SECRETS_PATH": f"/c3-render/{stage}/"}, ssm) == []  # outside Lambda: nothing
+    reaper_env = {"SECRETS_PATH": f"/c3-render/{stage}/", "AWS_LAMBDA_FUNCTION_NAME": "gpu_reaper"}
+    assert load_secrets(reaper_env, ssm, wanted=REAPER_SECRETS, required=tuple(REAPER_SECRETS)) == ["C3_API_KEY"]
+    assert reaper_env["C3_API_KEY"] == "c3-secret"  # the scheduled reaper's, as the worker gets it from SSM
     with pytest.raises(MissingSecret, match="api-keys"):
         load_secrets({"SECRETS_PATH": "/c3-render/nosuchstage/", "AWS_LAMBDA_FUNCTION_NAME": "f"}, ssm)
 

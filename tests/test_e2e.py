@@ -37,7 +37,7 @@ def system(aws_endpoints, tmp_path_factory):
         "WORKER_TASKS": "worker_runtime.tasks:default_tasks",
         "OUTPUT_DIR": str(work / "out"), "ALLOW_PRIVATE_URLS": "true",
         "RENDER_POLLING_INTERVAL": "0.5", "LEASE_SECONDS": "20",
-        "PRE_LAUNCH_TIMEOUT": "0", "PRE_LAUNCH_TIMEOUT_MAX": "0", "GPU_INIT_WAIT": "0.2",
+        "GPU_BOOT_POLL": "0.2",
         "GPU_HEALTH_INTERVAL": "2", "GRADIO_POLL_INTERVAL": "0.2", "COMFYUI_POLL_INTERVAL": "0.2",
     }
     worker = start_worker_process(worker_env, work / "worker.log")

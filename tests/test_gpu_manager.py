@@ -14,7 +14,9 @@ from chalicelib.settings import Settings
 from tests.support.fake_gpu_tasks import GPU_FAST
 from tests.support.harness import FAST, ThreadWorker, submit, task_events, wait_until
 from worker_runtime.gpu import GpuSettings, build_gpu_manager
-from worker_runtime.gpu.registry import LAUNCHING, GpuRegistry
+from chalicelib.gpu_reaper import reap_gpus
+from chalicelib.gpu_settings import FleetSettings
+from worker_runtime.gpu.registry import LAUNCHING, RUNNING, STOPPING, GpuRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +182,36 @@ def test_intent_is_recorded_before_launch(genv, c3_sim):
         [record] = registry(genv).all()
         assert record.id == intent.id and record.expires == intent.expires
         assert record.workload == c3_sim.ledger()["instances"][0]["workload"]
+
+
+def test_health_checks_cost_one_listing_per_interval_per_worker(genv, c3_sim):
+    with gpu_worker(genv, GPU_HEALTH_INTERVAL="0.5") as tw:
+        job_id = submit(tw.ctx, "csm", {"text": "sleep:4"})
+        started = c3_sim.ledger()["workloads_requests"]
+        assert final(tw.ctx, job_id).status is JobStatus.SUCCESS
+        # About 8 monitor rounds; the boot poll and the checks before reuse share the listing.
+        assert c3_sim.ledger()["workloads_requests"] - started <= 4 / 0.5 + 2
+
+
+def test_a_slow_stop_does_not_delay_heartbeats(genv, c3_sim):
+    """The keeper stops an idle instance through a /stop that takes 4 s while a new job runs
+    on another instance: that one's heartbeats go on (their own thread), so the reaper
+    (GPU_OWNER_GRACE=3) never takes it for abandoned."""
+    c3_sim.set_faults(stop_delay=4)
+    with gpu_worker(genv, GPU_IDLE_TIMEOUT="0.5") as tw:
+        reg = registry(genv)
+        assert final(tw.ctx, submit(tw.ctx, "csm", {"text": "quick"})).status is JobStatus.SUCCESS
+        [old] = wait_until(lambda: [r for r in reg.all() if r.state == STOPPING], 10)  # the slow stop began
+        job_id = submit(tw.ctx, "csm", {"text": "sleep:7"})
+        [new] = wait_until(lambda: [r for r in reg.all() if r.state == RUNNING and r.busy], 10)
+        silences, began = [], time.time()
+        while reg.get(old.id) is not None:  # the stop is still in flight
+            silences.append(time.time() - reg.get(new.id).heartbeat)
+            time.sleep(0.2)  # sampling period of the observation, not a wait for a condition
+        assert time.time() - began >= 2 and max(silences) < 2.0  # heartbeats every 0.5 s throughout
+        assert reap_gpus(reg, FleetSettings(**genv))["stopped"] == 0
+        assert reg.get(new.id).state == RUNNING
+        assert final(tw.ctx, job_id).status is JobStatus.SUCCESS
+        ledger = c3_sim.ledger()
+        stopped = [i["workload"] for i in ledger["instances"] if i["ended_by"] == "stop"]
+        assert stopped[:1] == [old.workload] and new.workload not in stopped[:1]

@@ -3,6 +3,7 @@ the simulated Comput3."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -13,11 +14,16 @@ from tests.support.fake_gpu_tasks import GPU_FAST
 from worker_runtime.comput3 import Comput3Client
 from worker_runtime.gpu import GpuSettings
 from worker_runtime.gpu.reaper import Reaper, SweepDeferred
-from worker_runtime.gpu.registry import LAUNCHING, RUNNING, STOPPING, GpuRegistry, RecordLost
+from worker_runtime.gpu.registry import LAUNCHING, RUNNING, STOPPING, GpuRegistry, RecordLost, SlotTaken
 
 pytestmark = pytest.mark.integration
 
 GRACE, IDLE = 3.0, 5.0
+_slots = itertools.count()
+
+
+def intent(reg, owner, expires):
+    return reg.create_intent(owner, expires, "media:fast", next(_slots))
 
 
 @pytest.fixture
@@ -39,9 +45,9 @@ def reaper(reg, c3, worker_id):
 def rented(reg, c3, owner, heartbeat_age=0.0, idle_for=0.0, busy=False):
     """A record as a worker leaves it after launching (and maybe using) an instance."""
     now = time.time()
-    intent = reg.create_intent(owner, int(now) + 600, "media:fast")
-    w = c3.launch("media:fast", intent.expires).workload
-    return reg.update(intent, state=RUNNING, workload=w.workload, node=w.node, launched_at=now,
+    new = intent(reg, owner, int(now) + 600)
+    w = c3.launch("media:fast", new.expires).workload
+    return reg.update(new, state=RUNNING, workload=w.workload, node=w.node, launched_at=now,
                       heartbeat=now - heartbeat_age, last_used=now - idle_for, busy=busy)
 
 
@@ -77,26 +83,27 @@ def test_an_owner_learns_its_record_was_taken_over(reg, c3, c3_sim):
 def test_reap_pass_stops_only_what_nobody_should_pay_for(reg, c3, c3_sim):
     busy = rented(reg, c3, "alive", busy=True, idle_for=60)
     fresh_idle = rented(reg, c3, "alive", idle_for=1)
-    silent = rented(reg, c3, "dead", heartbeat_age=GRACE + 5)
+    silent = rented(reg, c3, "dead", heartbeat_age=GRACE + 5, busy=True)  # died mid-job
+    left_idle = rented(reg, c3, "dead", heartbeat_age=GRACE + 5, idle_for=1)  # anyone's to adopt
     idle = rented(reg, c3, "alive", idle_for=IDLE + 5)
-    live_intent = reg.create_intent("launcher", int(time.time()) + 900, "media:fast")
-    stale_intent = reg.update(reg.create_intent("crashed", int(time.time()) + 950, "media:fast"),
+    live_intent = intent(reg, "launcher", int(time.time()) + 900)
+    stale_intent = reg.update(intent(reg, "crashed", int(time.time()) + 950),
                               heartbeat=time.time() - GRACE - 5)  # its launch never reached Comput3
 
     assert reaper(reg, c3, "me").reap_pass() == 3
     left = {r.id for r in reg.all()}
-    assert left == {busy.id, fresh_idle.id, live_intent.id}
+    assert left == {busy.id, fresh_idle.id, left_idle.id, live_intent.id}
     ledger = c3_sim.ledger()
     stopped = {i["workload"] for i in ledger["instances"] if not i["running"]}
     assert stopped == {silent.workload, idle.workload}
-    assert stale_intent.id not in left and ledger["launches"] == 4
+    assert stale_intent.id not in left and ledger["launches"] == 5
 
 
 def test_sweep_waits_while_a_live_launch_shares_the_expires(reg, c3, c3_sim):
     expires = int(time.time()) + 700
-    live = reg.create_intent("launcher", expires, "media:fast")
+    live = intent(reg, "launcher", expires)
     c3.launch("media:fast", expires)  # the launcher's instance, not recorded yet
-    dead = reg.update(reg.create_intent("crashed", expires, "media:fast"), heartbeat=time.time() - 60)
+    dead = reg.update(intent(reg, "crashed", expires), heartbeat=time.time() - 60)
     r = reaper(reg, c3, "me")
     with pytest.raises(SweepDeferred):
         r.sweep(expires, exclude_id=dead.id)
@@ -108,7 +115,7 @@ def test_sweep_waits_while_a_live_launch_shares_the_expires(reg, c3, c3_sim):
 
 def test_untracked_workloads_of_others_are_left_alone(reg, c3, c3_sim):
     c3.launch("media:fast", int(time.time()) + 800)  # someone else's, no intent anywhere
-    stale = reg.update(reg.create_intent("crashed", int(time.time()) + 850, "media:fast"),
+    stale = reg.update(intent(reg, "crashed", int(time.time()) + 850),
                        heartbeat=time.time() - 60)
     assert reaper(reg, c3, "me").reap_pass() == 1  # the stale intent is resolved...
     assert reg.get(stale.id) is None
@@ -116,18 +123,44 @@ def test_untracked_workloads_of_others_are_left_alone(reg, c3, c3_sim):
 
 
 def test_intent_is_written_once_with_a_ttl(reg, ctx):
-    intent = reg.create_intent("w", int(time.time()) + 100, "media:fast")
-    assert intent.state == LAUNCHING and reg.get(intent.id) == intent
-    item = ctx.dynamodb.get_item(TableName=reg.table, Key={"id": {"S": intent.id}})["Item"]
-    assert int(item["expires_at"]["N"]) == intent.expires + 86400  # DynamoDB TTL drops old records
+    new = reg.create_intent("w", int(time.time()) + 100, "media:fast", 0)
+    assert new.state == LAUNCHING and reg.get(new.id) == new and new.slot == 0
+    item = ctx.dynamodb.get_item(TableName=reg.table, Key={"id": {"S": new.id}})["Item"]
+    assert int(item["expires_at"]["N"]) == new.expires + 86400  # DynamoDB TTL drops old records
+    with pytest.raises(SlotTaken):  # one record per slot: MAX_GPUS holds however many launch at once
+        reg.create_intent("other", int(time.time()) + 100, "media:fast", 0)
+
+
+def test_a_stale_copy_never_matches_the_slots_next_record(reg):
+    old = reg.create_intent("w", int(time.time()) + 100, "media:fast", 0)
+    reg.delete(old)
+    new = reg.create_intent("w2", int(time.time()) + 100, "media:fast", 0)
+    assert (new.id, new.version) == (old.id, old.version)  # same slot, same version number...
+    with pytest.raises(RecordLost):  # ...but another record
+        reg.update(old, heartbeat=time.time())
 
 
 def test_own_records_are_reaped_only_when_no_longer_tracked(reg, c3, c3_sim):
-    live = rented(reg, c3, "me", heartbeat_age=GRACE + 5)  # in use right now (say, a long heartbeat gap)
-    forgotten = rented(reg, c3, "me", heartbeat_age=GRACE + 5)  # e.g. recording it failed mid-launch
+    live = rented(reg, c3, "me", heartbeat_age=GRACE + 5, busy=True)  # in use (say, a long heartbeat gap)
+    forgotten = rented(reg, c3, "me", heartbeat_age=GRACE + 5, busy=True)  # e.g. recording it failed
     r = reaper(reg, c3, "me")
     r.live_ids = lambda: {live.id}
     assert r.reap_pass() == 1
     assert {x.id for x in reg.all()} == {live.id}
     stopped = [i["workload"] for i in c3_sim.ledger()["instances"] if not i["running"]]
     assert stopped == [forgotten.workload]
+
+
+def test_registry_reads_query_the_state_index_never_scan(ctx, c3, c3_sim):
+    calls = []
+
+    class Recording:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ctx.dynamodb, name)
+
+    reg = GpuRegistry(Recording(), ctx.settings.gpu_table, time.time)
+    record = rented(reg, c3, "dead", busy=True, heartbeat_age=GRACE + 5)
+    assert {r.id for r in reg.all()} == {record.id}
+    assert reaper(reg, c3, "me").reap_pass() == 1
+    assert "query" in calls and "scan" not in calls

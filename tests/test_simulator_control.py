@@ -158,3 +158,23 @@ def test_node_apps_plug_in_through_mount_all(monkeypatch):
     finally:
         server.kill()
     wait_until(lambda: refused(f"http://{server.name}/"), 5)
+
+
+def test_slow_stop_fault_delays_the_answer_and_the_end_of_billing(c3_sim):
+    w = launch(c3_sim)
+    c3_sim.set_faults(stop_delay=1.0)
+    asked = time.time()
+    assert api(c3_sim, "/stop", {"workload": w["workload"]}).json()["stopped"] is True
+    assert time.time() - asked >= 1.0
+    [entry] = c3_sim.ledger()["instances"]
+    assert entry["ended_by"] == "stop" and entry["ended_at"] - asked >= 1.0
+
+
+def test_a_node_boots_after_its_launch_answered(c3_sim):
+    c3_sim.set_faults(launch_delay=0.5, node_init_seconds=0.5)
+    asked = time.time()
+    w = launch(c3_sim)
+    assert time.time() - asked >= 0.5
+    assert health(c3_sim, w["node"]).status_code == 503  # booting, like a provider's fresh node
+    wait_until(lambda: health(c3_sim, w["node"]).status_code == 200, 5)
+    assert time.time() - asked >= 1.0

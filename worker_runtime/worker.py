@@ -109,13 +109,23 @@ class Worker:
         self.stopping.set()
 
     def teardown(self) -> None:
+        try:
+            self.ctx.beacons.gone(self.settings.worker_id)
+        except Exception:  # noqa: BLE001 - the beacon expires by itself
+            self.log.warning("worker.beacon_not_removed", reason="it ages out of /health's count")
         if self.gpu is not None:
             self.gpu.shutdown()
         self.log.info("worker.stopped", jobs=self.jobs_done)
 
     def touch_health(self) -> None:
+        """The liveness signals: the health file (the container platform's check) and the
+        worker's beacon in DynamoDB (what /health counts; written every 15 s at most)."""
         if self.settings.health_file:
             Path(self.settings.health_file).write_text(str(self.clock()))
+        try:
+            self.ctx.beacons.beat(self.settings.worker_id)
+        except Exception as exc:  # noqa: BLE001 - a missed beacon only makes /health undercount
+            self.log.warning("worker.beacon_failed", reason=f"{type(exc).__name__}: {exc}")
 
     def aws(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """An AWS step a job cannot afford to lose, retried through transient errors."""

@@ -21,6 +21,8 @@ from typing import Any, Callable, Mapping
 
 from botocore.exceptions import ClientError
 
+from infra.local.stack import ensure_index
+
 PSEUDO = {"AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
 _SUB_VAR = re.compile(r"\$\{([^}!][^}]*)\}")
 _UNSUPPORTED_CODES = {"NotImplemented", "NotImplementedError", "InternalFailure",
@@ -133,14 +135,18 @@ class DynamoTable(Handler):
         }
         if props.get("SSESpecification", {}).get("SSEEnabled"):
             kwargs["SSESpecification"] = {"Enabled": True}
-        if props.get("GlobalSecondaryIndexes"):
-            kwargs["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        indexes = props.get("GlobalSecondaryIndexes", [])
+        if indexes:
+            kwargs["GlobalSecondaryIndexes"] = indexes
         try:
             client.create_table(**kwargs)
         except ClientError as exc:
             if _code(exc) != "ResourceInUseException":
                 raise
         client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 300})
+        for index in indexes:  # a table created before the index existed gets it now
+            keys = {k["AttributeName"] for k in index["KeySchema"]}
+            ensure_index(client, name, index, [a for a in props["AttributeDefinitions"] if a["AttributeName"] in keys])
         ttl = props.get("TimeToLiveSpecification")
         if ttl:
             current = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]

@@ -9,6 +9,7 @@ real C3_API_KEY is set. ALLOW_PRIVATE_URLS defaults to true here (local mode).""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -173,10 +174,6 @@ def comput3_profile(sup: Supervisor) -> dict[str, str]:
         "C3_NODE_URL": "http://{node}",
         "C3_COMFYUI_URL": "http://{node}/comfyui",
         "C3_OLLAMA_URL": "http://{node}/ollama",
-        # Local runs need no cost-saving launch jitter.
-        "PRE_LAUNCH_TIMEOUT": os.environ.get("PRE_LAUNCH_TIMEOUT", "0"),
-        "PRE_LAUNCH_TIMEOUT_MAX": os.environ.get("PRE_LAUNCH_TIMEOUT_MAX", "1"),
-        "GPU_INIT_WAIT": os.environ.get("GPU_INIT_WAIT", "1"),
     }
 
 
@@ -203,6 +200,9 @@ def main() -> int:
         env.update(comput3_profile(sup))
         env.update(samples_profile(sup))
         env.update({"OUTPUT_DIR": str(RUN_DIR / "output"), "ALLOW_PRIVATE_URLS": str(allow_private).lower()})
+        # Result links (GET /results/{id}) point here and are signed with a secret for this run.
+        env.update({"PUBLIC_API_URL": os.environ.get("PUBLIC_API_URL", f"http://127.0.0.1:{API_PORT}"),
+                    "RESULT_LINK_SECRET": os.environ.get("RESULT_LINK_SECRET", secrets.token_urlsafe(24))})
         os.environ.update(env)
         say(f"starting the API on http://127.0.0.1:{API_PORT}")
         api = processes.start_api(API_PORT, env, RUN_DIR / "logs" / "api.log")

@@ -17,7 +17,8 @@ from botocore.exceptions import ClientError
 
 from chalicelib import aws
 from chalicelib.settings import Settings, get_settings
-from chalicelib.store import OUTBOX_INDEX
+from chalicelib.gpu_registry import STATE_INDEX
+from chalicelib.store import INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX
 
 # The jobs table's sparse outbox index (see chalicelib/outbox.py); data.yaml declares the same.
 OUTBOX_GSI = {
@@ -26,15 +27,40 @@ OUTBOX_GSI = {
                   {"AttributeName": "outbox_at", "KeyType": "RANGE"}],
     "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["outbox_sends", "status"]},
 }
-OUTBOX_ATTRIBUTES = [{"AttributeName": "outbox", "AttributeType": "S"},
-                     {"AttributeName": "outbox_at", "AttributeType": "N"}]
+# A key's jobs, newest first (GET /jobs), and its jobs in flight (the per-key cap; sparse).
+OWNER_GSI = {
+    "IndexName": OWNER_INDEX,
+    "KeySchema": [{"AttributeName": "owner", "KeyType": "HASH"},
+                  {"AttributeName": "created_at", "KeyType": "RANGE"}],
+    "Projection": {"ProjectionType": "ALL"},
+}
+INFLIGHT_GSI = {
+    "IndexName": INFLIGHT_INDEX,
+    "KeySchema": [{"AttributeName": "inflight_owner", "KeyType": "HASH"},
+                  {"AttributeName": "created_at", "KeyType": "RANGE"}],
+    "Projection": {"ProjectionType": "KEYS_ONLY"},
+}
+JOBS_INDEXES = [OUTBOX_GSI, OWNER_GSI, INFLIGHT_GSI]
+JOBS_INDEX_ATTRIBUTES = [{"AttributeName": "outbox", "AttributeType": "S"},
+                         {"AttributeName": "outbox_at", "AttributeType": "N"},
+                         {"AttributeName": "owner", "AttributeType": "S"},
+                         {"AttributeName": "created_at", "AttributeType": "N"},
+                         {"AttributeName": "inflight_owner", "AttributeType": "S"}]
+
+# The GPU registry's index on ``state`` (see chalicelib/gpu_registry.py); data.yaml declares the same.
+GPU_STATE_GSI = {
+    "IndexName": STATE_INDEX,
+    "KeySchema": [{"AttributeName": "state", "KeyType": "HASH"}],
+    "Projection": {"ProjectionType": "ALL"},
+}
+GPU_STATE_ATTRIBUTES = [{"AttributeName": "state", "AttributeType": "S"}]
 
 MAX_RECEIVE_COUNT = 5
 JOBS_VISIBILITY = 60
 
 
 def ensure_table(ddb: Any, name: str, ttl_attribute: str = "expires_at",
-                 index: dict[str, Any] | None = None,
+                 indexes: list[dict[str, Any]] = (),  # type: ignore[assignment]
                  index_attributes: list[dict[str, str]] | None = None) -> None:
     spec: dict[str, Any] = {
         "TableName": name,
@@ -42,16 +68,17 @@ def ensure_table(ddb: Any, name: str, ttl_attribute: str = "expires_at",
         "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
         "BillingMode": "PAY_PER_REQUEST",
     }
-    if index:
-        spec["GlobalSecondaryIndexes"] = [index]
+    if indexes:
+        spec["GlobalSecondaryIndexes"] = list(indexes)
     try:
         ddb.create_table(**spec)
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise
     ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
-    if index:
-        ensure_index(ddb, name, index, index_attributes or [])
+    for index in indexes:  # one at a time: DynamoDB adds a single index per update
+        keys = {k["AttributeName"] for k in index["KeySchema"]}
+        ensure_index(ddb, name, index, [a for a in index_attributes or [] if a["AttributeName"] in keys])
     # DynamoDB (and DynamoDB Local) refuse to enable TTL twice with a ValidationException that
     # also covers real mistakes (moto accepts the repeat): look first, enable only if off.
     ttl = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
@@ -125,8 +152,8 @@ def create_stack(settings: Settings, visibility: int = JOBS_VISIBILITY,
     """Create every resource; returns the queue URLs by role."""
     region = settings.aws_region
     ddb, sqs, s3 = (aws.client(s, region) for s in ("dynamodb", "sqs", "s3"))
-    ensure_table(ddb, settings.jobs_table, index=OUTBOX_GSI, index_attributes=OUTBOX_ATTRIBUTES)
-    ensure_table(ddb, settings.gpu_table)
+    ensure_table(ddb, settings.jobs_table, indexes=JOBS_INDEXES, index_attributes=JOBS_INDEX_ATTRIBUTES)
+    ensure_table(ddb, settings.gpu_table, indexes=[GPU_STATE_GSI], index_attributes=GPU_STATE_ATTRIBUTES)
     dlq_url = ensure_queue(sqs, settings.jobs_dlq, {"MessageRetentionPeriod": "1209600"})
     redrive = json.dumps({"deadLetterTargetArn": queue_arn(sqs, dlq_url), "maxReceiveCount": str(max_receive_count)})
     jobs_url = ensure_queue(

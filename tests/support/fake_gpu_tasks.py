@@ -15,9 +15,8 @@ from .fake_tasks import ScriptTask, TextTask, record
 # Seconds instead of the spec's minutes; each test overrides what it exercises.
 GPU_FAST = {
     "WORKER_TASKS": "tests.support.fake_gpu_tasks:fake_gpu_tasks",
-    "PRE_LAUNCH_TIMEOUT": "0",
-    "PRE_LAUNCH_TIMEOUT_MAX": "0.2",
-    "GPU_INIT_WAIT": "0.05",
+    "GPU_BOOT_POLL": "0.05",
+    "GPU_CAPACITY_POLL": "0.2",
     "GPU_HEALTH_INTERVAL": "0.5",
     "GPU_HEALTH_ATTEMPTS": "3",
     "GPU_HEALTH_RETRY_DELAY": "0.1",
@@ -28,7 +27,6 @@ GPU_FAST = {
     "C3_LAUNCH_TIMEOUT": "5",
     "GPU_HEARTBEAT_INTERVAL": "0.5",
     "GPU_OWNER_GRACE": "3",
-    "GPU_REAP_INTERVAL": "0.5",
 }
 
 

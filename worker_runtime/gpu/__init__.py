@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from chalicelib.context import Context
 
-from ..comput3 import Comput3Client
 from .manager import GpuError, GpuManager
 from .registry import GpuRegistry
 from .settings import GpuSettings
@@ -15,8 +14,6 @@ __all__ = ["GpuError", "GpuManager", "GpuSettings", "GpuTask", "build_gpu_manage
 
 def build_gpu_manager(ctx: Context, worker_id: str, settings: GpuSettings | None = None) -> GpuManager:
     s = settings or GpuSettings()
-    client = Comput3Client(s.c3_api_url, s.c3_api_key or "", retry_delays=s.launch_retry_delays,
-                           stop_retry_delays=s.stop_retry_delays, timeout=s.request_timeout,
-                           launch_timeout=s.launch_timeout)
+    client = s.client()
     registry = GpuRegistry(ctx.dynamodb, ctx.settings.gpu_table, ctx.clock)
     return GpuManager(s, client, registry, worker_id, clock=ctx.clock)

@@ -1,15 +1,18 @@
 """GpuManager: the one object the worker asks for GPU instances.
 
-    acquire(token, log) -> Node   this worker's running instance, else a new one:
-                                  random pre-launch delay -> intent -> launch -> record
-                                  -> init wait -> health check
+    acquire(token, log) -> Node   warm first: this worker's idle instance, else any idle
+                                  instance in the registry (adopted by a conditional
+                                  write, whoever left it), else a launch in a free slot
+                                  (intent -> launch -> record -> poll until it boots);
+                                  with all MAX_GPUS slots taken it waits for one of them
     watch(node, token)            health monitor while the job runs; on failure it
                                   cancels the job ("failed") and stops the instance
     unwatch(node)
     job_done(node, failed)        idle again; stopped when the job failed (the spec's
                                   cost rule) or the instance is past GPU_REFRESH_AFTER
-    maintain()                    starts the keeper thread: heartbeats, idle shutdown,
-                                  orphan reaping (at start and every GPU_REAP_INTERVAL)
+    maintain()                    starts the keeper thread (idle shutdown) and the
+                                  heartbeat thread (registry liveness); orphans are the
+                                  API's scheduled gpu_reaper's (chalicelib/gpu_reaper.py)
     shutdown()                    stops this worker's instance (SIGTERM, exit)
 
 Locking: ``_lock`` guards ``_current``/``_intent`` and every registry write about them,
@@ -32,9 +35,9 @@ from ..cancel import CancelToken
 from ..comput3 import Comput3Client, Comput3Error, LaunchAborted, Wait, with_attempts
 from ..node import Node
 from ..tasks.base import TaskError
-from .monitor import Monitor
+from .monitor import Listing, Monitor
 from .reaper import Reaper
-from .registry import RUNNING, GpuRecord, GpuRegistry, RecordLost
+from .registry import RUNNING, GpuRecord, GpuRegistry, RecordLost, SlotTaken
 from .settings import GpuSettings
 
 
@@ -55,11 +58,12 @@ class GpuManager:
         self.clock = clock
         self.rng = rng or random.Random()
         self.log = get_logger("c3.gpu", worker=worker_id)
-        self.reaper = Reaper(client, registry, settings, worker_id, clock, self.log, self._live_ids)
+        self.reaper = Reaper(client, registry, settings, worker_id, clock, self.log)
         self._lock = threading.RLock()
         self._current: GpuRecord | None = None  # this worker's launched instance
         self._intent: GpuRecord | None = None  # a launch in flight
         self._monitors: dict[str, Monitor] = {}
+        self._listing = Listing(lambda: [w.workload for w in client.workloads()], settings.health_interval)
         self._closed = threading.Event()
         self._keeper: threading.Thread | None = None
 
@@ -69,6 +73,7 @@ class GpuManager:
             if self._keeper is None and not self._closed.is_set():
                 self._keeper = threading.Thread(target=self._keep, name="gpu-keeper", daemon=True)
                 self._keeper.start()
+                threading.Thread(target=self._beat, name="gpu-heartbeat", daemon=True).start()
 
     def acquire(self, token: CancelToken, log: EventLogger) -> Node:
         self.maintain()
@@ -125,13 +130,17 @@ class GpuManager:
         if intent is not None:
             self.log.warning("gpu.launch_in_flight", record=intent.id,
                              reason="a launch is still in flight at shutdown; if it outlives this process, "
-                                    "another worker reaps its intent after GPU_OWNER_GRACE")
+                                    "the scheduled gpu_reaper reaps its intent after GPU_OWNER_GRACE")
         if self._keeper is not None:
             self._keeper.join(timeout=5)
         self.log.info("gpu.manager_stopped")
 
     # -- getting an instance -----------------------------------------------------
     def _reuse(self, token: CancelToken, log: EventLogger) -> Node | None:
+        node = self._reuse_own(token, log)
+        return node if node is not None else self._adopt(self.registry.all(), token, log)
+
+    def _reuse_own(self, token: CancelToken, log: EventLogger) -> Node | None:
         with self._lock:
             record = self._current
             if record is None:
@@ -156,20 +165,49 @@ class GpuManager:
                  reason="this worker's instance is healthy; no launch needed")
         return self._node(record)
 
+    def _adopt(self, records: list[GpuRecord], token: CancelToken, log: EventLogger) -> Node | None:
+        """Take over an idle instance from the registry, whichever worker left it (one that
+        scaled in or died included): the conditional write lets exactly one worker have it."""
+        now = self.clock()
+        idle = [r for r in records if r.idle and r.expires > now + self.settings.health_interval]
+        for record in sorted(idle, key=lambda r: r.launched_at or r.created_at, reverse=True):
+            if record.age(now) >= self.settings.refresh_after:
+                self.reaper.stop(record, f"idle and up for {record.age(now):.0f} s, past GPU_REFRESH_AFTER="
+                                         f"{self.settings.refresh_after:g}")
+                continue
+            with self._lock:
+                if self._current is not None or self._closed.is_set():
+                    return None
+                try:
+                    adopted = self.registry.update(record, owner=self.worker_id, busy=True, heartbeat=self.clock())
+                except RecordLost:
+                    continue  # another worker adopted or claimed it first
+                self._current = adopted
+            problem = self._health(adopted, token.wait)
+            self._idle_if_cancelled(adopted, token)
+            if problem:
+                self._retire(adopted.workload, f"failed its health check before adoption: {problem}")
+                continue
+            log.info("gpu.adopted", workload=adopted.workload, node=adopted.node, previous_owner=record.owner,
+                     age=round(adopted.age(now), 1), reason="an idle instance in the registry; no launch needed")
+            return self._node(adopted)
+        return None
+
     def _launch(self, token: CancelToken, log: EventLogger) -> Node:
         s = self.settings
-        delay = self.rng.uniform(s.pre_launch_min, s.pre_launch_max)
-        log.info("gpu.pre_launch_delay", seconds=round(delay, 2),
-                 reason="randomized so that workers starting together do not all launch at once")
-        if token.wait(delay):
-            token.raise_if_cancelled()
-        try:
-            intent = self.registry.create_intent(self.worker_id, self._choose_expires(), s.workload_type)
-        except ClientError as exc:  # no intent, no launch: an unrecorded instance could be orphaned
-            raise GpuError(f"Could not record the GPU launch intent in table {self.registry.table}: "
-                           f"{exc.response['Error'].get('Code')}; no GPU was launched") from None
-        with self._lock:
-            self._intent = intent
+        intent = self._claim_slot(self.registry.all())
+        while intent is None:  # all MAX_GPUS slots in use: the first to free up is ours
+            log.info("gpu.at_capacity", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
+                     reason="every launch slot is taken; waiting for an idle instance or a free slot")
+            if token.wait(s.capacity_poll):
+                token.raise_if_cancelled()
+            if self._closed.is_set():
+                raise GpuError("the worker is shutting down; no GPU instance is launched")
+            records = self.registry.all()
+            node = self._adopt(records, token, log)
+            if node is not None:
+                return node
+            intent = self._claim_slot(records)
         log.info("gpu.launching", record=intent.id, workload_type=s.workload_type, expires=intent.expires,
                  reason="intent recorded first, so a crash mid-launch leaves a trace to reconcile")
         try:
@@ -188,16 +226,50 @@ class GpuManager:
         if self._closed.is_set():
             self._retire(record.workload, "the worker began shutting down during the launch")
             raise GpuError("the worker is shutting down; the new GPU instance was stopped")
-        problem = None
-        if not token.wait(s.init_wait):
-            problem = self._health(record, token.wait)
+        problem = self._await_boot(record, token)
         self._idle_if_cancelled(record, token)
         if problem:
             self._retire(record.workload, f"failed its first health check: {problem}")
             raise GpuError(f"New GPU instance {record.workload} on {record.node} failed its health check "
                            f"after launch ({problem}); it was stopped")
-        log.info("gpu.ready", workload=record.workload, node=record.node)
+        log.info("gpu.ready", workload=record.workload, node=record.node,
+                 boot_seconds=round(self.clock() - (record.launched_at or record.created_at), 2))
         return self._node(record)
+
+    def _claim_slot(self, records: list[GpuRecord]) -> GpuRecord | None:
+        """Create the "launching" record of a free slot (the intent, written before the
+        launch call); None when all MAX_GPUS slots are in use."""
+        taken = {r.slot for r in records}
+        free = [k for k in range(self.settings.max_gpus) if k not in taken]
+        self.rng.shuffle(free)  # workers starting together mostly try different slots
+        expires = self._choose_expires(records)
+        for slot in free:
+            try:
+                intent = self.registry.create_intent(self.worker_id, expires, self.settings.workload_type, slot)
+            except SlotTaken:
+                continue
+            except ClientError as exc:  # no intent, no launch: an unrecorded instance could be orphaned
+                raise GpuError(f"Could not record the GPU launch intent in table {self.registry.table}: "
+                               f"{exc.response['Error'].get('Code')}; no GPU was launched") from None
+            with self._lock:
+                self._intent = intent
+            return intent
+        return None
+
+    def _await_boot(self, record: GpuRecord, token: CancelToken) -> str | None:
+        """Poll the new node's own health URL until it answers (no control-plane calls),
+        for up to GPU_BOOT_TIMEOUT: the job starts within GPU_BOOT_POLL of the boot."""
+        s = self.settings
+        base = self._node(record).base_url
+        deadline = time.monotonic() + s.boot_timeout
+        while True:
+            problem = self.client.node_health(base, s.health_timeout)
+            if problem is None:
+                return None
+            if time.monotonic() >= deadline:
+                return f"{problem} (still not ready after GPU_BOOT_TIMEOUT={s.boot_timeout:g} s)"
+            if token.wait(s.boot_poll):
+                return None  # cancelled: the caller raises
 
     def _record_launch(self, workload: str, node: str) -> GpuRecord:
         now = self.clock()
@@ -239,18 +311,14 @@ class GpuManager:
         except Exception as exc:  # noqa: BLE001 - best effort; the launch itself succeeded
             self.log.warning("gpu.duplicate_check_failed", workload=record.workload, error=str(exc))
 
-    def _choose_expires(self) -> int:
+    def _choose_expires(self, records: list[GpuRecord]) -> int:
         """now + GPU_LIFETIME, made unique among records: ``expires`` is how an unrecorded
         launch is recognised in the workloads list."""
-        taken = {r.expires for r in self.registry.all()}
+        taken = {r.expires for r in records}
         expires = int(self.clock()) + self.settings.lifetime
         while expires in taken:
             expires -= 1
         return expires
-
-    def _live_ids(self) -> set[str]:
-        with self._lock:
-            return {r.id for r in (self._current, self._intent) if r is not None}
 
     def _node(self, record: GpuRecord) -> Node:
         assert record.workload and record.node
@@ -260,12 +328,17 @@ class GpuManager:
     # -- health -------------------------------------------------------------------
     def _health(self, record: GpuRecord, wait: Wait) -> str | None:
         """Listed as running by the workloads API, and the node answers; up to
-        GPU_HEALTH_ATTEMPTS attempts. None when healthy, else why not."""
+        GPU_HEALTH_ATTEMPTS attempts. None when healthy, else why not. The listing is
+        shared (one control-plane call per GPU_HEALTH_INTERVAL for the whole worker);
+        only a retry after "not listed" asks again."""
         base = self._node(record).base_url
+        attempt = 0
 
         def once() -> str | None:
+            nonlocal attempt
+            attempt += 1
             try:
-                listed = any(w.workload == record.workload for w in self.client.workloads())
+                listed = self._listing.contains(record.workload or "", fresh=attempt > 1)
             except Comput3Error as exc:  # inconclusive: the node check decides
                 self.log.warning("gpu.workloads_unavailable", workload=record.workload, error=str(exc))
                 listed = True
@@ -292,8 +365,12 @@ class GpuManager:
             self._current = self.registry.update(record, **changes)
         except RecordLost as exc:
             self._current = None
-            self.log.error("gpu.lost", record=record.id, workload=record.workload,
-                           reason=f"{exc}: another worker took it over while this one was silent")
+            if exc.current is not None and exc.current.state == RUNNING:
+                self.log.info("gpu.handed_over", record=record.id, workload=record.workload,
+                              reason=f"{exc}: another worker adopted it while it sat idle")
+            else:
+                self.log.error("gpu.lost", record=record.id, workload=record.workload,
+                               reason=f"{exc}: another worker took it over while this one was silent")
         return self._current
 
     def _idle_if_cancelled(self, record: GpuRecord, token: CancelToken) -> None:
@@ -316,21 +393,18 @@ class GpuManager:
         return claimed is not None and self.reaper.finish(claimed)
 
     def _keep(self) -> None:
+        """The keeper thread: stops this worker's instance once idle past GPU_IDLE_TIMEOUT.
+        Stopping may take long (a slow Comput3); heartbeats have their own thread."""
         s = self.settings
-        tick = max(0.05, min(1.0, s.heartbeat_interval / 2, s.reap_interval / 2,
-                             s.idle_timeout / 4 if s.idle_timeout else 1.0))
-        self._safely(self.reaper.reap_pass, "startup reap")
-        next_beat = time.monotonic() + s.heartbeat_interval
-        next_reap = time.monotonic() + s.reap_interval
+        tick = max(0.05, min(1.0, s.idle_timeout / 4 if s.idle_timeout else 1.0))
         while not self._closed.wait(tick):
-            now = time.monotonic()
-            if now >= next_beat:
-                self._safely(self._heartbeat, "heartbeat")
-                next_beat = now + s.heartbeat_interval
             self._safely(self._idle_check, "idle check")
-            if now >= next_reap:
-                self._safely(self.reaper.reap_pass, "reap")
-                next_reap = now + s.reap_interval
+
+    def _beat(self) -> None:
+        """The heartbeat thread: only short registry writes, so no stop, launch or health
+        check of this worker can make its records look abandoned."""
+        while not self._closed.wait(self.settings.heartbeat_interval):
+            self._safely(self._heartbeat, "heartbeat")
 
     def _safely(self, step: Callable[[], object], what: str) -> None:
         try:

@@ -69,8 +69,8 @@ def build_control_app(sim: Simulator) -> FastAPI:
         if fault == "html":
             log.warning("sim.launch_fault", fault="html", reason="simulated CDN error page instead of JSON")
             return HTMLResponse(CDN_ERROR_PAGE, status_code=200)
-        instance = sim.launch(workload_type, expires)  # binds a port, starts a thread: quick
         delay = sim.take_launch_delay()
+        instance = sim.launch(workload_type, expires, delay)  # binds a port, starts a thread: quick
         if delay:
             log.warning("sim.launch_slow", workload=instance.workload, seconds=delay,
                         reason="simulated slow launch; the instance already bills")
@@ -97,6 +97,11 @@ def build_control_app(sim: Simulator) -> FastAPI:
         workload = body.get("workload")
         if not isinstance(workload, str) or not workload:
             return _error(400, "workload (string) is required")
+        delay = sim.faults.stop_delay
+        if delay:
+            log.warning("sim.stop_slow", workload=workload, seconds=delay,
+                        reason="simulated slow stop; the instance bills until it answers")
+            await asyncio.sleep(delay)
         was_running = workload in {i.workload for i in sim.all() if i.running}
         instance = sim.stop(workload)
         if instance is None:

@@ -116,7 +116,9 @@ class Simulator:
                 f.launch_delay_count -= 1
             return f.launch_delay
 
-    def launch(self, workload_type: str, expires: int) -> Instance:
+    def launch(self, workload_type: str, expires: int, answer_delay: float = 0.0) -> Instance:
+        """A new instance, billed from now; its node boots (``node_init_seconds``) once the
+        launch call has answered, ``answer_delay`` from now, as a provider's node does."""
         now = self.clock()
         workload = f"sim-{uuid.uuid4().hex[:12]}"
         with self._lock:
@@ -124,7 +126,7 @@ class Simulator:
 
         def state(name: str) -> NodeState:
             return NodeState(name=name, workload=workload, api_key=self.settings.api_key,
-                             faults=dict(faults.node), ready_at=now + faults.node_init_seconds)
+                             faults=dict(faults.node), ready_at=now + answer_delay + faults.node_init_seconds)
 
         server = NodeServer(state, self.settings.apps).start()
         instance = Instance(workload, workload_type, expires, now, server,

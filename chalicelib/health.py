@@ -1,0 +1,48 @@
+"""``GET /health``: what the system is doing, from the queues' attributes and the
+tables' indexes (no key needed: counts only, no job data)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+from .gpu_registry import RUNNING, GpuRegistry
+from .models import JobStatus
+from .queries import JobQueries
+from .queue import Queue
+from .store import JobStore
+from .workers import WorkerBeacons
+
+
+class HealthReport:
+    def __init__(self, jobs_queue: Queue, dlq: Queue, store: JobStore, queries: JobQueries,
+                 registry: GpuRegistry, beacons: WorkerBeacons, clock: Callable[[], float]):
+        self.jobs_queue = jobs_queue
+        self.dlq = dlq
+        self.store = store
+        self.queries = queries
+        self.registry = registry
+        self.beacons = beacons
+        self.clock = clock
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.clock()
+        queue = self.jobs_queue.depth()
+        queued = self.queries.in_dispatch(JobStatus.QUEUED)
+        running = self.queries.in_dispatch(JobStatus.RUNNING)
+        oldest_id = self.queries.oldest_queued()
+        oldest = self.store.get(oldest_id) if oldest_id else None
+        gpus = self.registry.all()
+        states = Counter(g.state for g in gpus)
+        idle = [g for g in gpus if g.idle]
+        return {
+            "status": "ok",
+            "queue": {**queue, "dead_letters": self.dlq.depth()["messages"],
+                      "oldest_queued_seconds": round(now - oldest.created_at, 1) if oldest else None},
+            "jobs": {"queued": queued.value, "running": running.value,
+                     "approximate": queued.approximate or running.approximate},
+            "workers": {"alive": self.beacons.alive()},
+            "gpus": {"instances": len(gpus), "by_state": dict(states),
+                     "busy": sum(1 for g in gpus if g.state == RUNNING and g.busy), "idle": len(idle),
+                     "idle_seconds": [round(now - (g.last_used or g.launched_at or now), 1) for g in idle]},
+        }
