@@ -11,14 +11,7 @@ from typer.testing import CliRunner
 
 from c3render import Job
 from c3render.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobPanel, app
-from tests.support.fake_render_api import FakeRenderAPI
-
-
-@pytest.fixture
-def api():
-    server = FakeRenderAPI(key="cli-key").start()
-    yield server
-    server.stop()
+from tests.support.fake_render_api import KEY, api_fixture  # noqa: F401  (the `api` fixture)
 
 
 @pytest.fixture
@@ -26,7 +19,7 @@ def run(api):
     runner = CliRunner()
 
     def invoke(*args: str):
-        return runner.invoke(app, list(args), env={"C3_RENDER_URL": api.url, "C3_RENDER_API_KEY": "cli-key"})
+        return runner.invoke(app, list(args), env={"C3_RENDER_URL": api.url, "C3_RENDER_API_KEY": KEY})
 
     return invoke
 
@@ -38,7 +31,7 @@ def test_csm_wait_writes_the_file(api, run, tmp_path: Path):
     assert out.read_bytes() == api.file_bytes
     assert res.stdout.strip() == str(out)
     [post] = api.requests_to("POST", "/csm")
-    assert post.body == {"text": "Hi", "voice": "conversational_a"} and post.headers["x-c3-render-key"] == "cli-key"
+    assert post.body == {"text": "Hi", "voice": "conversational_a"} and post.headers["x-c3-render-key"] == KEY
 
 
 def test_submit_without_wait_prints_the_id(api, run):
@@ -47,7 +40,8 @@ def test_submit_without_wait_prints_the_id(api, run):
     assert res.exit_code == EXIT_OK, res.output
     assert res.stdout.strip() in api.jobs
     assert api.requests_to("POST", "/whisper")[0].body == {
-        "audio_url": "http://x/a.wav", "model": "tiny", "max_time": 300, "webhook_events_filter": ["start", "completed"]}
+        "audio_url": "http://x/a.wav", "model": "tiny", "max_time": 300,
+        "webhook_events_filter": ["start", "completed"]}
 
 
 def test_json_output_of_a_waited_text_job(api, run):

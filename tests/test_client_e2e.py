@@ -62,12 +62,14 @@ def test_all_four_job_types_with_wait_and_output(cli_venv, system, tmp_path: Pat
         "portrait.mp4": ["portrait", "--image-url", url("portrait.jpg"), "--audio-url", url("speech.wav")],
         "analysis.txt": ["analyze", "--image-url", url("portrait.jpg")],
     }
-    procs = {name: subprocess.Popen([str(cli_venv / "bin" / "c3-render"), *args, "--wait", "-o", str(tmp_path / name)],
-                                    env=cli_env(system), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    binary = str(cli_venv / "bin" / "c3-render")
+    procs = {name: subprocess.Popen([binary, *args, "--wait", "-o", str(tmp_path / name)], env=cli_env(system),
+                                    cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, args in commands.items()}
-    outcomes = {name: (p.wait(timeout=240), p.stdout.read(), p.stderr.read()) for name, p in procs.items()}
-    assert {name: o[0] for name, o in outcomes.items()} == dict.fromkeys(commands, 0), outcomes
-    assert {name: o[1].strip() for name, o in outcomes.items()} == {name: str(tmp_path / name) for name in commands}
+    outcomes = {name: (*p.communicate(timeout=240), p.returncode) for name, p in procs.items()}
+    assert {name: code for name, (_, _, code) in outcomes.items()} == dict.fromkeys(commands, 0), outcomes
+    printed = {name: out.strip() for name, (out, _, _) in outcomes.items()}
+    assert printed == {name: str(tmp_path / name) for name in commands}
 
     assert samples.duration_of(tmp_path / "speech.mp3") > 1.0
     facts = samples.video_facts(tmp_path / "portrait.mp4")

@@ -28,17 +28,10 @@ from c3render import (
 from c3render.webhooks import verify
 from chalicelib.webhooks import WebhookSender, sign
 from tests.support import procs
-from tests.support.fake_render_api import FakeRenderAPI
+from tests.support.fake_render_api import KEY, api_fixture  # noqa: F401  (the `api` fixture)
 from tests.support.receiver import Receiver
 
 FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.02)
-
-
-@pytest.fixture
-def api():
-    server = FakeRenderAPI(key="sdk-key").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -52,7 +45,7 @@ def client(api, pauses):
         pauses.append(seconds)
         time.sleep(seconds)
 
-    with Client(api.url, "sdk-key", retry=FAST, sleep=sleep) as c:
+    with Client(api.url, KEY, retry=FAST, sleep=sleep) as c:
         yield c
 
 
@@ -61,7 +54,7 @@ def test_submission_sends_only_given_fields_the_key_and_an_idempotency_key(api, 
     assert job.status is JobStatus.QUEUED and job.type is None
     [seen] = api.requests_to("POST", "/csm")
     assert seen.body == {"text": "Hi", "temperature": 0.7, "webhook_events_filter": ["start", "completed"]}
-    assert seen.headers["x-c3-render-key"] == "sdk-key"
+    assert seen.headers["x-c3-render-key"] == KEY
     assert uuid.UUID(seen.headers["idempotency-key"])  # made per call, so a retried POST is one job
     assert "prefer" not in seen.headers
     again = client.analyze(image_url="http://x/y.jpg", idempotency_key="k1")
@@ -72,7 +65,7 @@ def test_submission_sends_only_given_fields_the_key_and_an_idempotency_key(api, 
 
 def test_key_from_the_environment_and_a_wrong_key_is_401(api, monkeypatch):
     monkeypatch.setenv("C3_RENDER_URL", api.url)
-    monkeypatch.setenv("C3_RENDER_API_KEY", "sdk-key")
+    monkeypatch.setenv("C3_RENDER_API_KEY", KEY)
     with Client() as c:
         assert c.portrait(image_url="http://x/p.jpg", audio_url="http://x/a.wav").id
     with Client(api.url, "wrong", retry=FAST) as c, pytest.raises(Unauthorized) as err:

@@ -65,9 +65,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def _connection(
     ctx: typer.Context,
-    url: Annotated[Optional[str], typer.Option(envvar="C3_RENDER_URL", help="API base URL (default http://127.0.0.1:8000).")] = None,
-    api_key: Annotated[Optional[str], typer.Option(envvar="C3_RENDER_API_KEY", help="API key (X-C3-RENDER-KEY).")] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    url: Annotated[Optional[str], typer.Option(
+        envvar="C3_RENDER_URL", help="API base URL (default http://127.0.0.1:8000).")] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar="C3_RENDER_API_KEY", help="API key (X-C3-RENDER-KEY).")] = None,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
     ctx.obj = Connection(url, api_key)
 
@@ -168,7 +171,8 @@ def finish(client: Client, job: Job, output: Optional[Path], timeout: float, jso
 def _shared_options(
     notify_url: Annotated[Optional[str], typer.Option(help="Webhook URL for the job's events.")] = None,
     max_time: Annotated[Optional[int], typer.Option(help="Max processing seconds from start (default 1200).")] = None,
-    complete_in: Annotated[Optional[int], typer.Option(help="Seconds from now by which it must finish (default 3600).")] = None,
+    complete_in: Annotated[Optional[int], typer.Option(
+        help="Seconds from now by which it must finish (default 3600).")] = None,
     webhook_event: Annotated[Optional[list[str]], typer.Option(
         help="Webhook event to receive: start | completed (repeatable) (default completed).")] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(help="Same key and body: the same job.")] = None,

@@ -18,9 +18,12 @@ import uuid
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
+KEY = "test-key"
 TERMINAL = {"success", "failed", "cancelled", "timed_out"}
 MEDIA = {"csm": ".mp3", "portrait": ".mp4"}
 
@@ -251,3 +254,11 @@ class FakeRenderAPI:
         page = views[start:start + limit]
         more = start + limit < len(views)
         return 200, {"jobs": page, "next_cursor": str(start + limit) if more else None}, {}
+
+
+@pytest.fixture(name="api")
+def api_fixture() -> Iterator[FakeRenderAPI]:
+    """A fresh stand-in API that wants ``KEY`` (import this into a test module to use ``api``)."""
+    server = FakeRenderAPI(key=KEY).start()
+    yield server
+    server.stop()
