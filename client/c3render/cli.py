@@ -19,6 +19,7 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.spinner import Spinner
 from rich.table import Table
@@ -115,9 +116,9 @@ class JobPanel:
 
     def __rich__(self) -> Group:
         job = self.job
-        parts = [f"{job.type.value if job.type else 'job'} {job.id}", f"[bold]{job.status.value}[/]"]
+        parts = [escape(f"{job.type.value if job.type else 'job'} {job.id}"), f"[bold]{job.status.value}[/]"]
         if job.phase:
-            parts.append(f"phase: {job.phase}")
+            parts.append(escape(f"phase: {job.phase}"))
         if job.queue_position is not None:
             approx = " (approx.)" if job.queue_position_approximate else ""
             parts.append(f"queue position {job.queue_position}{approx}")
@@ -167,6 +168,18 @@ def finish(client: Client, job: Job, output: Optional[Path], timeout: float, jso
                      markup=False)
 
 
+def started(client: Client, job: Job, what: str, wait: bool, output: Optional[Path], timeout: float,
+            json_out: bool) -> None:
+    """A new job: follow it (``--wait`` or ``-o``), or print its id (its view with ``--json``)."""
+    if wait or output:
+        finish(client, job, output, timeout, json_out)
+    elif json_out:
+        _print_json(_dump(job))
+    else:
+        stderr.print(f"submitted {what} ({job.status.value})", highlight=False)
+        stdout.print(job.id, highlight=False)
+
+
 # -- submissions: one command per job type, sharing the options below ----------------------------
 def _shared_options(
     notify_url: Annotated[Optional[str], typer.Option(help="Webhook URL for the job's events.")] = None,
@@ -203,13 +216,8 @@ def submit_command(job_type: JobType) -> Callable[[Callable[..., dict[str, Any]]
                                     max_time=shared["max_time"], complete_in=shared["complete_in"],
                                     webhook_events_filter=shared["webhook_event"],
                                     idempotency_key=shared["idempotency_key"])
-                if shared["wait"] or shared["output"]:
-                    finish(client, job, shared["output"], shared["timeout"], json_out)
-                elif json_out:
-                    _print_json(_dump(job))
-                else:
-                    stderr.print(f"submitted {job_type.value} job ({job.status.value})")
-                    stdout.print(job.id, highlight=False)
+                started(client, job, f"{job_type.value} job", shared["wait"], shared["output"], shared["timeout"],
+                        json_out)
 
         keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in [*own.values(), *_SHARED.values()]]
         ctx_param = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -314,14 +322,7 @@ def retry(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID"
           output: Output = None, timeout: Timeout = 1800.0, json_out: JsonOut = False) -> None:
     """Run a failed, timed_out or cancelled job again, as a new job."""
     with reporting(json_out), ctx.obj.client() as client:
-        job = client.retry(job_id)
-        if wait or output:
-            finish(client, job, output, timeout, json_out)
-        elif json_out:
-            _print_json(_dump(job))
-        else:
-            stderr.print(f"retry of {job_id} submitted ({job.status.value})")
-            stdout.print(job.id, highlight=False)
+        started(client, client.retry(job_id), f"retry of {job_id}", wait, output, timeout, json_out)
 
 
 @app.command()
