@@ -36,6 +36,11 @@ REAPER_POLICY = {stage: json.loads((ROOT / ".chalice" / f"policy-{stage}-gpu-rea
                  for stage in ("dev", "prod")}
 
 
+def table_names(ddb) -> list[str]:
+    """Every table (list_tables pages at 100, and the session's moto server holds more)."""
+    return [n for page in ddb.get_paginator("list_tables").paginate() for n in page["TableNames"]]
+
+
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory) -> Iterator[str]:
     """The conftest's moto server; a private one when the suite runs on another profile
@@ -216,7 +221,7 @@ def test_deploy_data_plane_to_moto_and_use_it(moto, stage, capsys):
     assert [m.job_id() for m in ctx.jobs_queue.receive(wait_seconds=1, visibility=30)] == [job.id]
 
     assert deploy.main(["destroy", "--stage", stage]) == 0
-    assert f"{prefix}-jobs" not in ddb.list_tables()["TableNames"]
+    assert f"{prefix}-jobs" not in table_names(ddb)
     assert not [u for u in sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", [])]
     assert bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 
@@ -234,9 +239,9 @@ def test_per_service_endpoints_never_reach_aws(moto, stage, monkeypatch, capsys)
     assert len(skipped) == 1 and skipped[0].startswith("WorkerRepository (AWS::ECR::Repository): skipped no "
                                                          "emulator endpoint for ecr")
     assert f"RESULTS_BUCKET=c3-render-{stage}-results-000000000000" in out  # no STS: placeholder account
-    assert f"c3-render-{stage}-jobs" in client("dynamodb").list_tables()["TableNames"]
+    assert f"c3-render-{stage}-jobs" in table_names(client("dynamodb"))
     assert deploy.main(["destroy", "--stage", stage]) == 0
-    assert f"c3-render-{stage}-jobs" not in client("dynamodb").list_tables()["TableNames"]
+    assert f"c3-render-{stage}-jobs" not in table_names(client("dynamodb"))
 
 
 def _expiry_days(s3, bucket: str) -> int:
@@ -261,7 +266,7 @@ def test_data_stack_through_cloudformation_on_moto(moto, stage):
     redrive = json.loads(sqs.get_queue_attributes(QueueUrl=jobs_url, AttributeNames=["All"])["Attributes"]["RedrivePolicy"])
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     assert redrive == {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}
-    assert f"c3-render-{stage}-gpus" in ddb.list_tables()["TableNames"]
+    assert f"c3-render-{stage}-gpus" in table_names(ddb)
     delete_stack(cfn, name, poll=0.1, out=lines.append)
     assert stack_status(cfn, name) is None and lines[-1] == f"{name}: deleted"
 
