@@ -148,3 +148,16 @@ def test_the_sdk_long_polls_the_real_server(system):
         job = client.csm(text="Waiting for this one.")
         assert client.wait(job.id, timeout=120, long_poll=1).status is JobStatus.SUCCESS
     assert pauses == []  # every answer was held by the server (Preference-Applied), no client-side polling
+
+
+def test_webhook_events_filter_reaches_the_server(cli_venv, system):
+    receiver = system["receiver"]
+    res = run(cli_venv, system, "analyze", "--image-url", system["inputs"].url("portrait.jpg"), "--notify-url",
+              receiver.url, "--webhook-event", "start", "--webhook-event", "completed", "--wait", "--json")
+    if res.returncode == 2 and "webhook_events_filter" in res.stdout:  # the probe: the live server's answer
+        pytest.skip("this server does not accept webhook_events_filter yet (it is being built on main)")
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    job_id = json.loads(res.stdout)["id"]
+    hooks = wait_until(lambda: (found := receiver.for_job(job_id)) and len(found) >= 2 and found, timeout=30)
+    statuses = [hook.json()["status"] for hook in hooks]
+    assert "success" in statuses and any(status != "success" for status in statuses), statuses  # start + completed
