@@ -1,0 +1,104 @@
+"""The API's answers as pydantic models. They mirror the server's views in spirit (the client
+imports nothing from the server) and accept fields they do not know, so a newer server does
+not break an older client."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class JobType(str, Enum):
+    CSM = "csm"
+    WHISPER = "whisper"
+    PORTRAIT = "portrait"
+    ANALYZE = "analyze"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class WebhookState(_Model):
+    status: str
+    attempts: int = 0
+    last_error: str | None = None
+
+
+class Job(_Model):
+    """A job's status view (``GET /status/{id}``). A submission without ``wait`` answers
+    only ``id`` and ``status``; every other field is then None."""
+
+    id: str
+    status: JobStatus
+    type: JobType | None = None
+    attempts: int | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    complete_by: datetime | None = None
+    max_time: int | None = None
+    error: str | None = None
+    webhook: WebhookState | None = None
+    queue_position: int | None = None
+    queue_position_approximate: bool | None = None
+    retry_of: str | None = None
+    phase: str | None = None
+    phases: dict[str, datetime] | None = None
+    progress: float | None = Field(None, ge=0, le=1)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is JobStatus.SUCCESS
+
+
+class JobPage(_Model):
+    """One page of ``GET /jobs``, newest first."""
+
+    jobs: list[Job] = []
+    next_cursor: str | None = None
+
+
+class Result(_Model):
+    """``GET /result/{id}``: a presigned ``result_url`` (and a durable ``result_link``) for
+    media jobs, ``text`` for text jobs."""
+
+    result_url: str | None = None
+    result_link: str | None = None
+    text: str | None = None
+
+    @property
+    def is_media(self) -> bool:
+        return self.result_url is not None or self.result_link is not None
+
+
+class Message(_Model):
+    message: str = ""
+
+
+class Health(_Model):
+    status: str
+    queue: dict[str, Any] = {}
+    jobs: dict[str, Any] = {}
+    workers: dict[str, Any] = {}
+    gpus: dict[str, Any] = {}

@@ -1,0 +1,132 @@
+"""The `c3-render` command line against the stand-in API: outputs, --json, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from c3render import Job
+from c3render.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobPanel, app
+from tests.support.fake_render_api import KEY, api_fixture  # noqa: F401  (the `api` fixture)
+
+
+@pytest.fixture
+def run(api):
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args), env={"C3_RENDER_URL": api.url, "C3_RENDER_API_KEY": KEY})
+
+    return invoke
+
+
+def test_csm_wait_writes_the_file(api, run, tmp_path: Path):
+    out = tmp_path / "hi.mp3"
+    res = run("csm", "--text", "Hi", "--voice", "conversational_a", "--wait", "-o", str(out))
+    assert res.exit_code == EXIT_OK, res.output
+    assert out.read_bytes() == api.file_bytes
+    assert res.stdout.strip() == str(out)
+    [post] = api.requests_to("POST", "/csm")
+    assert post.body == {"text": "Hi", "voice": "conversational_a"} and post.headers["x-c3-render-key"] == KEY
+
+
+def test_submit_without_wait_prints_the_id(api, run):
+    res = run("whisper", "--audio-url", "http://x/a.wav", "--model", "tiny", "--webhook-event", "start",
+              "--webhook-event", "completed", "--max-time", "300")
+    assert res.exit_code == EXIT_OK, res.output
+    assert res.stdout.strip() in api.jobs
+    assert api.requests_to("POST", "/whisper")[0].body == {
+        "audio_url": "http://x/a.wav", "model": "tiny", "max_time": 300,
+        "webhook_events_filter": ["start", "completed"]}
+
+
+def test_json_output_of_a_waited_text_job(api, run):
+    res = run("analyze", "--image-url", "http://x/p.jpg", "--wait", "--json")
+    assert res.exit_code == EXIT_OK, res.output
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "success" and doc["type"] == "analyze" and doc["result"] == {"text": f"text of {doc['id']}"}
+
+
+def test_a_failed_job_exits_1(api, run):
+    api.plan = [(0.2, {"status": "running"}), (0.5, {"status": "failed", "error": "image_url: HTTP 404 from http://x"})]
+    res = run("portrait", "--image-url", "http://x/p.jpg", "--audio-url", "http://x/a.wav", "--wait")
+    assert res.exit_code == EXIT_FAILED
+    assert "failed: image_url: HTTP 404" in res.stderr and res.stdout == ""
+    res = run("analyze", "--image-url", "http://x/p.jpg", "--wait", "--json")
+    assert res.exit_code == EXIT_FAILED and json.loads(res.stdout)["error"].startswith("image_url")
+
+
+def test_a_rule_the_server_enforces_is_a_usage_error_naming_the_field(run):
+    res = run("csm", "--text", "a", "--monologue", "b")
+    assert res.exit_code == EXIT_USAGE
+    assert "text: provide exactly one of 'text' or 'monologue'" in res.stderr
+    res = run("jobs", "--limit", "500", "--json")
+    assert res.exit_code == EXIT_USAGE
+    assert json.loads(res.stdout)["details"] == [{"field": "limit", "message": "must be 1-100"}]
+
+
+def test_missing_option_is_a_usage_error(run):
+    res = run("whisper")
+    assert res.exit_code == EXIT_USAGE and "--audio-url" in res.stderr
+
+
+def test_api_errors_exit_1(api, run):
+    res = run("status", "00000000-0000-0000-0000-000000000000")
+    assert res.exit_code == EXIT_FAILED and "HTTP 404" in res.stderr
+    res = run("--api-key", "wrong", "jobs")
+    assert res.exit_code == EXIT_FAILED and "HTTP 401" in res.stderr
+
+
+def test_status_jobs_cancel_retry_result(api, run, tmp_path: Path):
+    running = api.add_job(plan=[(0, {"status": "running", "phase": "render"})])
+    done = api.add_job("whisper")
+    assert json.loads(run("status", running.id, "--json").stdout)["phase"] == "render"
+    assert "render" in run("status", running.id).stdout
+
+    listed = json.loads(run("jobs", "--type", "whisper", "--json").stdout)
+    assert [j["id"] for j in listed["jobs"]] == [done.id] and listed["next_cursor"] is None
+    table = run("jobs", "--limit", "1")
+    assert done.id in table.stdout and running.id not in table.stdout and "--cursor 1" in table.stderr
+    assert [j["id"] for j in json.loads(run("jobs", "--limit", "1", "--all", "--json").stdout)["jobs"]] == [
+        done.id, running.id]
+
+    res = run("cancel", running.id, "--error", "changed my mind")
+    assert res.exit_code == EXIT_OK and "cancelled" in res.stderr
+    assert run("cancel", running.id).exit_code == EXIT_FAILED  # 409: already final
+
+    retried = run("retry", running.id, "--json")
+    assert retried.exit_code == EXIT_OK and json.loads(retried.stdout)["retry_of"] == running.id
+
+    assert run("result", done.id).stdout.strip() == f"text of {done.id}"
+    res = run("result", running.id, "--json")
+    assert res.exit_code == EXIT_FAILED and json.loads(res.stdout)["status"] == "cancelled"
+    out = tmp_path / "t.txt"
+    assert run("result", done.id, "-o", str(out)).exit_code == EXIT_OK and out.read_text() == f"text of {done.id}"
+
+
+def test_health(api, run):
+    res = run("health", "--json")
+    assert res.exit_code == EXIT_OK and json.loads(res.stdout)["workers"] == {"alive": 1}
+    api.script("GET", "/health", (200, {"status": "degraded", "queue": {"depth": 9}}))
+    res = run("health")
+    assert res.exit_code == EXIT_FAILED and "queue: depth=9" in res.stdout
+
+
+def test_the_live_display_shows_status_phase_queue_position_and_progress():
+    job = Job.model_validate({"id": "j-1", "status": "queued", "type": "portrait", "queue_position": 3,
+                              "queue_position_approximate": True})
+    panel = JobPanel(job)
+    console = Console(record=True, width=120)
+    console.print(panel)
+    first = console.export_text()
+    assert "portrait j-1" in first and "queued" in first and "queue position 3 (approx.)" in first
+    panel.update(Job.model_validate({"id": "j-1", "status": "running", "type": "portrait", "phase": "render",
+                                     "progress": 0.42, "attempts": 2}))
+    console.print(panel)
+    second = console.export_text()
+    assert "running" in second and "phase: render" in second and "42%" in second and "attempt 2" in second
+    assert "queue position" not in second
