@@ -219,10 +219,18 @@ def test_bad_widget_value_and_missing_file(comfy: tuple[ComfyNode, str, str]) ->
 
 # -- parallel launches ------------------------------------------------------------------
 
+def answers(url: str, headers: dict[str, str]) -> bool:
+    """The node answered (six nodes booting at once on two cores may take a while)."""
+    try:
+        return requests.get(url, headers=headers, timeout=10).ok
+    except requests.RequestException:
+        return False
+
+
 def exercise_node(sim: SimulatorProcess, node: str, media: dict[str, Path], scratch: Path) -> dict[str, Any]:
     """Call every app of one node as a worker would; returns what each answered."""
     headers = {"X-C3-API-KEY": sim.api_key}
-    wait_until(lambda: requests.get(f"http://{node}/", headers=headers, timeout=5).ok, 60, interval=0.2)
+    wait_until(lambda: answers(f"http://{node}/", headers), 90, interval=0.2)
     clients = {app: Client(f"http://{node}/{app}/", headers=headers, verbose=False, analytics_enabled=False,
                            download_files=str(scratch)) for app in ("csm", "whisper")}
     speech = clients["csm"].predict(monologue_json='["Hello there.", "Bye."]', speaker_voice="conversational_a",
