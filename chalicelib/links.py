@@ -42,7 +42,7 @@ class ResultLinks:
             when = int(expires)
         except ValueError:
             return "expires must be a whole number of seconds"
-        if not hmac.compare_digest(self.token(job_id, when), token):
+        if not hmac.compare_digest(self.token(job_id, when).encode(), token.encode("utf-8", "replace")):
             return "the token does not match this job and expiry"
         if when < self._clock():
             return "the link has expired; GET /result/{id} gives a new one"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,12 +36,20 @@ class FieldRuleError(ValueError):
         self.field = field
 
 
+# What a user URL must look like, checked here and documented as the OpenAPI pattern, so the
+# document describes exactly what is accepted: http(s), a host (name, IPv4 or [IPv6]), an
+# optional port, no user info, no white space.
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://(\[[0-9A-Fa-f:.]+\]|[^\s/?#@:\[\]]+)(:[0-9]*)?([/?#]\S*)?$"
+
+
 def _check_http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http(s) URL")
     if any(c.isspace() for c in value):
         raise ValueError("must not contain white space")
+    if not re.fullmatch(URL_PATTERN, value):
+        raise ValueError("must be an absolute http(s) URL with a host and no user info")
     # Host names are not resolved here: the worker checks them at every hop and connect.
     problem = None if get_settings().allow_private_urls else literal_address_problem(value)
     if problem:
@@ -49,9 +59,21 @@ def _check_http_url(value: str) -> str:
 
 
 HttpUrlStr = Annotated[
-    StrictStr, Field(max_length=MAX_URL_LENGTH), AfterValidator(_check_http_url)
+    StrictStr, Field(max_length=MAX_URL_LENGTH, json_schema_extra={"format": "uri", "pattern": URL_PATTERN}),
+    AfterValidator(_check_http_url),
 ]
 StrictFloat = Annotated[float, Field(strict=True)]
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 63.0 is the integer 63 (JSON Schema agrees), 63.5 is not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# A JSON integer: 63 or 63.0, never "63", 63.5 or true.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
 class JobType(str, Enum):
@@ -117,13 +139,13 @@ class _Request(BaseModel):
     notify_url: HttpUrlStr | None = Field(
         None, description="Webhook URL that receives the job's final state."
     )
-    max_time: StrictInt = Field(
+    max_time: JsonInt = Field(
         default_factory=lambda: get_settings().default_max_time,
         ge=60,
         le=7200,
         description="Maximum processing time in seconds, from start (default 1200).",
     )
-    complete_in: StrictInt = Field(
+    complete_in: JsonInt = Field(
         default_factory=lambda: get_settings().default_complete_in,
         ge=60,
         le=86400,
@@ -132,6 +154,17 @@ class _Request(BaseModel):
 
 
 class CsmRequest(_Request):
+    # The cross-field rules, as JSON Schema for the OpenAPI document: exactly one text source;
+    # the clone inputs with voice "clone" and only then.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"properties": {"text": {"type": "string"}}, "required": ["text"]},
+                  {"properties": {"monologue": {"type": "array"}}, "required": ["monologue"]}],
+        "if": {"properties": {"voice": {"const": "clone"}}, "required": ["voice"]},
+        "then": {"properties": {"reference_audio_url": {"type": "string"}, "reference_text": {"type": "string"}},
+                 "required": ["reference_audio_url", "reference_text"]},
+        "else": {"properties": {"reference_audio_url": {"type": "null"}, "reference_text": {"type": "null"}}},
+    })
+
     text: StrictStr | None = Field(None, min_length=1, max_length=MAX_TEXT_LENGTH)
     monologue: list[Annotated[StrictStr, Field(min_length=1, max_length=MAX_TEXT_LENGTH)]] | None = (
         Field(None, min_length=1, max_length=500)
@@ -140,9 +173,9 @@ class CsmRequest(_Request):
     reference_audio_url: HttpUrlStr | None = None
     reference_text: StrictStr | None = Field(None, min_length=1, max_length=MAX_TEXT_LENGTH)
     temperature: StrictFloat = Field(0.9, ge=0.0, le=2.0)
-    topk: StrictInt = Field(50, ge=1, le=1000)
-    max_audio_length: StrictInt = Field(10000, ge=1, le=600_000, description="milliseconds")
-    pause_duration: StrictInt = Field(150, ge=0, le=60_000, description="milliseconds")
+    topk: JsonInt = Field(50, ge=1, le=1000)
+    max_audio_length: JsonInt = Field(10000, ge=1, le=600_000, description="milliseconds")
+    pause_duration: JsonInt = Field(150, ge=0, le=60_000, description="milliseconds")
 
     @model_validator(mode="after")
     def _one_text_source_and_clone_inputs(self) -> "CsmRequest":

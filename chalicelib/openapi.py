@@ -8,6 +8,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from .models import REQUEST_MODELS, StatusUpdate
+from .queries import CURSOR_PATTERN
 
 _ERROR = {
     "type": "object",
@@ -42,6 +43,15 @@ def _errors(*codes: int) -> dict[str, Any]:
             429: "The key has its cap of jobs in flight (see Retry-After)",
             503: "A backing AWS service is unavailable; nothing was accepted"}
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+# From a job's id to what can be done with it: submit -> status -> result -> update, retry
+# (what stateful clients and testers such as schemathesis chain).
+JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"id": "$response.body#/id"}}
+    for name, operation in (("GetStatus", "getStatus"), ("GetResult", "getResult"),
+                            ("UpdateJob", "updateJob"), ("RetryJob", "retryJob"))
+}
 
 
 @lru_cache(maxsize=1)
@@ -116,9 +126,10 @@ def openapi_document() -> dict[str, Any]:
                                                                     "cancelled", "timed_out"]}},
             {"name": "type", "in": "query", "schema": {"enum": [t.value for t in REQUEST_MODELS]}},
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-            {"name": "cursor", "in": "query", "schema": {"type": "string"}}],
+            {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": CURSOR_PATTERN}}],
             "responses": {"200": _json(_ref("JobList"), "A page of jobs"), **_errors(400, 401)}}},
         "/jobs/{id}/retry": {"post": {"summary": "Submit a failed, timed-out or cancelled job again",
+                                      "operationId": "retryJob",
                                       "parameters": [job_id], "responses": {
                                           "200": _json(_ref("Retried"), "The new job"),
                                           **_errors(400, 401, 404, 409, 415, 429)}}},
@@ -135,26 +146,29 @@ def openapi_document() -> dict[str, Any]:
         paths[f"/{job_type.value}"] = {
             "post": {
                 "summary": f"Submit a {job_type.value} job",
+                "operationId": f"submit_{job_type.value}",
                 "parameters": [
                     {"name": "Idempotency-Key", "in": "header", "required": False,
-                     "schema": {"type": "string", "maxLength": 255}},
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
                     prefer,
                 ],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(model.__name__)}}},
-                "responses": {"200": _json({"oneOf": [_ref("Submitted"), _ref("JobStatus")]},
-                                           "Job accepted (with Prefer: wait, its status view)"),
+                "responses": {"200": {**_json({"anyOf": [_ref("Submitted"), _ref("JobStatus")]},
+                                              "Job accepted (with Prefer: wait, its status view)"),
+                                      "links": JOB_LINKS},
                               **_errors(400, 401, 409, 413, 415, 422, 429, 503)},
             }
         }
-    paths["/status/{id}"] = {"get": {"summary": "Job status", "parameters": [job_id, prefer],
+    paths["/status/{id}"] = {"get": {"summary": "Job status", "operationId": "getStatus",
+                                     "parameters": [job_id, prefer],
                                      "responses": {"200": _json(_ref("JobStatus"), "Job status"),
                                                    **_errors(400, 401, 404)}}}
     paths["/job/{id}"] = {"post": {
-        "summary": "Mark a job timed_out, cancelled or failed", "parameters": [job_id],
+        "summary": "Mark a job timed_out, cancelled or failed", "operationId": "updateJob", "parameters": [job_id],
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("StatusUpdate")}}},
         "responses": {"200": _json({"type": "object", "properties": {"message": {"type": "string"}}}, "Updated"),
                       **_errors(400, 401, 404, 409, 413, 415, 422)}}}
-    paths["/result/{id}"] = {"get": {"summary": "Job result", "parameters": [job_id],
+    paths["/result/{id}"] = {"get": {"summary": "Job result", "operationId": "getResult", "parameters": [job_id],
                                      "responses": {"200": _json(_ref("Result"), "Result"),
                                                    **_errors(400, 401, 404, 409)}}}
     return {

@@ -5,15 +5,14 @@ Every read is a Query on an index with a bounded number of pages, never a scan."
 
 from __future__ import annotations
 
-import base64
-import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import InvalidRequest
 from .job import Job
 from .models import JobStatus, JobType
-from .store import DISPATCH, INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX, decode_item, encode_item
+from .store import DISPATCH, INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX, decode_item
 
 MAX_PAGES = 10  # 1 MB each at most: the bound on what one request may read
 
@@ -24,21 +23,24 @@ class Count:
     approximate: bool  # the bound on pages was reached: at least ``value``
 
 
-def encode_cursor(item: dict[str, Any]) -> str:
-    raw = json.dumps({"id": item["id"], "created_at": item["created_at"]}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+# A cursor is "<created_at>_<job id>" of the last job of a page: its validity is a pattern
+# the OpenAPI document can state exactly, and it is only ever applied to the caller's own
+# partition of the index, so it reveals and reaches nothing of another key's.
+CURSOR_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,9})?_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def encode_cursor(raw_item: dict[str, Any]) -> str:
+    """From an index item as DynamoDB returned it (the number kept exactly as stored)."""
+    return f"{raw_item['created_at']['N']}_{raw_item['id']['S']}"
 
 
 def decode_cursor(cursor: str, owner: str) -> dict[str, Any]:
-    """The index key to resume from. The owner is the caller's own, never the cursor's:
-    a cursor cannot reach another key's jobs."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        key = {"id": str(data["id"]), "created_at": float(data["created_at"]), "owner": owner}
-    except (ValueError, KeyError, TypeError):
+    """The index key to resume from, in the caller's own partition."""
+    if not re.fullmatch(CURSOR_PATTERN, cursor):
         raise InvalidRequest("Malformed cursor", [{"field": "cursor", "message": "must be a next_cursor "
-                                                   "value returned by GET /jobs"}]) from None
-    return encode_item(key)
+                                                   "value returned by GET /jobs"}])
+    created_at, job_id = cursor.split("_", 1)
+    return {"id": {"S": job_id}, "created_at": {"N": created_at}, "owner": {"S": owner}}
 
 
 class JobQueries:
@@ -66,7 +68,7 @@ class JobQueries:
         }
         if filters:
             query["FilterExpression"] = " AND ".join(filters)
-        start = decode_cursor(cursor, owner) if cursor else None
+        start = decode_cursor(cursor, owner) if cursor is not None else None
         jobs: list[Job] = []
         for _ in range(MAX_PAGES):
             if start:
@@ -77,12 +79,12 @@ class JobQueries:
                 jobs.append(Job.from_item(decode_item(item)))
                 if len(jobs) == limit:
                     more = n + 1 < len(items) or "LastEvaluatedKey" in resp
-                    return jobs, encode_cursor(decode_item(item)) if more else None
+                    return jobs, encode_cursor(item) if more else None
             start = resp.get("LastEvaluatedKey")
             if not start:
                 return jobs, None
         # The page bound was reached (a filter that matches little): resume from there.
-        return jobs, encode_cursor(decode_item(start))
+        return jobs, encode_cursor(start)
 
     def queue_position(self, job: Job) -> Count:
         """Queued jobs ahead of ``job`` in the dispatch order of the outbox index."""

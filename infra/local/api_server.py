@@ -8,6 +8,7 @@ Usage: python -m infra.local.api_server --port 8000 [--stage dev]"""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -20,6 +21,28 @@ from infra.local.processes import ROOT
 
 class NoDelayHandler(ChaliceRequestHandler):
     disable_nagle_algorithm = True
+
+    def _method_not_allowed(self) -> None:
+        """Methods no route has (TRACE, QUERY, ...): 405 in the API's error format, as for a
+        route's wrong method, instead of http.server's 501 HTML page. (API Gateway never
+        passes them to the function.)"""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)  # or it would be read as the next request
+        self.close_connection = True
+        body = json.dumps({"error": f"Unsupported method: {self.command}",
+                           "details": [{"field": "method", "message": "must be one of: GET, POST"}]}).encode()
+        self.send_response(405)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Allow", "GET, POST")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def __getattr__(self, name: str):  # any method no route has: QUERY, TRACE, CONNECT, ...
+        if name.startswith("do_"):
+            return self._method_not_allowed
+        raise AttributeError(name)
 
 
 def main() -> int:
