@@ -1,19 +1,25 @@
-"""Final-state deliveries, driven by the webhooks queue and the job record.
+"""Webhook and event deliveries, driven by the webhooks queue and the job record.
 
-Each message names a final job. Handling it settles what the job is still owed:
+Each message names a job. Handling it settles what the job is still owed:
 
-1. its job event (events queue, or its ``reply_to``), once;
-2. its webhook, one attempt per message: the attempt is claimed with a conditional
-   write (``webhook_lease``), so two copies of the message never POST at the same
-   time; a failure schedules the next attempt (a delayed message, WEBHOOK_INTERVAL
-   later) until WEBHOOK_ATTEMPTS are spent, then ``webhook: failed``.
+1. its start webhook (``start`` in webhook_events_filter), owed from the first claim,
+   which also sends the message; it goes before the final webhook, so a final job
+   whose start webhook is still pending delivers that first (the outbox guarantees
+   the final job's handling, so a lost start message cannot lose the start webhook);
+2. once final, its job event (events queue, or its ``reply_to``), once;
+3. its final webhook (``completed``), one attempt per message.
 
-The record holds the schedule (attempts, last error, due time), so a handler that
-dies loses nothing: its message, or the reconciler, brings the job back."""
+Each webhook attempt is claimed with a conditional write (``<hook>_lease``), so two
+copies of the message never POST at the same time; a failure schedules the next
+attempt (a delayed message, WEBHOOK_INTERVAL later) until WEBHOOK_ATTEMPTS are spent,
+then ``<hook>: failed``. The record holds the schedule (attempts, last error, due
+time), so a handler that dies loses nothing: its message, or the reconciler, brings
+the job back."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .batch import partial_batch
@@ -59,6 +65,11 @@ class DeliveryHandler:
             log.warning("delivery.malformed", body=body[:200], reason="no job id; dropped")
             return "malformed"
         job = self.store.get(job_id)
+        if job is not None and job.start_webhook == "pending":
+            started = self._attempt(job, START, {}, True)
+            job = self.store.get(job_id)
+            if job is not None and job.start_webhook == "pending":
+                return f"start_{started}"  # the final webhook waits for the start webhook
         if job is None or not job.status.is_terminal or job.outbox != NOTIFY:
             return "nothing_owed"
         fields: dict[str, Any] = {}
@@ -72,40 +83,67 @@ class DeliveryHandler:
         if job.webhook != "pending":
             self.store.settle(job.id, fields, done=event_done, next_at=self.clock() + self.grace)
             return "settled" if event_done else "event_pending"
-        return self._attempt(job, fields, event_done)
+        return self._attempt(job, FINAL, fields, event_done)
 
-    def _attempt(self, job: Job, fields: dict[str, Any], event_done: bool) -> str:
-        held = self.store.take_webhook_lease(job.id, self.webhooks.timeout + HOLD_SLACK)
+    def _payload(self, hook: "Hook", job: Job) -> dict[str, Any]:
+        if hook is START:
+            return {"id": job.id, "status": "running"}
+        return webhook_payload(job, self.results, self.links)
+
+    def _record(self, hook: "Hook", job_id: str, fields: dict[str, Any], *, done: bool,
+                next_at: float, remove: Iterable[str] = ()) -> None:
+        """The start webhook may be owed by a running job (no outbox entry to settle)."""
+        if hook is START:
+            self.store.record_hook(job_id, fields, remove=remove)
+        else:
+            self.store.settle(job_id, fields, done=done, next_at=next_at, remove=remove)
+
+    def _attempt(self, job: Job, hook: "Hook", fields: dict[str, Any], event_done: bool) -> str:
+        name = hook.attr
+        held = self.store.take_webhook_lease(job.id, self.webhooks.timeout + HOLD_SLACK, name)
         if held is None:
             if fields:
                 self.store.settle(job.id, fields, done=False)
             current = self.store.get(job.id)
-            if current is not None and current.webhook == "pending" and current.webhook_lease:
+            lease = getattr(current, f"{name}_lease", None) if current is not None else None
+            if current is not None and getattr(current, name) == "pending" and lease:
                 # Another attempt holds it (in flight, or its deliverer died mid-call):
                 # look again when that hold ends rather than waiting for the reconciler.
-                wait = math.ceil(max(0.0, current.webhook_lease - self.clock())) + 1
+                wait = math.ceil(max(0.0, lease - self.clock())) + 1
                 self.outbox.try_send(NOTIFY, job.id, delay=wait)
             return "held"
-        attempt = held.webhook_attempts
-        ok, outcome = self.webhooks.attempt(held.notify_url or "", webhook_payload(held, self.results, self.links), attempt)
+        attempt = getattr(held, f"{name}_attempts")
+        ok, outcome = self.webhooks.attempt(held.notify_url or "", self._payload(hook, held), attempt)
         now = self.clock()
         interval = self.webhooks.interval
         if ok:
-            fields.update(webhook="delivered")
-            self.store.settle(job.id, fields, done=event_done, next_at=now + self.grace,
-                              remove=["webhook_lease", "webhook_error"])
+            fields[name] = "delivered"
+            self._record(hook, job.id, fields, done=event_done, next_at=now + self.grace,
+                         remove=[f"{name}_lease", f"{name}_error"])
             return "delivered"
-        fields["webhook_error"] = outcome
+        fields[f"{name}_error"] = outcome
         if attempt >= self.webhooks.attempts:
-            fields["webhook"] = "failed"
-            self.store.settle(job.id, fields, done=event_done, next_at=now + self.grace,
-                              remove=["webhook_lease"])
-            log.warning("webhook.gave_up", job_id=job.id, attempts=attempt, last_error=outcome,
+            fields[name] = "failed"
+            self._record(hook, job.id, fields, done=event_done, next_at=now + self.grace,
+                         remove=[f"{name}_lease"])
+            log.warning("webhook.gave_up", job_id=job.id, hook=hook.event, attempts=attempt, last_error=outcome,
                         reason="no 2xx answer after every attempt; the job's status is unchanged")
             return "failed"
         # The next attempt: no sooner than most of an interval (even for a duplicate
         # message), and due for the reconciler should the delayed message be lost.
-        fields["webhook_lease"] = now + interval * 0.8
-        self.store.settle(job.id, fields, done=False, next_at=now + interval + self.grace)
+        fields[f"{name}_lease"] = now + interval * 0.8
+        self._record(hook, job.id, fields, done=False, next_at=now + interval + self.grace)
         self.outbox.try_send(NOTIFY, job.id, delay=math.ceil(interval))
         return "retrying"
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A webhook a job may owe: its webhook_events_filter name and its record attribute."""
+
+    event: str
+    attr: str
+
+
+START = Hook("start", "start_webhook")
+FINAL = Hook("completed", "webhook")

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .models import JobStatus, JobType
+from .models import DEFAULT_WEBHOOK_EVENTS, JobStatus, JobType
 
 
 def iso(ts: float | None) -> str | None:
@@ -54,6 +54,17 @@ class Job:
     webhook_attempts: int = 0
     webhook_error: str | None = None
     webhook_lease: float | None = None
+    # The start webhook ("start" in webhook_events_filter): the same states and lease,
+    # set pending by the job's first claim.
+    start_webhook: str | None = None
+    start_webhook_attempts: int = 0
+    start_webhook_error: str | None = None
+    start_webhook_lease: float | None = None
+    # Where the job is (worker_runtime/phases.py): the current phase of the running job,
+    # when each phase was entered (epoch seconds) and the node's progress (0-1).
+    phase: str | None = None
+    phases: dict[str, float] | None = None
+    progress: float | None = None
     event_sent_at: float | None = None
     inflight_owner: str | None = None  # the owner while queued or running (the per-key cap's index)
     retry_of: str | None = None
@@ -62,6 +73,11 @@ class Job:
     @property
     def notify_url(self) -> str | None:
         return self.params.get("notify_url")
+
+    def wants_webhook(self, event: str) -> bool:
+        """Whether notify_url gets the ``event`` webhook ("start" or "completed")."""
+        events = self.params.get("webhook_events_filter") or DEFAULT_WEBHOOK_EVENTS
+        return bool(self.notify_url) and event in events
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> "Job":
@@ -98,9 +114,33 @@ class Job:
         )
         if self.retry_of:
             view["retry_of"] = self.retry_of
-        if self.webhook:
-            hook: dict[str, Any] = {"status": self.webhook, "attempts": self.webhook_attempts}
-            if self.webhook_error:
-                hook["last_error"] = self.webhook_error
-            view["webhook"] = hook
+        view.update(self._where())
+        for hook in HOOKS:
+            state = getattr(self, hook)
+            if state:
+                shown: dict[str, Any] = {"status": state, "attempts": getattr(self, f"{hook}_attempts")}
+                if getattr(self, f"{hook}_error"):
+                    shown["last_error"] = getattr(self, f"{hook}_error")
+                view[hook] = shown
         return {k: v for k, v in view.items() if v is not None}
+
+    def _where(self) -> dict[str, Any]:
+        """``phase``, ``phases`` and ``progress``: queued, then what the worker reported
+        while running; a final job is "delivering" until its webhooks are settled, then
+        shows no phase."""
+        entered = {"queued": self.created_at, **(self.phases or {})}
+        where: dict[str, Any] = {"phases": {name: iso(at) for name, at in entered.items()}}
+        if self.status is JobStatus.QUEUED:
+            where["phase"] = "queued"
+        elif self.status is JobStatus.RUNNING:
+            where["phase"] = self.phase or "queued"
+            if self.progress is not None and self.phase == "rendering":
+                where["progress"] = self.progress
+        elif "pending" in (self.webhook, self.start_webhook):
+            where["phase"] = "delivering"
+        return where
+
+
+# The webhooks a job may owe (chalicelib/delivery.py): each has <name>, <name>_attempts,
+# <name>_error and <name>_lease on the record, and is shown in the status view as <name>.
+HOOKS = ("start_webhook", "webhook")

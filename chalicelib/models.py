@@ -25,6 +25,12 @@ from .errors import UnprocessableRequest
 from .settings import get_settings
 
 MAX_URL_LENGTH = 2048
+# Which webhooks a job sends to its notify_url: "start" (first claim) and/or "completed".
+WEBHOOK_EVENTS = ("start", "completed")
+DEFAULT_WEBHOOK_EVENTS = ("completed",)
+# Where a job is (GET /status "phase"): queued, the worker's phases while running
+# (worker_runtime/phases.py), then "delivering" while a final job's webhooks are pending.
+PHASES = ("queued", "downloading", "waiting_for_gpu", "launching_gpu", "rendering", "uploading", "delivering")
 MAX_TEXT_LENGTH = 20_000
 
 
@@ -138,6 +144,11 @@ class _Request(BaseModel):
 
     notify_url: HttpUrlStr | None = Field(
         None, description="Webhook URL that receives the job's final state."
+    )
+    webhook_events_filter: list[Literal["start", "completed"]] | None = Field(
+        None, min_length=1, max_length=len(WEBHOOK_EVENTS),
+        description='Which webhooks notify_url receives: "start" (the job began running) and/or '
+                    '"completed" (its final state). Default ["completed"].',
     )
     max_time: JsonInt = Field(
         default_factory=lambda: get_settings().default_max_time,

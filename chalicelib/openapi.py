@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from .models import REQUEST_MODELS, StatusUpdate
+from .models import PHASES, REQUEST_MODELS, StatusUpdate
 from .queries import CURSOR_PATTERN
 
 _ERROR = {
@@ -84,11 +84,19 @@ def openapi_document() -> dict[str, Any]:
             "queue_position": {"type": "integer", "description": "queued jobs ahead of this one"},
             "queue_position_approximate": {"type": "boolean"},
             "retry_of": {"type": "string", "format": "uuid"},
-            "webhook": {"type": "object", "required": ["status", "attempts"], "properties": {
-                "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
-                "last_error": {"type": "string"}}},
+            "phase": {"enum": list(PHASES),
+                      "description": "where the job is; absent once final and every webhook is settled"},
+            "phases": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"},
+                       "description": "when each phase of the current attempt was entered"},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1,
+                         "description": "the node's progress while rendering, where the node reports it"},
+            "webhook": _ref("WebhookState"),
+            "start_webhook": _ref("WebhookState"),
         },
     }
+    schemas["WebhookState"] = {"type": "object", "required": ["status", "attempts"], "properties": {
+        "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
+        "last_error": {"type": "string"}}}
     schemas["JobList"] = {
         "type": "object", "required": ["jobs", "next_cursor"],
         "properties": {"jobs": {"type": "array", "items": _ref("JobStatus")},

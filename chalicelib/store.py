@@ -24,22 +24,34 @@ OWNER_INDEX = "owner-created"
 INFLIGHT_INDEX = "owner-inflight"
 DISPATCH = "dispatch"  # queued or running: the job message must exist
 NOTIFY = "notify"  # final: the webhook/event delivery must still happen
+FIRST_PHASE = "downloading"  # where a claimed job starts (worker_runtime/phases.py)
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
 
-def _to_ddb(value: Any) -> dict[str, Any]:
+def _decimals(value: Any) -> Any:
     if isinstance(value, float):
-        value = Decimal(repr(value))
-    return _serializer.serialize(value)
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _decimals(v) for k, v in value.items()}
+    return value
+
+
+def _to_ddb(value: Any) -> dict[str, Any]:
+    return _serializer.serialize(_decimals(value))
+
+
+def _numbers(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    return value
 
 
 def _from_ddb(attr: dict[str, Any]) -> Any:
-    value = _deserializer.deserialize(attr)
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
+    return _numbers(_deserializer.deserialize(attr))
 
 
 def decode_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +142,7 @@ class JobStore:
         (the API died between the two writes), the reconciler sends it."""
         job.outbox, job.outbox_at, job.outbox_sends = DISPATCH, job.created_at + self.outbox_grace, 0
         job.inflight_owner = job.owner
-        if job.notify_url and job.webhook is None:
+        if job.wants_webhook("completed") and job.webhook is None:
             job.webhook = "pending"
         try:
             self._ddb.put_item(
@@ -190,11 +202,14 @@ class JobStore:
         expr.removes.extend(remove)
         return self._update(job_id, target, expr)
 
-    def claim(self, job_id: str, worker: str, lease_seconds: float) -> Job:
+    def claim(self, job_id: str, worker: str, lease_seconds: float, start_webhook: bool = False) -> Job:
         """queued -> running, or take over a running job whose lease lapsed.
 
         The whole claim is one conditional write: attempts + 1, lease owner and
-        expiry set together, so two workers can never both hold the job."""
+        expiry set together, so two workers can never both hold the job. With
+        ``start_webhook`` the first claim also makes the start webhook owed (pending);
+        a later claim leaves its state as it is. The phases start again at
+        "downloading" (every task first prepares its inputs)."""
         now = self._clock()
         expr = _Expr()
         status, lease = expr.name("status"), expr.name("lease_expires")
@@ -210,6 +225,12 @@ class JobStore:
         self._owe(expr, DISPATCH, now + lease_seconds + self.outbox_grace)
         expr.set("started_at", now)
         expr.set("updated_at", now)
+        expr.set("phase", FIRST_PHASE)
+        expr.set("phases", {FIRST_PHASE: now})
+        expr.removes.append("progress")
+        if start_webhook:
+            hook = expr.name("start_webhook")
+            expr.sets.append(f"{hook} = if_not_exists({hook}, {expr.value('pending', 'pending')})")
         first = expr.name("first_started_at")
         expr.sets.append(f"{first} = if_not_exists({first}, {expr.value('first', now)})")
         attempts = expr.name("attempts")
@@ -229,6 +250,27 @@ class JobStore:
         expr.conditions.append(f"{expr.name('worker')} = {expr.value('worker', worker)}")
         expr.set("lease_expires", now + lease_seconds)
         expr.set("outbox_at", now + lease_seconds + self.outbox_grace)
+        return self._update(job_id, JobStatus.RUNNING, expr)
+
+    def mark_phase(self, job_id: str, worker: str, phase: str | None, progress: float | None) -> Job:
+        """Record where a running job is: a new ``phase`` (entered now; its progress is
+        cleared) and/or the node's ``progress``. Only while ``worker`` holds the lease:
+        a conflict means the job moved on, and nothing is written."""
+        now = self._clock()
+        expr = _Expr()
+        expr.conditions.append(
+            f"{expr.name('status')} = {expr.value('running', JobStatus.RUNNING.value)}"
+        )
+        expr.conditions.append(f"{expr.name('worker')} = {expr.value('worker', worker)}")
+        if phase is not None:
+            expr.set("phase", phase)
+            entered = f"#phase_{phase}"
+            expr.names[entered] = phase
+            expr.sets.append(f"{expr.name('phases')}.{entered} = {expr.value('entered', now)}")
+            if progress is None:
+                expr.removes.append("progress")
+        if progress is not None:
+            expr.set("progress", progress)
         return self._update(job_id, JobStatus.RUNNING, expr)
 
     def fail_stranded(self, job_id: str, error: str) -> Job:
@@ -293,17 +335,30 @@ class JobStore:
             expr.set("outbox_at", next_at)
         return self._try_update(job_id, expr)
 
-    def take_webhook_lease(self, job_id: str, hold: float) -> Job | None:
-        """Claim the next webhook attempt of a final job (one attempt in flight at a
-        time, across every deliverer); None when it is delivered, given up or held."""
+    def record_hook(self, job_id: str, fields: dict[str, Any], remove: Iterable[str] = ()) -> Job | None:
+        """Record a step of a webhook owed outside the outbox (the start webhook of a job
+        that may still be running). None if the job is gone."""
+        expr = _Expr()
+        expr.conditions.append(f"attribute_exists({expr.name('id')})")
+        for attr, value in fields.items():
+            expr.set(attr, value)
+        expr.removes.extend(remove)
+        return self._try_update(job_id, expr)
+
+    def take_webhook_lease(self, job_id: str, hold: float, hook: str = "webhook") -> Job | None:
+        """Claim the next attempt of a webhook (``hook``: "webhook", the final one, or
+        "start_webhook"): one attempt in flight at a time, across every deliverer. The
+        final webhook is owed only while the job is in the outbox as "notify". None
+        when it is delivered, given up or held."""
         now = self._clock()
         expr = _Expr()
-        lease = expr.name("webhook_lease")
-        expr.conditions.append(f"{expr.name('webhook')} = {expr.value('pending', 'pending')}")
-        expr.conditions.append(f"{expr.name('outbox')} = {expr.value('kind', NOTIFY)}")
+        lease = expr.name(f"{hook}_lease")
+        expr.conditions.append(f"{expr.name(hook)} = {expr.value('pending', 'pending')}")
+        if hook == "webhook":
+            expr.conditions.append(f"{expr.name('outbox')} = {expr.value('kind', NOTIFY)}")
         expr.conditions.append(f"attribute_not_exists({lease}) OR {lease} < {expr.value('now', now)}")
-        expr.set("webhook_lease", now + hold)
-        attempts = expr.name("webhook_attempts")
+        expr.set(f"{hook}_lease", now + hold)
+        attempts = expr.name(f"{hook}_attempts")
         expr.sets.append(
             f"{attempts} = if_not_exists({attempts}, {expr.value('zero', 0)}) + {expr.value('one', 1)}"
         )

@@ -14,6 +14,7 @@ A child whose worker dies (the pipe closes) cancels itself and exits after the w
     worker thread                          child process
     call(ctx, step) --(step, args, ctx)--> step(ctx, *args)
     token cancelled --("cancel", ...)----> token.cancel(...) -> remote cancel calls
+    ctx.report(...) <--("report", phase, progress)   ctx.report(phase, progress) (any number)
                     <--("ok", value) / ("error", exc) / ("cancelled", reason)
     no reply by cancel + wind_down: SIGKILL -> StepKilled
 """
@@ -76,9 +77,9 @@ class _ChildContext:
     log: EventLogger
     node: Any
 
-    def build(self, token: CancelToken) -> TaskContext:
+    def build(self, token: CancelToken, report: Callable[..., None]) -> TaskContext:
         return TaskContext(job=self.job, request=self.request, output_dir=self.output_dir, cancel=token,
-                           log=self.log, node=self.node)
+                           log=self.log, node=self.node, report=report)
 
 
 class TaskProcess:
@@ -117,9 +118,13 @@ class TaskProcess:
         while True:
             if conn.poll(POLL):
                 try:
-                    return conn.recv()
+                    reply = conn.recv()
                 except (EOFError, OSError):
                     break
+                if reply[0] != "report":
+                    return reply
+                ctx.report(*reply[1:])  # the worker's reporter: never blocks
+                continue
             if not proc.is_alive() and not conn.poll(0):
                 break
             if token.cancelled:
@@ -166,11 +171,22 @@ def _child_main(conn: Connection, step: Callable[..., Any], args: tuple[Any, ...
     _limit_memory(memory_limit_mb)
     token = CancelToken()
     finished = threading.Event()
+    sending = threading.Lock()  # the step's threads report while the main thread may reply
+
+    def send(message: tuple[Any, ...]) -> None:
+        with sending:
+            conn.send(message)
+
+    def report(phase: str | None = None, progress: float | None = None) -> None:
+        if not finished.is_set():
+            with sending:
+                _send(conn, ("report", phase, progress))
+
     threading.Thread(target=_listen, args=(conn, token, finished, wind_down), daemon=True,
                      name="cancel-listener").start()
     log = spec.log
     try:
-        reply: tuple[str, Any] = ("ok", step(spec.build(token), *args))
+        reply: tuple[str, Any] = ("ok", step(spec.build(token, report), *args))
     except TaskCancelled as exc:
         reply = ("cancelled", str(exc))
     except TaskError as exc:
@@ -182,9 +198,9 @@ def _child_main(conn: Connection, step: Callable[..., Any], args: tuple[Any, ...
         reply = ("error", TaskError(f"Task failed: {type(exc).__name__}: {exc}"))
     finished.set()
     try:
-        conn.send(reply)
+        send(reply)
     except Exception as exc:  # noqa: BLE001 - e.g. a result that does not pickle
-        conn.send(("error", TaskError(f"Task failed: its result could not be sent back: {exc}")))
+        send(("error", TaskError(f"Task failed: its result could not be sent back: {exc}")))
     conn.close()
 
 

@@ -31,6 +31,7 @@ from .files import remove_job_files
 from .gpu.task import GpuTask
 from .isolation import TaskProcess
 from .lease import Lease, LeaseLost
+from .phases import PhaseReporter
 from .settings import WorkerSettings
 from .stops import RULES, Record, Stop
 from .stops import Message as MessageFate
@@ -163,7 +164,7 @@ class Worker:
             return
         try:
             job = self.aws("claim", self.ctx.store.claim, job_id, self.settings.worker_id,
-                           self.settings.lease_seconds)
+                           self.settings.lease_seconds, job.wants_webhook("start"))
         except TransitionConflict as exc:
             current = exc.current
             if not (current and current.status is JobStatus.RUNNING
@@ -172,6 +173,8 @@ class Worker:
                 return
             job = current  # a retried claim whose first try had landed
         log = log.bind(attempt=job.attempts)
+        if job.start_webhook == "pending":
+            self.outbox.try_send(NOTIFY, job)  # lost, it is still delivered before the final one
         queue_wait = round(job.started_at - job.created_at, 3) if job.started_at else None
         log.info("job.claimed", queue_wait=queue_wait, receive_count=message.receive_count)
         if job.attempts > self.settings.max_attempts:
@@ -227,6 +230,14 @@ class Worker:
         task = self.tasks.get(job.type)
         request = parse_job_request(job.type, job.params)
         token = CancelToken()
+        phases = PhaseReporter(self.ctx.store, job.id, self.settings.worker_id, log)
+        try:
+            self.run_task(job, task, request, token, phases, lease, log)
+        finally:
+            phases.close()
+
+    def run_task(self, job: Job, task: Task | None, request: Any, token: CancelToken, phases: PhaseReporter,
+                 lease: Lease, log: Any) -> None:
         started = time.monotonic()
         try:
             if task is None:
@@ -237,8 +248,10 @@ class Worker:
                     # shutdown cover a launch too) and calls gpu.acquire/watch/release.
                     task = GpuTask(task, self.gpu, TaskProcess(self.settings.task_memory_limit_mb,
                                                                self.settings.task_wind_down))
+                else:
+                    phases.report("rendering")  # no node to wait for: its run is the render
                 ctx = TaskContext(job=job, request=request, output_dir=self.output_dir,
-                                  cancel=token, log=log)
+                                  cancel=token, log=log, report=phases.report)
                 outcome = self.supervisor.run(task, ctx, lease, self.stopping,
                                               self.settings.shutdown_grace, log, on_beat=self.touch_health)
         except Exception as exc:  # noqa: BLE001 - the job fails readably
@@ -246,10 +259,11 @@ class Worker:
             outcome = Outcome(error=str(exc) or type(exc).__name__)
         log.info("job.ran", run_time=round(time.monotonic() - started, 3),
                  stopped=outcome.stop.value if outcome.stop else None, failed=outcome.error is not None)
-        self.finish(job, outcome, lease, log)
+        self.finish(job, outcome, lease, log, phases)
 
     # -- writing the outcome ---------------------------------------------------
-    def finish(self, job: Job, outcome: Outcome, lease: Lease, log: Any) -> None:
+    def finish(self, job: Job, outcome: Outcome, lease: Lease, log: Any,
+               phases: PhaseReporter | None = None) -> None:
         if outcome.stop is not None and self.settle_stop(job, outcome.stop, lease, log):
             return
         if outcome.error is not None:
@@ -267,6 +281,8 @@ class Worker:
                 self.finish(job, Outcome(stop=Stop.CLIENT if exc.current and exc.current.status.is_terminal
                                          else Stop.LEASE_LOST), lease, log)
                 return
+            if phases is not None:
+                phases.report("uploading")
             ext = result.ext or result.path.suffix
             # One key per attempt: a worker that loses the final write deletes only
             # what it uploaded itself, never the winner's result.
@@ -280,6 +296,8 @@ class Worker:
                                  {"error": f"Could not upload the result to S3: {exc}"}, lease, log)
                 return
             fields.update(result_key=key, result_content_type=ctype)
+            if phases is not None:
+                phases.close()  # "uploading" is written before the final state (or given up)
         else:
             fields["result_text"] = result.text
         if not self.write_final(job, JobStatus.SUCCESS, fields, lease, log) and key is not None:

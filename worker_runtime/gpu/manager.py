@@ -78,9 +78,12 @@ class GpuManager:
                 self._keeper.start()
                 threading.Thread(target=self._beat, name="gpu-heartbeat", daemon=True).start()
 
-    def acquire(self, job_id: str, token: CancelToken, log: EventLogger) -> Node:
+    def acquire(self, job_id: str, token: CancelToken, log: EventLogger,
+                on_phase: Callable[[str], None] | None = None) -> Node:
         """An instance bound to ``job_id`` until ``release(job_id, ...)``. Never one whose
-        earlier job's task is still alive: that binding ends only when its task has ended."""
+        earlier job's task is still alive: that binding ends only when its task has ended.
+        ``on_phase`` hears "waiting_for_gpu" (every slot taken) and "launching_gpu" (a
+        launch in flight, until the new node answers); a warm instance reports neither."""
         self.maintain()
         if self._closed.is_set():
             raise GpuError("the worker is shutting down; no GPU instance is launched")
@@ -90,7 +93,7 @@ class GpuManager:
             raise GpuError(f"this worker's GPU instance is still bound to job {held[0]}, whose task "
                            "has not ended; no instance is shared with a live task")
         node = self._reuse(token, log)
-        node = node if node is not None else self._launch(token, log)
+        node = node if node is not None else self._launch(token, log, on_phase or _no_phase)
         with self._lock:
             self._bound[job_id] = node.workload
         return node
@@ -214,10 +217,11 @@ class GpuManager:
             return self._node(adopted)
         return None
 
-    def _launch(self, token: CancelToken, log: EventLogger) -> Node:
+    def _launch(self, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> Node:
         s = self.settings
         intent = self._claim_slot(self.registry.all())
         while intent is None:  # all MAX_GPUS slots in use: the first to free up is ours
+            on_phase("waiting_for_gpu")
             log.info("gpu.at_capacity", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
                      reason="every launch slot is taken; waiting for an idle instance or a free slot")
             if token.wait(s.capacity_poll):
@@ -229,6 +233,7 @@ class GpuManager:
             if node is not None:
                 return node
             intent = self._claim_slot(records)
+        on_phase("launching_gpu")
         log.info("gpu.launching", record=intent.id, workload_type=s.workload_type, expires=intent.expires,
                  reason="intent recorded first, so a crash mid-launch leaves a trace to reconcile")
         try:
@@ -459,3 +464,7 @@ class GpuManager:
         self.log.info("gpu.stopping", workload=record.workload, node=record.node, reason=reason)
         if claimed is not None:
             self.reaper.finish(claimed)
+
+
+def _no_phase(phase: str) -> None:
+    """acquire() without a listener."""

@@ -38,8 +38,9 @@ class GpuTask:
         inputs = self._step(ctx, prepare) if prepare is not None else None
         ctx.cancel.raise_if_cancelled()
         job_id = ctx.job.id
-        node = self.gpu.acquire(job_id, ctx.cancel, ctx.log)
+        node = self.gpu.acquire(job_id, ctx.cancel, ctx.log, on_phase=ctx.report)
         ctx.node = node
+        ctx.report("rendering")
         try:
             self.gpu.watch(job_id, node, ctx.cancel)
             if prepare is not None:

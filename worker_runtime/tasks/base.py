@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from chalicelib.job import Job
 from chalicelib.logs import EventLogger
 
 from ..cancel import CancelToken
+
+
+def _ignore_report(phase: str | None = None, progress: float | None = None) -> None:
+    """A task run outside a worker reports nowhere."""
 
 
 class TaskError(Exception):
@@ -44,6 +48,8 @@ class TaskContext:
     log: EventLogger
     node: Any = None  # the GPU node handle when the task needs one
     extras: dict[str, Any] = field(default_factory=dict)
+    # report(phase=None, progress=None): where the job is (worker_runtime/phases.py); never blocks.
+    report: Callable[..., None] = _ignore_report
 
     def path(self, suffix: str) -> Path:
         """Temp file named per the spec: ``{job_id}{suffix}`` in OUTPUT_DIR."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import mimetypes
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
@@ -92,8 +92,10 @@ class ComfyUI:
             raise NodeFault(f"ComfyUI /prompt answered without a prompt_id: {body}")
         return str(prompt_id)
 
-    def wait(self, prompt_id: str, cancel: CancelToken, poll: float) -> dict[str, Any]:
-        """Poll ``/history/{id}`` until the prompt finishes; returns its outputs."""
+    def wait(self, prompt_id: str, cancel: CancelToken, poll: float,
+             report: Callable[..., None] | None = None) -> dict[str, Any]:
+        """Poll ``/history/{id}`` until the prompt finishes; returns its outputs. While it
+        runs, ``report(progress=...)`` hears the sampler's progress where ComfyUI tells it."""
         while True:
             cancel.raise_if_cancelled()
             response = self._check(self._call("GET", f"/history/{prompt_id}"), "/history")
@@ -104,7 +106,24 @@ class ComfyUI:
                     raise NodeFault(execution_error(prompt_id, status))
                 if status.get("completed") or status.get("status_str") == "success":
                     return entry.get("outputs") or {}
+            elif report is not None:
+                progress = self.progress(prompt_id)
+                if progress is not None:
+                    report(progress=progress)
             cancel.wait(poll)
+
+    def progress(self, prompt_id: str) -> float | None:
+        """The running prompt's progress (0-1) from ``GET /queue``'s ``progress`` (the
+        websocket's progress message: value of max); None when ComfyUI gives none.
+        Best effort: a failed look is no fault of the node."""
+        try:
+            body = self.session.get(self.base + "/queue", timeout=self.timeout).json()
+            data = body.get("progress") or {}
+            if data.get("prompt_id") == prompt_id and data.get("max"):
+                return min(1.0, max(0.0, float(data["value"]) / float(data["max"])))
+        except (requests.RequestException, ValueError, TypeError, AttributeError):
+            pass
+        return None
 
     def stop(self, prompt_id: str) -> None:
         """Remove the prompt if still pending and interrupt it if running (best effort).

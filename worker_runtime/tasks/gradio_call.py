@@ -44,7 +44,9 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
 
         ctx.cancel.on_cancel(cancel_remote)
         while not job.done() and not ctx.cancel.wait(poll_interval):
-            pass
+            progress = _progress(job)
+            if progress is not None:
+                ctx.report(progress=progress)
         ctx.cancel.raise_if_cancelled()
         try:
             return job.result(timeout=0)
@@ -54,6 +56,20 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
             raise _fault(ctx, app, exc, f"{app} app call {api_name} failed: {_describe(exc)}") from None
     finally:
         client.close()
+
+
+def _progress(job: Any) -> float | None:
+    """The app's gr.Progress, as gradio_client's Job.status() reports it (0-1), or None."""
+    try:
+        units = job.status().progress_data or []
+    except Exception:  # noqa: BLE001 - progress is a nicety; the result decides
+        return None
+    for unit in units:
+        if unit.progress is not None:
+            return min(1.0, max(0.0, float(unit.progress)))
+        if unit.index is not None and unit.length:
+            return min(1.0, max(0.0, unit.index / unit.length))
+    return None
 
 
 def _fault(ctx: TaskContext, app: str, exc: Exception, otherwise: str) -> NodeFault:

@@ -68,7 +68,7 @@ class PortraitTask(NodeTask):
             prompt_id = comfy.queue(workflow, client_id=uuid.uuid4().hex)
             ctx.log.info("portrait.queued", prompt_id=prompt_id, seed=seed)
             ctx.cancel.on_cancel(lambda: comfy.stop(prompt_id))
-            outputs = comfy.wait(prompt_id, ctx.cancel, s.comfyui_poll_interval)
+            outputs = comfy.wait(prompt_id, ctx.cancel, s.comfyui_poll_interval, ctx.report)
             video = comfy.download(find_video(outputs, prefer=VIDEO_NODE), ctx.path(".mp4"))
         finally:
             comfy.close()

@@ -7,7 +7,14 @@ the running prompt between frames; POST /queue {"delete": [...]} removes pending
 
 Fault switches (node_state.faults["comfyui"]): "down" (/system_stats 503),
 "node_error" (/prompt rejects the graph), "exec_error" (the sampler fails),
-"slow" (the run waits up to faults["slow_seconds"] unless interrupted)."""
+"slow" (the run waits up to faults["slow_seconds"] unless interrupted, stepping its
+sampler through SLOW_STEPS steps).
+
+Progress: ComfyUI sends ``{"type": "progress", "data": {"value", "max", "prompt_id",
+"node"}}`` on its websocket as a sampler steps. The simulator keeps the latest of those
+``data`` and also answers it as ``progress`` in ``GET /queue`` while the prompt runs (a
+REST stand-in for the websocket; a client that finds no ``progress`` there, as with a
+real ComfyUI, simply has none)."""
 
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ from .comfyui_run import ExecutionFailed, Interrupted, Runner
 from .common import fault, record, sim_log, slow_seconds
 
 APP = "comfyui"
+SLOW_STEPS = 25  # SONICSampler's inference_steps
 Queued = tuple[int, str, dict[str, Any], str, Validation]  # number, prompt id, graph, client id, validation
 
 
@@ -49,6 +57,7 @@ class ComfyUISim:
         self.files = itertools.count(1)
         self.interrupt = threading.Event()
         self.thread: threading.Thread | None = None
+        self.progress: dict[str, Any] | None = None  # the latest websocket "progress" data
 
     def next_file(self) -> int:
         return next(self.files)
@@ -80,6 +89,7 @@ class ComfyUISim:
             with self.cv:
                 self.history[prompt_id] = entry
                 self.running = None
+                self.progress = None
 
     def _execute(self, prompt_id: str, graph: dict[str, Any], checked: Validation) -> dict[str, Any]:
         started = [["execution_start", {"prompt_id": prompt_id, "timestamp": int(time.time() * 1000)}]]
@@ -87,8 +97,11 @@ class ComfyUISim:
             switch = fault(self.state, APP)
             if switch == "slow":
                 self.log.info("sim.slow", prompt_id=prompt_id, reason="fault switch 'slow' is on")
-                if self.interrupt.wait(slow_seconds(self.state)):
-                    raise Interrupted()
+                for step in range(SLOW_STEPS):
+                    with self.cv:
+                        self.progress = {"value": step, "max": SLOW_STEPS, "prompt_id": prompt_id, "node": "7"}
+                    if self.interrupt.wait(slow_seconds(self.state) / SLOW_STEPS):
+                        raise Interrupted()
             if switch == "exec_error":
                 raise ExecutionFailed("7", "SONICSampler", "torch.OutOfMemoryError",
                                       "CUDA out of memory. Tried to allocate 2.00 GiB (simulated fault)")
@@ -199,7 +212,11 @@ class ComfyUISim:
             with self.cv:
                 running = [list(self.running[:3]) + [{}, []]] if self.running else []
                 pending = [list(p[:3]) + [{}, []] for p in self.pending]
-            return {"queue_running": running, "queue_pending": pending}
+                progress = dict(self.progress) if self.progress and running else None
+            body: dict[str, Any] = {"queue_running": running, "queue_pending": pending}
+            if progress is not None:
+                body["progress"] = progress
+            return body
 
         @r.post("/queue")
         async def edit_queue(request: Request) -> Any:

@@ -48,8 +48,12 @@ def mount(app: Any, node_state: Any, media: Path) -> None:
         gr.mount_gradio_app(app, whisper_blocks(node_state, media), path="/whisper", allowed_paths=[str(media)])
 
 
-async def _maybe_slow(node_state: Any, app: str, log: Any) -> None:
-    """Raise for the "error" switch; sleep (cancellably) for "slow"."""
+SLOW_STEPS = 20  # the gr.Progress steps a "slow" job reports
+
+
+async def _maybe_slow(node_state: Any, app: str, log: Any, progress: Any = None) -> None:
+    """Raise for the "error" switch; sleep (cancellably) for "slow", reporting gr.Progress
+    steps as the real apps do (gradio_client sees them in Job.status().progress_data)."""
     switch = fault(node_state, app)
     if switch == "error":
         log.warning("sim.failing", reason="fault switch 'error' is on")
@@ -57,12 +61,15 @@ async def _maybe_slow(node_state: Any, app: str, log: Any) -> None:
     if switch == "slow":
         seconds = slow_seconds(node_state)
         log.info("sim.slow", seconds=seconds, reason="fault switch 'slow' is on")
-        await asyncio.sleep(seconds)
+        for step in range(SLOW_STEPS):
+            if progress is not None:
+                progress((step, SLOW_STEPS), desc="generating", unit="steps")
+            await asyncio.sleep(seconds / SLOW_STEPS)
 
 
-async def _cancellable(node_state: Any, app: str, log: Any, work: Any) -> Any:
+async def _cancellable(node_state: Any, app: str, log: Any, work: Any, progress: Any = None) -> Any:
     try:
-        await _maybe_slow(node_state, app, log)
+        await _maybe_slow(node_state, app, log, progress)
         return await asyncio.to_thread(work)
     except asyncio.CancelledError:
         record(node_state, app, "cancelled")
@@ -75,7 +82,8 @@ def csm_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
 
     async def generate_monologue_audio(monologue_json: str, speaker_voice: str, speaker_text: str,
                                        speaker_audio: str | None, temperature: float, topk: int,
-                                       max_audio_length: int, pause_duration: int) -> str:
+                                       max_audio_length: int, pause_duration: int,
+                                       progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008 - Gradio's idiom
         reference = synth.audio_shape(Path(speaker_audio)) if speaker_audio else None
         record(node_state, "csm", "request", endpoint="/generate_monologue_audio",
                monologue_json=monologue_json, speaker_voice=speaker_voice, speaker_text=speaker_text,
@@ -97,7 +105,7 @@ def csm_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
                      voice=speaker_voice, reason="simulated speech: a synthetic voiced buzz, not CSM")
             return str(dest)
 
-        return await _cancellable(node_state, "csm", log, work)
+        return await _cancellable(node_state, "csm", log, work, progress)
 
     with _blocks("CSM (simulated)") as demo:
         gr.Markdown("Simulated CSM text-to-speech (c3-render local simulator)")
@@ -122,7 +130,8 @@ def whisper_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
 
     async def transcribe_audio(audio_file: str | None, model: str, task: str, language: str, device: str,
                                compute_type: str, batch_size: int, vad_method: str, word_timestamps: bool,
-                               segment_resolution: str) -> tuple[str, list[str]]:
+                               segment_resolution: str,
+                               progress: gr.Progress = gr.Progress()) -> tuple[str, list[str]]:  # noqa: B008
         shape = synth.audio_shape(Path(audio_file)) if audio_file else None
         record(node_state, "whisper", "request", endpoint="/transcribe_audio", audio_file=shape,
                model=model, task=task, language=language, device=device, compute_type=compute_type,
@@ -140,7 +149,7 @@ def whisper_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
                      reason="simulated transcript: deterministic text, not Whisper")
             return text, [str(dest)]
 
-        return await _cancellable(node_state, "whisper", log, work)
+        return await _cancellable(node_state, "whisper", log, work, progress)
 
     with _blocks("Whisper (simulated)") as demo:
         gr.Markdown("Simulated WhisperX speech-to-text (c3-render local simulator)")
