@@ -18,7 +18,8 @@ from tests.support.harness import wait_until
 from tests.support.procs import ROOT
 from tests.test_e2e import system  # noqa: F401  (the same whole-system fixture, one per module)
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+# Not in the LocalStack profile: the CLI exercises the API, which test_e2e already covers there.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from tests.support.samples import SampleServer
 from worker_runtime.cancel import CancelToken
 from worker_runtime.gpu import GpuSettings, build_gpu_manager
 
-pytestmark = pytest.mark.integration
 
 REAL_TASKS = "worker_runtime.tasks:default_tasks"
 
