@@ -9,7 +9,9 @@ Reports medians of several runs (this machine is small and noisy):
 - the GPU fleet on the Comput3 simulator (infra/bench_gpu.py): cold-start overhead, billed/busy
   GPU seconds, makespan and launches per bad input on a bursty trace.
 
-BENCH_SECTIONS=api,dispatch,gpu (default: all) picks what runs.
+- the API features (infra/bench_api.py): Prefer: wait overhead, GET /jobs latency with 10,000 jobs.
+
+BENCH_SECTIONS=api,dispatch,features,gpu (default: all) picks what runs.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 SUBMISSIONS = int(os.environ.get("BENCH_SUBMISSIONS", "300"))
 DISPATCH_JOBS = int(os.environ.get("BENCH_DISPATCH_JOBS", "20"))
 MEMORY_JOBS = int(os.environ.get("BENCH_MEMORY_JOBS", "300"))
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "api,dispatch,gpu").split(","))
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "api,dispatch,features,gpu").split(","))
 
 
 def submissions_per_second(base: str, clients: int) -> float:
@@ -109,6 +111,10 @@ def main() -> int:
             report["submissions_per_s_median"] = medians
             report["api_vs_in_process_ratio"] = {
                 label: round(medians[label] / medians["in_process"], 2) for label in ("1_clients", "8_clients")}
+        if "features" in SECTIONS:
+            from infra.bench_api import features_report
+
+            report["features"] = features_report(work)
         if "gpu" in SECTIONS:
             from infra.bench_gpu import gpu_report
 
