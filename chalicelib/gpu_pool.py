@@ -7,9 +7,9 @@ pure decisions over a snapshot of it, acted on by conditional writes elsewhere:
                The spares kept are the instances furthest from their rental's end (the
                oldest goes first). Run by every worker's keeper thread (seconds) and by the
                API's scheduled gpu_reaper (every minute, when no worker runs).
-    scale-out  ``slots_to_launch``: when the queue holds more jobs than there are idle
-               instances and launches ahead, the lowest free slots for the difference
-               (within MAX_GPUS and the live workers). Every decider
+    scale-out  ``slots_to_launch``: when the queue holds more jobs that free workers will
+               take than there are idle instances and launches ahead, the lowest free
+               slots for the difference (within MAX_GPUS). Every decider
                picks the same slots from the same snapshot, and a slot's record is created
                with ``attribute_not_exists``, so deciders acting at once launch each
                instance once (no stampede). Run by the workers' keepers (every second,
@@ -104,19 +104,21 @@ def idle_to_stop(records: list[GpuRecord], demand: Demand | None, settings: Flee
 def slots_to_launch(records: list[GpuRecord], demand: Demand, max_gpus: int) -> tuple[list[int], str]:
     """The free slots to launch into now (lowest first, so deciders agree), and why.
 
-    Launched ahead: one instance per queued job (no worker holds it yet) that no idle
-    instance or launch ahead already covers, while running + launching instances stay
-    within MAX_GPUS and the live workers (an instance no worker can use only bills). A
-    job a worker holds is the worker's: it adopts an idle instance, waits for a launch
-    ahead, or launches its own."""
+    Launched ahead: one instance per queued job that a free worker (live, holding no job)
+    will take next and that no idle instance or launch ahead already covers, while
+    running + launching instances stay within MAX_GPUS. A job a worker already holds is
+    that worker's to cover (it adopts an idle instance, waits for a launch ahead, or
+    launches): counting it here too would race the worker into two launches for one job.
+    An instance beyond the workers that can use it only bills."""
     supply = [r for r in records if r.state in (LAUNCHING, RUNNING)]
     covering = [r for r in supply if r.idle or r.ahead]
-    cap = max_gpus if demand.workers is None else min(max_gpus, demand.workers)
-    missing = min(demand.queued - len(covering), cap - len(supply))
+    free_workers = demand.queued if demand.workers is None else max(0, demand.workers - demand.running)
+    takers = min(demand.queued, free_workers)
+    missing = min(takers - len(covering), max_gpus - len(supply))
     if missing <= 0:
         return [], ""
     taken = {r.slot for r in records}
     free = [k for k in range(max_gpus) if k not in taken][:missing]
-    why = (f"{demand}: {demand.queued} queued job(s) against {len(covering)} idle or launching ahead; "
-           f"{len(supply)} of at most {cap} instances running or launching (MAX_GPUS={max_gpus}, live workers)")
+    why = (f"{demand}: {takers} queued job(s) a free worker takes next, against {len(covering)} idle or "
+           f"launching ahead; {len(supply)} instance(s) running or launching (MAX_GPUS={max_gpus})")
     return free, why
