@@ -174,3 +174,38 @@ def test_a_job_arriving_in_the_surplus_window_reuses_an_idle_instance(penv, tmp_
                is JobStatus.SUCCESS for j in later)
     ledger = c3_sim.ledger()
     assert (ledger["launches"], ledger["stops"]) == (2, 0)
+
+
+@pytest.mark.integration
+def test_two_workers_launching_ahead_at_once_launch_each_instance_once(stack_env, c3_sim, monkeypatch):
+    from tests.support.fake_gpu_tasks import GPU_FAST
+    from worker_runtime.gpu import GpuManager, GpuSettings
+
+    env = {**stack_env, **GPU_FAST, **c3_sim.worker_env()}
+    ctx = Context(Settings(**env))
+    registry = GpuRegistry(ctx.dynamodb, ctx.settings.gpu_table, time.time)
+    demand = Demand(queued=5, running=0, workers=3)  # 3 free workers, 5 jobs queued: 3 instances
+    settings = GpuSettings(**env)
+    managers = [GpuManager(settings, settings.client(), registry, f"w{i}", demand=lambda: demand) for i in range(2)]
+    barrier = threading.Barrier(2)
+
+    def decide(m):
+        barrier.wait()
+        m._pool_pass()
+
+    threads = [threading.Thread(target=decide, args=(m,)) for m in managers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    idle = wait_until(lambda: len(r := [x for x in registry.all() if x.idle]) == 3 and r, 20)
+    assert all(r.ahead for r in idle) and sorted(r.slot for r in idle) == [0, 1, 2]
+    assert (c3_sim.ledger()["launch_requests"], c3_sim.ledger()["launches"]) == (3, 3)
+    for m in managers:  # covered now: another pass launches nothing
+        m._pool_pass()
+    assert c3_sim.ledger()["launches"] == 3
+    for m in managers:
+        m.shutdown()
+    for r in registry.all():
+        Reaper(settings.client(), registry, settings, "test", time.time, get_logger("test.pool")).stop(r, "test over")
+    assert wait_until(lambda: c3_sim.ledger()["running"] == 0, 10)

@@ -153,6 +153,7 @@ class GpuManager:
             monitors = list(self._monitors.values())
             self._monitors.clear()
             current, intent = self._current, self._intent
+            ahead = list(self._ahead)
         for monitor in monitors:
             monitor.stop()
         if current is not None:
@@ -161,6 +162,10 @@ class GpuManager:
             self.log.warning("gpu.launch_in_flight", record=intent.id,
                              reason="a launch is still in flight at shutdown; if it outlives this process, "
                                     "the scheduled gpu_reaper reaps its intent after GPU_OWNER_GRACE")
+        if ahead:
+            self.log.warning("gpu.pool_launch_in_flight", records=ahead,
+                             reason="launches ahead of the queue stop themselves once launched; if the process "
+                                    "exits first, the scheduled gpu_reaper reaps them after GPU_OWNER_GRACE")
         if self._keeper is not None:
             self._keeper.join(timeout=5)
         self.log.info("gpu.manager_stopped")
@@ -499,15 +504,14 @@ class GpuManager:
     def _scale_out(self, records: list[GpuRecord], demand: Demand) -> None:
         slots, why = slots_to_launch(records, demand, self.settings.max_gpus)
         expires = self._choose_expires(records)
-        for slot in slots:
+        for position, slot in enumerate(slots):
             if self._closed.is_set():
                 return
-            try:  # the same lowest free slots for every decider: one record, one launch, per slot
-                intent = self.registry.create_intent(self.worker_id, expires, self.settings.workload_type, slot,
-                                                     ahead=True)
+            try:  # the same lowest free slots (and expires) for every decider: one launch per slot
+                intent = self.registry.create_intent(self.worker_id, expires - position,
+                                                     self.settings.workload_type, slot, ahead=True)
             except SlotTaken:
                 continue
-            expires -= 1  # unique among this pass's launches too
             with self._lock:
                 self._ahead[intent.id] = intent
             self.log.info("gpu.pool_launching", record=intent.id, expires=intent.expires, reason=why)
