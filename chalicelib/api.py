@@ -218,11 +218,12 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         report = reconciler.run_once()
         return {"resent": report.resent, "failed": report.failed}
 
-    # Orphaned, idle-expired and past-lifetime GPU instances are stopped here, not by the
-    # workers: the worker service scales to zero, and what it leaves must still be stopped.
+    # Orphaned, idle-expired, surplus and past-lifetime GPU instances are stopped here too,
+    # not only by the workers: the worker service scales to zero, and what it leaves must
+    # still be stopped. The jobs queue's depth is the pool's demand (chalicelib/gpu_pool.py).
     @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
     def gpu_reaper(event: Any) -> dict[str, Any]:
-        return reap_gpus(ctx.registry, clock=ctx.clock)
+        return reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.jobs_queue, beacons=ctx.beacons)
 
     intake_handler = IntakeHandler(service, events, settings)
 

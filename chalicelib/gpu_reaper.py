@@ -19,7 +19,8 @@ import time
 from typing import Any, Callable
 
 from .comput3 import Comput3Client, Comput3Error, WorkloadNotFound
-from .gpu_registry import LAUNCHING, RUNNING, STOPPING, GpuRecord, GpuRegistry, RecordLost
+from .gpu_pool import Demand, demand_reader, idle_to_stop, read_demand
+from .gpu_registry import LAUNCHING, STOPPING, GpuRecord, GpuRegistry, RecordLost
 from .gpu_settings import FleetSettings
 from .logs import EventLogger, get_logger
 from .secrets import load_secrets
@@ -47,10 +48,11 @@ class Reaper:
 
     # -- stopping one record ----------------------------------------------------
     def claim(self, record: GpuRecord, reason: str) -> GpuRecord | None:
-        """Take responsibility for stopping ``record``; None if someone wrote to it first."""
+        """Take responsibility for stopping ``record``; None if someone wrote to it first.
+        An idle record is claimed only if it is still idle (no job took it meanwhile)."""
         try:
-            return self.registry.update(record, state=STOPPING, owner=self.worker_id, heartbeat=self.clock(),
-                                        busy=False, reason=reason)
+            return self.registry.update(record, require_idle=record.idle, state=STOPPING, owner=self.worker_id,
+                                        heartbeat=self.clock(), busy=False, reason=reason)
         except RecordLost as exc:
             self.log.info("gpu.claim_lost", record=record.id, workload=record.workload, reason=str(exc))
             return None
@@ -92,27 +94,25 @@ class Reaper:
 
     # -- looking for orphans ------------------------------------------------------
     def reason_to_reap(self, record: GpuRecord, now: float) -> str | None:
+        """Why a record nobody looks after must go (idle ones: the pool's ``idle_to_stop``)."""
         s = self.settings
-        # An idle instance needs no live owner (any worker may adopt it): only its idle
-        # time counts. A job, a launch or a stop in progress needs its owner alive.
+        # An idle instance needs no live owner (any worker may adopt it): only the pool's
+        # rules count. A job, a launch or a stop in progress needs its owner alive.
         if not record.idle and record.silent_for(now) > s.owner_grace:
             return (f"owner {record.owner} silent for {record.silent_for(now):.0f} s "
                     f"(GPU_OWNER_GRACE={s.owner_grace:g}) while {record.state}")
-        if record.state == RUNNING and not record.busy and record.last_used is not None \
-                and now - record.last_used > s.idle_timeout:
-            return f"idle for {now - record.last_used:.0f} s (GPU_IDLE_TIMEOUT={s.idle_timeout:g})"
-        if record.idle and record.age(now) >= s.refresh_after:
-            return f"idle and up for {record.age(now):.0f} s (GPU_REFRESH_AFTER={s.refresh_after:g})"
         if record.workload and record.expires <= now:
             return "its rental expired at Comput3"
         return None
 
-    def reap_pass(self) -> int:
+    def reap_pass(self, demand: Demand | None = None) -> int:
         """One look through the registry; returns how many records were stopped."""
         stopped = 0
         now = self.clock()
         live = self.live_ids()
-        for record in self.registry.all():
+        records = self.registry.all()
+        for_pool = {r.id: reason for r, reason in idle_to_stop(records, demand, self.settings, now)}
+        for record in records:
             if record.owner == self.worker_id:
                 if record.state == STOPPING:  # an earlier stop of ours failed
                     stopped += self.finish(record)
@@ -120,13 +120,29 @@ class Reaper:
                 if record.id in live:
                     continue
                 # Ours but no longer tracked (e.g. recording a launch failed): same rules.
-            reason = self.reason_to_reap(record, now)
+            reason = self.reason_to_reap(record, now) or for_pool.get(record.id)
             if reason is None:
                 continue
             self.log.warning("gpu.reaping", record=record.id, workload=record.workload, node=record.node,
-                             previous_owner=record.owner, state=record.state, reason=reason)
+                             previous_owner=record.owner, state=record.state, reason=reason,
+                             idle_for=self._idle_for(record, now))
             stopped += self.stop(record, reason)
         return stopped
+
+    def stop_idle(self, records: list[GpuRecord], demand: Demand | None) -> list[GpuRecord]:
+        """The pool's scale-in over ``records``: returns the records stopped."""
+        now = self.clock()
+        stopped = []
+        for record, reason in idle_to_stop(records, demand, self.settings, now):
+            self.log.info("gpu.pool_stopping", record=record.id, workload=record.workload, node=record.node,
+                          previous_owner=record.owner, idle_for=self._idle_for(record, now), reason=reason)
+            if self.stop(record, reason):
+                stopped.append(record)
+        return stopped
+
+    @staticmethod
+    def _idle_for(record: GpuRecord, now: float) -> float | None:
+        return round(now - record.last_used, 1) if record.idle and record.last_used is not None else None
 
     def sweep(self, expires: int, exclude_id: str) -> list[str]:
         """Stop running workloads launched with ``expires`` that no record knows: the answer
@@ -157,8 +173,9 @@ class Reaper:
 
 
 def reap_gpus(registry: GpuRegistry, settings: FleetSettings | None = None,
-              clock: Callable[[], float] = time.time) -> dict[str, Any]:
-    """One pass of the scheduled reaper (the API's ``gpu_reaper`` handler)."""
+              clock: Callable[[], float] = time.time, queue: Any = None, beacons: Any = None) -> dict[str, Any]:
+    """One pass of the scheduled reaper (the API's ``gpu_reaper`` handler); the jobs
+    ``queue`` (and worker ``beacons``) give the pool's demand (no queue: idle timeout only)."""
     log = get_logger("c3.gpu_reaper", worker=REAPER_ID)
     if settings is None:
         load_secrets(wanted=REAPER_SECRETS, required=tuple(REAPER_SECRETS))  # on AWS: from SSM
@@ -167,6 +184,7 @@ def reap_gpus(registry: GpuRegistry, settings: FleetSettings | None = None,
         log.warning("gpu.reaper_skipped", reason="C3_API_KEY is not set: no Comput3 account to reap")
         return {"stopped": 0, "skipped": "C3_API_KEY is not set"}
     reaper = Reaper(settings.client(), registry, settings, REAPER_ID, clock, log)
-    stopped = reaper.reap_pass()
-    log.info("gpu.reap_pass", stopped=stopped)
+    now_demand = demand_reader(lambda: read_demand(queue, beacons), log)() if queue is not None else None
+    stopped = reaper.reap_pass(now_demand)
+    log.info("gpu.reap_pass", stopped=stopped, demand=str(now_demand) if now_demand else None)
     return {"stopped": stopped}

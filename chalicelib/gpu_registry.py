@@ -56,6 +56,7 @@ class GpuRecord:
     busy: bool = False  # a job is running on it
     reason: str | None = None  # why it is being stopped
     serial: str = ""  # unique per record, while its id (the slot) is reused
+    ahead: bool = False  # launched by the pool ahead of the queue; no job has taken it yet
 
     @property
     def slot(self) -> int | None:
@@ -119,11 +120,13 @@ class GpuRegistry:
                                   ConsistentRead=True).get("Item")
         return GpuRecord.from_item(item) if item else None
 
-    def create_intent(self, owner: str, expires: int, workload_type: str, slot: int) -> GpuRecord:
+    def create_intent(self, owner: str, expires: int, workload_type: str, slot: int,
+                      ahead: bool = False) -> GpuRecord:
         """Take launch slot ``slot`` with a "launching" record; SlotTaken if it is in use."""
         now = self._clock()
         record = GpuRecord(id=f"{SLOT_PREFIX}{slot}", state=LAUNCHING, owner=owner, heartbeat=now, version=1,
-                           expires=expires, type=workload_type, created_at=now, serial=uuid.uuid4().hex)
+                           expires=expires, type=workload_type, created_at=now, serial=uuid.uuid4().hex,
+                           ahead=ahead)
         item = {k: v for k, v in asdict(record).items() if v is not None}
         item["expires_at"] = expires + RETAIN_AFTER_EXPIRY
         try:
@@ -135,9 +138,13 @@ class GpuRegistry:
             raise
         return record
 
-    def update(self, record: GpuRecord, **changes: Any) -> GpuRecord:
-        """Write ``changes`` if nobody wrote since ``record`` was read; returns the new record."""
+    def update(self, record: GpuRecord, require_idle: bool = False, **changes: Any) -> GpuRecord:
+        """Write ``changes`` if nobody wrote since ``record`` was read (and, with
+        ``require_idle``, if it is running with no job on it); returns the new record."""
         expr = _Expr()
+        if require_idle:
+            expr.conditions.append(f"{expr.name('state')} = {expr.value('running', RUNNING)}")
+            expr.conditions.append(f"{expr.name('busy')} = {expr.value('idle', False)}")
         new = replace(record, version=record.version + 1, **changes)
         for key, value in {**changes, "version": new.version}.items():
             if value is None:

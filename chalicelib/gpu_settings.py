@@ -37,6 +37,10 @@ class FleetSettings(BaseSettings):
     idle_timeout: float = Field(300.0, ge=0, validation_alias="GPU_IDLE_TIMEOUT")
     lifetime: int = Field(7200, ge=60, validation_alias="GPU_LIFETIME")
     refresh_after: float = Field(3600.0, gt=0, validation_alias="GPU_REFRESH_AFTER")
+    # The pool (chalicelib/gpu_pool.py): idle instances beyond the jobs waiting and these
+    # spares are stopped once idle GPU_SURPLUS_IDLE; the spares after GPU_IDLE_TIMEOUT.
+    warm_spares: int = Field(1, ge=0, validation_alias="GPU_WARM_SPARES")
+    surplus_idle: float = Field(30.0, ge=0, validation_alias="GPU_SURPLUS_IDLE")
     # Liveness of owners: a job, launch or stop whose owner is silent this long is taken over.
     heartbeat_interval: float = Field(30.0, gt=0, validation_alias="GPU_HEARTBEAT_INTERVAL")
     owner_grace: float = Field(120.0, gt=0, validation_alias="GPU_OWNER_GRACE")

@@ -1,18 +1,20 @@
 """`make bench`, GPU section: the GPU fleet on the Comput3 simulator with provider-like delays.
 
-    BENCH_GPU_LAUNCH / BENCH_GPU_BOOT   provider's launch answer and node boot, s (20 / 10)
-    BENCH_GPU_SCALE                     multiplies every provider time, the jobs' and the idle
-                                        timeout too (default 0.1: a launch of 2 s, a boot of 1 s),
-                                        so the figures that matter are ratios
-    BENCH_GPU_JOBS / BENCH_GPU_WORKERS  trace size (50) and worker counts ("1,3")
+    BENCH_GPU_LAUNCH / BENCH_GPU_BOOT   provider's launch answer and node boot, s (2 / 4)
+    BENCH_GPU_TASK                      each job's task time, s (5)
+    BENCH_GPU_SCALE                     multiplies every provider time, the jobs', the gap between
+                                        bursts and the idle timeouts too (default 0.1), so the
+                                        figures that matter are ratios
+    BENCH_GPU_JOBS / BENCH_GPU_WORKERS  trace size (30: 3 bursts of 10, 120 s apart) and worker
+                                        counts ("1,3")
+    BENCH_GPU_BAD_SHARE                 share of bad inputs that fail at once (0)
 
 Reported:
 - cold start: a job on an idle system, submitted -> finished, minus launch + boot: what our
   code adds to the provider's own delays (median of BENCH_RUNS);
-- a bursty trace (bursts of 10 jobs, 5-30 s each, ~10% bad inputs that fail at once): billed
-  GPU seconds against busy ones (the task time the jobs needed), makespan against the ideal
-  sum/N, and launches per bad input (instances stopped because a bad input failed its job,
-  each one relaunched by the next job).
+- a bursty trace (bursts of 10 jobs of BENCH_GPU_TASK s, 120 s apart): job latency p50/p95
+  (submitted -> finished), makespan, and billed GPU seconds against busy ones (the task time
+  the jobs needed), billed until every instance stopped (idle tails included: the bill).
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ from infra.local.simulator import SimulatorProcess
 from infra.local.stack import create_stack
 
 SCALE = float(os.environ.get("BENCH_GPU_SCALE", "0.1"))
-LAUNCH = float(os.environ.get("BENCH_GPU_LAUNCH", "20")) * SCALE
-BOOT = float(os.environ.get("BENCH_GPU_BOOT", "10")) * SCALE
-JOBS = int(os.environ.get("BENCH_GPU_JOBS", "50"))
+LAUNCH = float(os.environ.get("BENCH_GPU_LAUNCH", "2")) * SCALE
+BOOT = float(os.environ.get("BENCH_GPU_BOOT", "4")) * SCALE
+TASK = float(os.environ.get("BENCH_GPU_TASK", "5")) * SCALE
+JOBS = int(os.environ.get("BENCH_GPU_JOBS", "30"))
 WORKERS = [int(n) for n in os.environ.get("BENCH_GPU_WORKERS", "1,3").split(",")]
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-BURST, BURST_GAP, BAD_SHARE = 10, 60 * SCALE, 0.1
+BAD_SHARE = float(os.environ.get("BENCH_GPU_BAD_SHARE", "0"))
+BURST, BURST_GAP = 10, 120 * SCALE
 
 
 def trace(seed: int = 11) -> list[tuple[float, str, float]]:
@@ -53,8 +57,7 @@ def trace(seed: int = 11) -> list[tuple[float, str, float]]:
         if rng.random() < BAD_SHARE:
             out.append((at, "fail:bad input", 0.0))
         else:
-            seconds = round(rng.uniform(5, 30) * SCALE, 2)
-            out.append((at, f"sleep:{seconds}", seconds))
+            out.append((at, f"sleep:{TASK:g}", TASK))
     return out
 
 
@@ -66,7 +69,8 @@ class Fleet:
         self.env = {"JOBS_TABLE": f"{prefix}-jobs", "GPU_TABLE": f"{prefix}-gpus", "JOBS_QUEUE": f"{prefix}-jobs",
                     "JOBS_DLQ": f"{prefix}-dlq", "RESULTS_BUCKET": f"{prefix}-results", "LOG_LEVEL": "INFO",
                     "WORKER_TASKS": "tests.support.fake_gpu_tasks:fake_gpu_tasks", "RECEIVE_WAIT_SECONDS": "20",
-                    "OUTPUT_DIR": str(work / f"out-{name}"), "GPU_IDLE_TIMEOUT": str(300 * SCALE)}
+                    "OUTPUT_DIR": str(work / f"out-{name}"), "GPU_IDLE_TIMEOUT": str(300 * SCALE),
+                    "GPU_SURPLUS_IDLE": str(30 * SCALE)}
         settings = Settings(**self.env)
         create_stack(settings)
         self.ctx = Context(settings)
@@ -134,14 +138,21 @@ def run_trace(work: Path, workers: int) -> dict[str, Any]:
                 time.sleep(0.01)
             jobs.append((fleet.submit(script), script, seconds))
         done = fleet.finished([j for j, _, _ in jobs])
-        ledger = fleet.sim.ledger()  # billed so far: the fleet's cost up to the last result
+        at_last_result = fleet.sim.ledger()["billed_seconds"]
+        deadline = time.time() + 600 * SCALE + 120  # the idle tails: the spares' idle timeout
+        while (ledger := fleet.sim.ledger())["running"] and time.time() < deadline:
+            time.sleep(0.2)
         makespan = max(j.finished_at for j in done) - min(j.created_at for j in done)
+        latencies = sorted(j.finished_at - j.created_at for j in done)
         busy = sum(seconds for _, _, seconds in jobs)
         bad = sum(1 for _, script, _ in jobs if script.startswith("fail:"))
         failed_stops = [e for e in fleet.events("gpu.stopping") if "failed" in (e.get("reason") or "")
                         and "health" not in (e.get("reason") or "")]
         wrong = [j.id for j, (_, script, _) in zip(done, jobs) if (j.status.value == "success") == script.startswith("fail:")]
         return {"workers": workers, "jobs": len(jobs), "bad_inputs": bad, "unexpected_outcomes": len(wrong),
+                "p50_s": round(statistics.median(latencies), 2),
+                "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 2),
+                "still_running": ledger["running"], "billed_to_last_result_s": round(at_last_result, 1),
                 "launches": ledger["launches"], "stopped_after_bad_input": len(failed_stops),
                 "launches_per_bad_input": round(len(failed_stops) / bad, 2) if bad else None,
                 "billed_gpu_s": round(ledger["billed_seconds"], 1), "busy_gpu_s": round(busy, 1),
@@ -155,7 +166,8 @@ def run_trace(work: Path, workers: int) -> dict[str, Any]:
 def gpu_report(work: Path) -> dict[str, Any]:
     overheads = [cold_start(work, run) for run in range(RUNS)]
     return {
-        "provider": {"scale": SCALE, "launch_s": LAUNCH, "boot_s": BOOT},
+        "provider": {"scale": SCALE, "launch_s": LAUNCH, "boot_s": BOOT, "task_s": TASK,
+                     "burst_gap_s": BURST_GAP},
         "cold_start_overhead_s": {"median": round(statistics.median(overheads), 2),
                                   "max": round(max(overheads), 2),
                                   "per_launch_plus_boot": round(statistics.median(overheads) / (LAUNCH + BOOT), 2)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from chalicelib.context import Context
+from chalicelib.gpu_pool import read_demand
 
 from .manager import GpuError, GpuManager
 from .registry import GpuRegistry
@@ -16,4 +17,5 @@ def build_gpu_manager(ctx: Context, worker_id: str, settings: GpuSettings | None
     s = settings or GpuSettings()
     client = s.client()
     registry = GpuRegistry(ctx.dynamodb, ctx.settings.gpu_table, ctx.clock)
-    return GpuManager(s, client, registry, worker_id, clock=ctx.clock)
+    return GpuManager(s, client, registry, worker_id, clock=ctx.clock,
+                      demand=lambda: read_demand(ctx.jobs_queue, ctx.beacons))

@@ -11,9 +11,11 @@
     unwatch(job_id)
     release(job_id, node_fault)   the job's task has ended: idle again; stopped when the
                                   node failed it or the instance is past GPU_REFRESH_AFTER
-    maintain()                    starts the keeper thread (idle shutdown) and the
-                                  heartbeat thread (registry liveness); orphans are the
-                                  API's scheduled gpu_reaper's (chalicelib/gpu_reaper.py)
+    maintain()                    starts the keeper thread (the pool's scale-in and
+                                  scale-out, chalicelib/gpu_pool.py, every second or when
+                                  a job asks for an instance) and the heartbeat thread
+                                  (registry liveness); orphans are the API's scheduled
+                                  gpu_reaper's (chalicelib/gpu_reaper.py)
     shutdown()                    stops this worker's instance (SIGTERM, exit)
 
 Locking: ``_lock`` guards ``_current``/``_intent`` and every registry write about them,
@@ -30,6 +32,7 @@ from typing import Callable
 
 from botocore.exceptions import ClientError
 
+from chalicelib.gpu_pool import Demand, demand_reader, slots_to_launch
 from chalicelib.logs import EventLogger, get_logger
 
 from ..cancel import CancelToken
@@ -39,7 +42,7 @@ from ..stops import Stop
 from ..tasks.base import NodeFault, TaskError
 from .monitor import Listing, Monitor
 from .reaper import Reaper
-from .registry import RUNNING, GpuRecord, GpuRegistry, RecordLost, SlotTaken
+from .registry import LAUNCHING, RUNNING, GpuRecord, GpuRegistry, RecordLost, SlotTaken
 from .settings import GpuSettings
 
 
@@ -49,7 +52,8 @@ class GpuError(TaskError):
 
 class GpuManager:
     def __init__(self, settings: GpuSettings, client: Comput3Client, registry: GpuRegistry, worker_id: str,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 demand: Callable[[], Demand] | None = None):
         if not settings.c3_api_key:
             raise ValueError("C3_API_KEY is not set: GPU tasks need a Comput3.AI API key "
                              "(`make run` starts the local simulator and sets one)")
@@ -61,9 +65,13 @@ class GpuManager:
         self.rng = rng or random.Random()
         self.log = get_logger("c3.gpu", worker=worker_id)
         self.reaper = Reaper(client, registry, settings, worker_id, clock, self.log)
+        # The jobs queue's depth; without it the pool keeps to the idle timeout, launches nothing ahead.
+        self.demand: Callable[[], Demand | None] = demand_reader(demand, self.log) if demand else (lambda: None)
         self._lock = threading.RLock()
         self._current: GpuRecord | None = None  # this worker's launched instance
         self._intent: GpuRecord | None = None  # a launch in flight
+        self._ahead: dict[str, GpuRecord] = {}  # launches for the pool (no job yet), until they boot
+        self._nudge = threading.Event()  # wakes the keeper: a job wants an instance
         self._monitors: dict[str, Monitor] = {}  # by job id
         self._bound: dict[str, str] = {}  # job id -> workload, from acquire to release
         self._listing = Listing(lambda: [w.workload for w in client.workloads()], settings.health_interval)
@@ -87,6 +95,7 @@ class GpuManager:
         self.maintain()
         if self._closed.is_set():
             raise GpuError("the worker is shutting down; no GPU instance is launched")
+        self._nudge.set()  # the keeper looks at the queue now: more jobs may need instances
         with self._lock:
             held = [other for other in self._bound if other != job_id]
         if held:
@@ -147,6 +156,7 @@ class GpuManager:
             monitors = list(self._monitors.values())
             self._monitors.clear()
             current, intent = self._current, self._intent
+            ahead = list(self._ahead)
         for monitor in monitors:
             monitor.stop()
         if current is not None:
@@ -155,6 +165,10 @@ class GpuManager:
             self.log.warning("gpu.launch_in_flight", record=intent.id,
                              reason="a launch is still in flight at shutdown; if it outlives this process, "
                                     "the scheduled gpu_reaper reaps its intent after GPU_OWNER_GRACE")
+        if ahead:
+            self.log.warning("gpu.pool_launch_in_flight", records=ahead,
+                             reason="launches ahead of the queue stop themselves once launched; if the process "
+                                    "exits first, the scheduled gpu_reaper reaps them after GPU_OWNER_GRACE")
         if self._keeper is not None:
             self._keeper.join(timeout=5)
         self.log.info("gpu.manager_stopped")
@@ -203,7 +217,8 @@ class GpuManager:
                 if self._current is not None or self._closed.is_set():
                     return None
                 try:
-                    adopted = self.registry.update(record, owner=self.worker_id, busy=True, heartbeat=self.clock())
+                    adopted = self.registry.update(record, require_idle=True, owner=self.worker_id, busy=True,
+                                                   heartbeat=self.clock(), ahead=False)
                 except RecordLost:
                     continue  # another worker adopted or claimed it first
                 self._current = adopted
@@ -219,12 +234,18 @@ class GpuManager:
 
     def _launch(self, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> Node:
         s = self.settings
-        intent = self._claim_slot(self.registry.all())
-        while intent is None:  # all MAX_GPUS slots in use: the first to free up is ours
-            on_phase("waiting_for_gpu")
-            log.info("gpu.at_capacity", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
-                     reason="every launch slot is taken; waiting for an idle instance or a free slot")
-            if token.wait(s.capacity_poll):
+        records = self.registry.all()
+        booting = self._booting_for_pool(records)
+        intent = None if booting else self._claim_slot(records)
+        while intent is None:  # a pool launch is booting, or all MAX_GPUS slots are in use
+            on_phase("launching_gpu" if booting else "waiting_for_gpu")
+            if booting:
+                log.info("gpu.awaiting_pool_launch", records=booting, retry_in=s.boot_poll,
+                         reason="instances launched ahead of the queue are booting; the first idle one is taken")
+            else:
+                log.info("gpu.at_capacity", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
+                         reason="every launch slot is taken; waiting for an idle instance or a free slot")
+            if token.wait(s.boot_poll if booting else s.capacity_poll):
                 token.raise_if_cancelled()
             if self._closed.is_set():
                 raise GpuError("the worker is shutting down; no GPU instance is launched")
@@ -232,7 +253,8 @@ class GpuManager:
             node = self._adopt(records, token, log)
             if node is not None:
                 return node
-            intent = self._claim_slot(records)
+            booting = self._booting_for_pool(records)
+            intent = None if booting else self._claim_slot(records)
         on_phase("launching_gpu")
         log.info("gpu.launching", record=intent.id, workload_type=s.workload_type, expires=intent.expires,
                  reason="intent recorded first, so a crash mid-launch leaves a trace to reconcile")
@@ -252,7 +274,7 @@ class GpuManager:
         if self._closed.is_set():
             self._retire(record.workload, "the worker began shutting down during the launch")
             raise GpuError("the worker is shutting down; the new GPU instance was stopped")
-        problem = self._await_boot(record, token)
+        problem = self._await_boot(record, token.wait)
         self._idle_if_cancelled(record, token)
         if problem:
             self._retire(record.workload, f"failed its first health check: {problem}")
@@ -282,7 +304,7 @@ class GpuManager:
             return intent
         return None
 
-    def _await_boot(self, record: GpuRecord, token: CancelToken) -> str | None:
+    def _await_boot(self, record: GpuRecord, wait: Wait) -> str | None:
         """Poll the new node's own health URL until it answers (no control-plane calls),
         for up to GPU_BOOT_TIMEOUT: the job starts within GPU_BOOT_POLL of the boot."""
         s = self.settings
@@ -294,7 +316,7 @@ class GpuManager:
                 return None
             if time.monotonic() >= deadline:
                 return f"{problem} (still not ready after GPU_BOOT_TIMEOUT={s.boot_timeout:g} s)"
-            if token.wait(s.boot_poll):
+            if wait(s.boot_poll):
                 return None  # cancelled: the caller raises
 
     def _record_launch(self, workload: str, node: str) -> GpuRecord:
@@ -320,8 +342,10 @@ class GpuManager:
     def _abandon_intent(self, maybe_launched: bool, why: str) -> None:
         with self._lock:
             intent, self._intent = self._intent, None
-        if intent is None:
-            return
+        if intent is not None:
+            self._abandon(intent, maybe_launched, why)
+
+    def _abandon(self, intent: GpuRecord, maybe_launched: bool, why: str) -> None:
         if not maybe_launched:
             try:
                 self.registry.delete(intent)
@@ -394,6 +418,9 @@ class GpuManager:
             if exc.current is not None and exc.current.state == RUNNING:
                 self.log.info("gpu.handed_over", record=record.id, workload=record.workload,
                               reason=f"{exc}: another worker adopted it while it sat idle")
+            elif record.idle:
+                self.log.info("gpu.stopped_by_pool", record=record.id, workload=record.workload,
+                              reason=f"{exc}: the pool stopped it while it sat idle")
             else:
                 self.log.error("gpu.lost", record=record.id, workload=record.workload,
                                reason=f"{exc}: another worker took it over while this one was silent")
@@ -419,12 +446,17 @@ class GpuManager:
         return claimed is not None and self.reaper.finish(claimed)
 
     def _keep(self) -> None:
-        """The keeper thread: stops this worker's instance once idle past GPU_IDLE_TIMEOUT.
-        Stopping may take long (a slow Comput3); heartbeats have their own thread."""
+        """The keeper thread: the pool's scale-in and scale-out (chalicelib/gpu_pool.py)
+        every tick, and at once when a job asks for an instance. Stopping may take long
+        (a slow Comput3); heartbeats have their own thread."""
         s = self.settings
-        tick = max(0.05, min(1.0, s.idle_timeout / 4 if s.idle_timeout else 1.0))
-        while not self._closed.wait(tick):
-            self._safely(self._idle_check, "idle check")
+        tick = max(0.05, min(2.0, s.surplus_idle / 4, s.idle_timeout / 4))
+        while not self._closed.is_set():
+            self._nudge.wait(tick)
+            self._nudge.clear()
+            if self._closed.is_set():
+                return
+            self._safely(self._pool_pass, "pool pass")
 
     def _beat(self) -> None:
         """The heartbeat thread: only short registry writes, so no stop, launch or health
@@ -448,22 +480,93 @@ class GpuManager:
                 except RecordLost as exc:
                     self._intent = None
                     self.log.error("gpu.intent_lost", reason=f"{exc}: another worker is reconciling it")
+            for record_id, record in list(self._ahead.items()):
+                try:
+                    self._ahead[record_id] = self.registry.update(record, heartbeat=self.clock())
+                except RecordLost as exc:
+                    del self._ahead[record_id]
+                    self.log.error("gpu.intent_lost", reason=f"{exc}: another worker is reconciling it")
 
-    def _idle_check(self) -> None:
+    def _pool_pass(self) -> None:
+        demand = self.demand()
+        records = self.registry.all()
+        stopped = self.reaper.stop_idle(records, demand)
+        if stopped:
+            with self._lock:
+                if self._current is not None and any(r.serial == self._current.serial for r in stopped):
+                    self._current = None
+        if demand is not None:
+            self._scale_out([r for r in records if r not in stopped], demand)
+
+    # -- launching ahead of the queue ----------------------------------------------
+    def _booting_for_pool(self, records: list[GpuRecord]) -> list[str]:
+        """Pool launches not yet idle whose launcher is alive: a job waits for one of
+        these rather than launch another instance."""
+        now = self.clock()
+        return [r.id for r in records if r.ahead and not r.idle and r.state in (LAUNCHING, RUNNING)
+                and r.silent_for(now) <= self.settings.owner_grace]
+
+    def _scale_out(self, records: list[GpuRecord], demand: Demand) -> None:
+        slots, why = slots_to_launch(records, demand, self.settings.max_gpus)
+        expires = self._choose_expires(records)
+        for position, slot in enumerate(slots):
+            if self._closed.is_set():
+                return
+            try:  # the same lowest free slots (and expires) for every decider: one launch per slot
+                intent = self.registry.create_intent(self.worker_id, expires - position,
+                                                     self.settings.workload_type, slot, ahead=True)
+            except SlotTaken:
+                continue
+            with self._lock:
+                self._ahead[intent.id] = intent
+            self.log.info("gpu.pool_launching", record=intent.id, expires=intent.expires, reason=why)
+            threading.Thread(target=self._safely, args=(lambda i=intent: self._launch_ahead(i), "pool launch"),
+                             name=f"gpu-launch-{slot}", daemon=True).start()
+
+    def _launch_ahead(self, intent: GpuRecord) -> None:
+        """Launch, record and boot one instance for the pool, then leave it idle for any job."""
+        try:
+            launch = self.client.launch(self.settings.workload_type, intent.expires, wait=self._closed.wait)
+        except Comput3Error as exc:
+            with self._lock:
+                intent = self._ahead.pop(intent.id, intent)
+            self.log.error("gpu.launch_failed", record=intent.id, error=str(exc), reason="pool launch")
+            self._abandon(intent, getattr(exc, "maybe_launched", False), str(exc))
+            return
+        now = self.clock()
+        workload, node = launch.workload.workload, launch.workload.node
         with self._lock:
-            record = self._current
-            if record is None or record.busy or record.last_used is None:
+            try:
+                record = self.registry.update(self._ahead.pop(intent.id, intent), state=RUNNING, workload=workload,
+                                              node=node, launched_at=now, last_used=now, busy=True, heartbeat=now)
+                self._ahead[record.id] = record
+            except RecordLost as exc:
+                record = None
+                lost = str(exc)
+        if record is None:
+            self.log.error("gpu.launch_unrecorded", workload=workload, reason=lost)
+            self.client.stop(workload)
+            return
+        self.log.info("gpu.launched", record=record.id, workload=workload, node=node,
+                      launch_attempts=launch.attempts, expires=record.expires, reason="pool launch")
+        if launch.maybe_duplicated:
+            self._sweep_duplicates(record)
+        problem = self._await_boot(record, self._closed.wait)
+        if self._closed.is_set():
+            problem = "the worker began shutting down during the launch"
+        with self._lock:
+            record = self._ahead.pop(record.id, record)
+            if problem is None:
+                now = self.clock()
+                try:
+                    self.registry.update(record, busy=False, last_used=now, heartbeat=now)
+                except RecordLost as exc:
+                    self.log.info("gpu.pool_launch_lost", record=record.id, workload=workload, reason=str(exc))
+                    return
+                self.log.info("gpu.ready", workload=workload, node=node, boot_seconds=round(now - record.created_at, 2),
+                              reason="launched ahead of the queue; idle for whichever job comes first")
                 return
-            idle = self.clock() - record.last_used
-            if idle < self.settings.idle_timeout:
-                return
-            # Decided under the lock: acquire() cannot mark it busy in between.
-            self._current = None
-            reason = f"idle for {idle:.0f} s (GPU_IDLE_TIMEOUT={self.settings.idle_timeout:g})"
-            claimed = self.reaper.claim(record, reason)
-        self.log.info("gpu.stopping", workload=record.workload, node=record.node, reason=reason)
-        if claimed is not None:
-            self.reaper.finish(claimed)
+        self.reaper.stop(record, f"pool launch not ready: {problem}")
 
 
 def _no_phase(phase: str) -> None:
