@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 import requests
+from botocore.exceptions import EndpointConnectionError
 from chalice.test import Client
 
 from chalicelib.api import create_app
@@ -13,7 +14,6 @@ from chalicelib.context import Context
 from chalicelib.models import JobStatus
 from chalicelib.outbox import Reconciler
 from chalicelib.settings import Settings
-from infra.local.stack import create_stack
 
 pytestmark = pytest.mark.integration
 
@@ -202,24 +202,33 @@ def test_idempotency_key(client):
     assert other != first
 
 
-def test_queue_send_failure_keeps_the_job_and_the_reconciler_sends_it(client, keyed_ctx, stack_env):
+def test_queue_send_failure_keeps_the_job_and_the_reconciler_sends_it(client, keyed_ctx):
     sqs = keyed_ctx.sqs
-    sqs.delete_queue(QueueUrl=keyed_ctx.jobs_queue.url)
-    h = {**K1, "Idempotency-Key": "send-fails"}
-    resp = post(client, "/csm", CSM, h)
-    # The record is the commitment: the job is accepted and owed its message.
-    assert resp.status_code == 200
-    out = body_of(resp)
-    job = keyed_ctx.store.get(out["id"])
-    assert (job.status, job.outbox) == (JobStatus.QUEUED, "dispatch")
-    # A retry with the same key while SQS is still down finds the same queued job.
-    again = post(client, "/csm", CSM, h)
-    assert again.status_code == 200 and body_of(again) == out
-    create_stack(Settings(**stack_env))  # SQS is back
+    jobs_url = keyed_ctx.jobs_queue.url
+
+    def sqs_down(params, **_):  # every send to the jobs queue fails, as in an SQS outage
+        if params.get("QueueUrl") == jobs_url:
+            raise EndpointConnectionError(endpoint_url=jobs_url)
+
+    sqs.meta.events.register("before-parameter-build.sqs.SendMessage", sqs_down)
+    try:
+        h = {**K1, "Idempotency-Key": "send-fails"}
+        resp = post(client, "/csm", CSM, h)
+        # The record is the commitment: the job is accepted and owed its message.
+        assert resp.status_code == 200
+        out = body_of(resp)
+        job = keyed_ctx.store.get(out["id"])
+        assert (job.status, job.outbox) == (JobStatus.QUEUED, "dispatch")
+        # A retry with the same key while SQS is still down finds the same queued job.
+        again = post(client, "/csm", CSM, h)
+        assert again.status_code == 200 and body_of(again) == out
+        assert sqs.receive_message(QueueUrl=jobs_url, WaitTimeSeconds=0).get("Messages", []) == []
+    finally:
+        sqs.meta.events.unregister("before-parameter-build.sqs.SendMessage", sqs_down)  # SQS is back
     later = Context(keyed_ctx.settings, clock=lambda: time.time() + keyed_ctx.settings.outbox_grace + 1)
     reconciler = Reconciler(later.store, keyed_ctx.outbox, later.clock, 30, 900)
     assert reconciler.run_once().resent["dispatch"] == 1
-    got = sqs.receive_message(QueueUrl=keyed_ctx.jobs_queue.url, WaitTimeSeconds=1)["Messages"]
+    got = sqs.receive_message(QueueUrl=jobs_url, WaitTimeSeconds=1)["Messages"]
     assert [json.loads(m["Body"])["id"] for m in got] == [out["id"]]
     # Re-sent once, then postponed: the next pass sends nothing.
     assert reconciler.run_once().resent["dispatch"] == 0
