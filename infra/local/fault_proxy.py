@@ -30,6 +30,11 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
               "trailer", "proxy-authenticate", "proxy-authorization"}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that went away mid-answer (a SIGKILLed worker) is part of the tests
+
+
 @dataclass
 class Rule:
     """Which calls to break and how. ``times`` caps how many (None: unbounded);
@@ -90,7 +95,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.stall_timeout = stall_timeout
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server = _QuietServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
 
