@@ -66,8 +66,9 @@ class Settings(EgressSettings):
     public_api_url: str | None = Field(None, validation_alias="PUBLIC_API_URL")
     # Signs result links (GET /results/{id}); unset: WEBHOOK_SECRET; neither: no result links.
     result_link_secret: str | None = Field(None, validation_alias="RESULT_LINK_SECRET")
-    # Fair use: queued + running jobs one key may have (429 above); 0 = no cap.
-    max_in_flight_per_key: int = Field(100, ge=0, validation_alias="MAX_IN_FLIGHT_PER_KEY")
+    # Fair use: queued + running jobs one key may have (429 above); 0 = no cap. The AWS
+    # template sets 100 (one small indexed count per submission there; moto scans for it).
+    max_in_flight_per_key: int = Field(0, ge=0, validation_alias="MAX_IN_FLIGHT_PER_KEY")
 
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
 
