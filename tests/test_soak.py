@@ -9,9 +9,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import procs
 
 
+@pytest.mark.timeout(600)  # the run is bounded by its own --timeout; this is the backstop
 def test_short_soak_loses_nothing_and_sends_each_webhook_once(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "infra.soak", "--jobs", "100", "--workers", "3", "--kill-every", "15",
