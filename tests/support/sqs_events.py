@@ -37,8 +37,5 @@ def drain(sqs: Any, queue: str) -> list[dict[str, Any]]:
 
 def depth(sqs: Any, queue: str) -> int:
     """Visible plus in-flight messages: zero means the queue holds nothing at all."""
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=Queue(sqs, queue).url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+    counts = Queue(sqs, queue).depth()
+    return counts["messages"] + counts["in_flight"]
