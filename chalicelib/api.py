@@ -13,7 +13,7 @@ from .auth import authenticate
 from .context import Context
 from .dead_letters import handle_dead_letters
 from .delivery import DeliveryHandler
-from .errors import C3RenderError, Forbidden, NotFound, PayloadTooLarge
+from .errors import C3RenderError, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from .events import EventPublisher
 from .gpu_reaper import reap_gpus
 from .health import HealthReport
@@ -22,7 +22,8 @@ from .intake import IntakeHandler
 from .jobs import JobService, parse_job_id
 from .json_body import parse_json
 from .logs import configure, get_logger
-from .models import JobStatus, JobType
+from .metrics import METRICS
+from .models import KNOWN_FIELDS, JobStatus, JobType
 from .openapi import openapi_document
 from .outbox import Reconciler
 from .waiting import preferred_wait, wait_final
@@ -78,6 +79,8 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
                 out = fn(*args, **kwargs)
                 return out if isinstance(out, Response) else _json_response(out)
             except C3RenderError as exc:
+                if isinstance(exc, (InvalidRequest, PayloadTooLarge)):
+                    METRICS.bad_input((d["field"] for d in exc.details), "http", KNOWN_FIELDS)
                 return _json_response(exc.to_body(), exc.status_code, exc.headers)
             except (ClientError, BotoCoreError) as exc:
                 log.error("api.backend_error", exc_info=True, reason=str(exc))

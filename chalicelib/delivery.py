@@ -27,6 +27,7 @@ from .events import EventPublisher
 from .job import Job
 from .links import ResultLinks
 from .logs import get_logger
+from .metrics import METRICS
 from .outbox import Outbox
 from .results import ResultStore
 from .store import NOTIFY, JobStore
@@ -117,6 +118,7 @@ class DeliveryHandler:
         now = self.clock()
         interval = self.webhooks.interval
         if ok:
+            METRICS.webhook("delivered", job.id, hook.event)
             fields[name] = "delivered"
             self._record(hook, job.id, fields, done=event_done, next_at=now + self.grace,
                          remove=[f"{name}_lease", f"{name}_error"])
@@ -126,9 +128,11 @@ class DeliveryHandler:
             fields[name] = "failed"
             self._record(hook, job.id, fields, done=event_done, next_at=now + self.grace,
                          remove=[f"{name}_lease"])
+            METRICS.webhook("gave_up", job.id, hook.event)
             log.warning("webhook.gave_up", job_id=job.id, hook=hook.event, attempts=attempt, last_error=outcome,
                         reason="no 2xx answer after every attempt; the job's status is unchanged")
             return "failed"
+        METRICS.webhook("refused", job.id, hook.event)
         # The next attempt: no sooner than most of an interval (even for a duplicate
         # message), and due for the reconciler should the delayed message be lost.
         fields[f"{name}_lease"] = now + interval * 0.8

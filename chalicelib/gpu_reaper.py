@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .comput3 import Comput3Client, Comput3Error, WorkloadNotFound
 from .gpu_pool import Demand, demand_reader, idle_to_stop, read_demand
+from .gpu_meter import meter_pass, meter_stopped
 from .gpu_registry import LAUNCHING, STOPPING, GpuRecord, GpuRegistry, RecordLost
 from .gpu_settings import FleetSettings
 from .logs import EventLogger, get_logger
@@ -71,7 +72,7 @@ class Reaper:
                                   reason="Comput3 no longer knows the workload (stopped or expired)")
             else:
                 unrecorded = self.sweep(record.expires, exclude_id=record.id)
-            self.registry.delete(record)
+            meter_stopped(self.registry.delete(record), self.clock())
         except RecordLost as exc:
             self.log.info("gpu.stop_handed_over", record=record.id, reason=str(exc))
             return False
@@ -127,6 +128,7 @@ class Reaper:
                              previous_owner=record.owner, state=record.state, reason=reason,
                              idle_for=self._idle_for(record, now))
             stopped += self.stop(record, reason)
+        meter_pass(self.registry, records, self.clock())  # the stopped ones fail its condition
         return stopped
 
     def stop_idle(self, records: list[GpuRecord], demand: Demand | None) -> list[GpuRecord]:

@@ -57,6 +57,7 @@ class GpuRecord:
     reason: str | None = None  # why it is being stopped
     serial: str = ""  # unique per record, while its id (the slot) is reused
     ahead: bool = False  # launched by the pool ahead of the queue; no job has taken it yet
+    metered_at: float | None = None  # billed time up to here is counted in GpuBilledSeconds
 
     @property
     def slot(self) -> int | None:
@@ -161,14 +162,39 @@ class GpuRegistry:
             raise
         return new
 
-    def delete(self, record: GpuRecord) -> None:
+    def delete(self, record: GpuRecord) -> GpuRecord:
+        """Delete the record if unchanged since read; returns it as it was at deletion
+        (its ``metered_at`` may be newer than the copy read: metering does not bump the version)."""
         try:
-            self._ddb.delete_item(TableName=self.table, Key={"id": {"S": record.id}},
-                                  ConditionExpression="#v = :v AND #s = :s",
-                                  ExpressionAttributeNames={"#v": "version", "#s": "serial"},
-                                  ExpressionAttributeValues={":v": {"N": str(record.version)},
-                                                             ":s": {"S": record.serial}})
+            resp = self._ddb.delete_item(TableName=self.table, Key={"id": {"S": record.id}},
+                                         ConditionExpression="#v = :v AND #s = :s",
+                                         ExpressionAttributeNames={"#v": "version", "#s": "serial"},
+                                         ExpressionAttributeValues={":v": {"N": str(record.version)},
+                                                                    ":s": {"S": record.serial}},
+                                         ReturnValues="ALL_OLD")
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 raise RecordLost(record.id, self.get(record.id)) from None
             raise
+        old = resp.get("Attributes")
+        return GpuRecord.from_item(old) if old else record
+
+    def meter(self, record: GpuRecord, until: float) -> bool:
+        """Move the record's ``metered_at`` to ``until`` if nobody metered it since ``record``
+        was read; True if this call did (and so counts the seconds in between). It leaves
+        ``version`` alone: metering must never make an owner think its record was taken."""
+        expr = _Expr()
+        metered = expr.name("metered_at")
+        if record.metered_at is None:
+            expr.conditions.append(f"attribute_not_exists({metered})")
+        else:
+            expr.conditions.append(f"{metered} = {expr.value('seen', record.metered_at)}")
+        expr.conditions.append(f"{expr.name('serial')} = {expr.value('serial', record.serial)}")
+        expr.set("metered_at", until)
+        try:
+            self._ddb.update_item(TableName=self.table, Key={"id": {"S": record.id}}, **expr.kwargs())
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True

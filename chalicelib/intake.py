@@ -32,7 +32,8 @@ from .events import EventPublisher, rejected_event
 from .jobs import JobService
 from .json_body import parse_json
 from .logs import get_logger
-from .models import JobType, validation_details
+from .metrics import METRICS
+from .models import KNOWN_FIELDS, JobType, validation_details
 from .settings import Settings
 
 log = get_logger("c3.intake")
@@ -173,6 +174,7 @@ class IntakeHandler:
                                rej.idempotency_key)
         log.warning("intake.rejected", message_id=message_id, error=rej.error, details=rej.details,
                     reason="no job created; the message is deleted, not retried")
+        METRICS.bad_input((d["field"] for d in rej.details), "intake", KNOWN_FIELDS)
         if rej.reply_to:
             try:
                 self.events.rejected(event, rej.reply_to)

@@ -45,6 +45,11 @@ class EventLogger:
         self._logger = logging.getLogger(name)
         self._bound = bound
 
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The fields bound to every line (job id, worker, ...)."""
+        return dict(self._bound)
+
     def bind(self, **fields: Any) -> "EventLogger":
         return EventLogger(self._logger.name, **{**self._bound, **fields})
 

@@ -246,6 +246,16 @@ class StatusUpdate(BaseModel):
     )
 
 
+# Every name a bad-input error may blame: the request models' fields plus the headers,
+# query parameters and intake fields the API checks. The BadInputRejections metric's
+# "field" dimension keeps to these (anything else counts as "other").
+KNOWN_FIELDS: frozenset[str] = frozenset(
+    {name for model in (*REQUEST_MODELS.values(), StatusUpdate) for name in model.model_fields}
+    | {"body", "params", "id", "type", "status", "limit", "cursor", "token", "method", "Content-Type",
+       "Prefer", "Idempotency-Key", "X-C3-RENDER-KEY", "idempotency_key", "reply_to"}
+)
+
+
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     details = []
     for err in exc.errors(include_url=False):

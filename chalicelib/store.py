@@ -15,6 +15,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from .job import Job
+from .metrics import METRICS, Metrics
 from .models import JobStatus, sources_of
 
 # The outbox index: a sparse GSI over the jobs that are owed a message (see outbox.py).
@@ -121,8 +122,9 @@ class _Expr:
 
 class JobStore:
     def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float],
-                 outbox_grace: float = 30.0):
+                 outbox_grace: float = 30.0, metrics: Metrics = METRICS):
         self._ddb = dynamodb
+        self.metrics = metrics
         self._table = table
         self._clock = clock
         self.outbox_grace = outbox_grace
@@ -156,6 +158,7 @@ class JobStore:
             if _is_condition_failure(exc):
                 raise JobExists(self._old_or_fetch(exc, job.id)) from exc
             raise
+        self.metrics.job_submitted(job)
 
     def delete(self, job_id: str) -> None:
         self._ddb.delete_item(TableName=self._table, Key={"id": {"S": job_id}})
@@ -200,7 +203,10 @@ class JobStore:
             else:
                 expr.set(attr, value)
         expr.removes.extend(remove)
-        return self._update(job_id, target, expr)
+        job = self._update(job_id, target, expr)
+        if target.is_terminal:
+            self.metrics.job_finished(job)  # once: only the winner of the final write gets here
+        return job
 
     def claim(self, job_id: str, worker: str, lease_seconds: float, start_webhook: bool = False) -> Job:
         """queued -> running, or take over a running job whose lease lapsed.
@@ -289,7 +295,9 @@ class JobStore:
             expr.set(attr, value)
         expr.removes.extend(["lease_expires", "inflight_owner"])
         self._owe(expr, NOTIFY, now + self.outbox_grace)
-        return self._update(job_id, JobStatus.FAILED, expr)
+        job = self._update(job_id, JobStatus.FAILED, expr)
+        self.metrics.job_finished(job)
+        return job
 
     # -- the outbox ---------------------------------------------------------
     @staticmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .gpu_registry import STATE_INDEX
+from .metrics import METRICS
 from .store import decode_item
 
 STATE = "worker"
@@ -31,6 +32,7 @@ class WorkerBeacons:
             "id": {"S": f"worker#{worker_id}"}, "state": {"S": STATE}, "worker": {"S": worker_id},
             "heartbeat": {"N": repr(now)}, "expires_at": {"N": str(int(now + 86400))}})
         self._last[worker_id] = now
+        METRICS.heartbeat(worker_id)
         return True
 
     def gone(self, worker_id: str) -> None:

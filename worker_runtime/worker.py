@@ -162,6 +162,7 @@ class Worker:
         if job.status is JobStatus.QUEUED and self.clock() >= job.complete_by:
             self.skip_expired(job, lease, log)
             return
+        takeover = job.status is JobStatus.RUNNING  # a claim of a running job: its lease had lapsed
         try:
             job = self.aws("claim", self.ctx.store.claim, job_id, self.settings.worker_id,
                            self.settings.lease_seconds, job.wants_webhook("start"))
@@ -176,7 +177,8 @@ class Worker:
         if job.start_webhook == "pending":
             self.outbox.try_send(NOTIFY, job)  # lost, it is still delivered before the final one
         queue_wait = round(job.started_at - job.created_at, 3) if job.started_at else None
-        log.info("job.claimed", queue_wait=queue_wait, receive_count=message.receive_count)
+        log.info("job.claimed", queue_wait=queue_wait, receive_count=message.receive_count, takeover=takeover)
+        self.ctx.store.metrics.job_claimed(job, takeover)
         if job.attempts > self.settings.max_attempts:
             self.finish(job, Outcome(error=ATTEMPTS_ERROR.format(attempts=job.attempts - 1,
                                                                  limit=self.settings.max_attempts)),
@@ -334,6 +336,7 @@ class Worker:
                     and current.status is status and current.finished_at:
                 # A retried write whose first try had landed: it is ours after all.
                 final = current
+                self.ctx.store.metrics.job_finished(final)  # the store counts only the writes it saw land
             else:
                 state = current.status.value if current else "missing"
                 log.info("job.final_write_lost", wanted=status.value, state=state,

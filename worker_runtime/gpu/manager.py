@@ -34,6 +34,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.gpu_pool import Demand, demand_reader, slots_to_launch
 from chalicelib.logs import EventLogger, get_logger
+from chalicelib.metrics import METRICS
 
 from ..cancel import CancelToken
 from ..comput3 import Comput3Client, Comput3Error, LaunchAborted, Wait, with_attempts
@@ -265,7 +266,9 @@ class GpuManager:
             if isinstance(exc, LaunchAborted):
                 token.raise_if_cancelled()
             log.error("gpu.launch_failed", error=str(exc))
+            METRICS.gpu_launch(False, job_id=log.fields.get("job_id"), error=str(exc)[:200])
             raise GpuError(str(exc)) from None
+        METRICS.gpu_launch(True, workload=launch.workload.workload, job_id=log.fields.get("job_id"))
         record = self._record_launch(launch.workload.workload, launch.workload.node)
         log.info("gpu.launched", record=record.id, workload=record.workload, node=record.node,
                  launch_attempts=launch.attempts, expires=record.expires)
@@ -277,6 +280,7 @@ class GpuManager:
         problem = self._await_boot(record, token.wait)
         self._idle_if_cancelled(record, token)
         if problem:
+            METRICS.gpu_launch(False, workload=record.workload, error=f"health check: {problem}"[:200])
             self._retire(record.workload, f"failed its first health check: {problem}")
             raise GpuError(f"New GPU instance {record.workload} on {record.node} failed its health check "
                            f"after launch ({problem}); it was stopped")
@@ -327,7 +331,8 @@ class GpuManager:
                 if intent is None:
                     raise RecordLost("launch intent", None)
                 self._current = self.registry.update(intent, state=RUNNING, workload=workload, node=node,
-                                                     launched_at=now, last_used=now, busy=True, heartbeat=now)
+                                                     launched_at=now, last_used=now, busy=True, heartbeat=now,
+                                                     metered_at=now)
                 return self._current
             except RecordLost as exc:
                 lost = exc
@@ -531,14 +536,17 @@ class GpuManager:
             with self._lock:
                 intent = self._ahead.pop(intent.id, intent)
             self.log.error("gpu.launch_failed", record=intent.id, error=str(exc), reason="pool launch")
+            METRICS.gpu_launch(False, error=str(exc)[:200], pool=True)
             self._abandon(intent, getattr(exc, "maybe_launched", False), str(exc))
             return
         now = self.clock()
         workload, node = launch.workload.workload, launch.workload.node
+        METRICS.gpu_launch(True, workload=workload, pool=True)
         with self._lock:
             try:
                 record = self.registry.update(self._ahead.pop(intent.id, intent), state=RUNNING, workload=workload,
-                                              node=node, launched_at=now, last_used=now, busy=True, heartbeat=now)
+                                              node=node, launched_at=now, last_used=now, busy=True, heartbeat=now,
+                                              metered_at=now)
                 self._ahead[record.id] = record
             except RecordLost as exc:
                 record = None
@@ -566,6 +574,7 @@ class GpuManager:
                 self.log.info("gpu.ready", workload=workload, node=node, boot_seconds=round(now - record.created_at, 2),
                               reason="launched ahead of the queue; idle for whichever job comes first")
                 return
+        METRICS.gpu_launch(False, workload=workload, error=f"pool launch not ready: {problem}"[:200], pool=True)
         self.reaper.stop(record, f"pool launch not ready: {problem}")
 
 
