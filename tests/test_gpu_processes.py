@@ -13,7 +13,7 @@ import pytest
 from chalicelib.context import Context
 from chalicelib.models import JobStatus
 from chalicelib.settings import Settings
-from tests.support import procs
+from tests.support import emf, procs
 from tests.support.fake_gpu_tasks import GPU_FAST
 from tests.support.harness import start_worker_process, submit, task_events, wait_until
 from worker_runtime.gpu.registry import LAUNCHING, RUNNING, GpuRegistry
@@ -96,6 +96,15 @@ def test_workers_scaled_to_zero_the_scheduled_reaper_stops_what_they_left(penv, 
         assert entry["billed_seconds"] < 120
     wait_until(lambda: registry(penv).all() == [], 10)  # deleted just after Comput3 confirms
     assert "gpu.reaping" in (tmp_path / "poller.log").read_text()
+    # The metrics add up to the bill: launches from the workers, billed seconds metered by the
+    # reaper's passes and stops (each second once), idle seconds since the jobs ended.
+    points = emf.read(tmp_path / "a.log", tmp_path / "b.log", tmp_path / "poller.log")
+    assert sum(p.value for p in emf.named(points, "GpuLaunches")) == 2
+    billed = sum(p.value for p in emf.named(points, "GpuBilledSeconds"))
+    assert abs(billed - ledger["billed_seconds"]) < 3.0, (billed, ledger["billed_seconds"])
+    assert len(emf.named(emf.read(tmp_path / "poller.log"), "GpuBilledSeconds")) > 2  # metered while running
+    idle = sum(p.value for p in emf.named(points, "GpuIdleSeconds"))
+    assert 2 * 3.5 <= idle <= billed
 
 
 def test_an_idle_instance_serves_whichever_worker_gets_the_job(penv, tmp_path, workers, c3_sim):

@@ -97,6 +97,8 @@ class Supervisor:
             for line in proc.stdout:
                 log.write(line)
                 log.flush()
+                if line.startswith(b'{"_aws"'):
+                    continue  # an EMF metric line (chalicelib/metrics.py): kept in the log, not on the console
                 sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
                 sys.stdout.flush()
 
