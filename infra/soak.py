@@ -42,10 +42,11 @@ from chalicelib import aws
 from chalicelib.context import Context
 from chalicelib.job import Job
 from chalicelib.jobs import JobService
+from chalicelib.metrics import Metrics
 from chalicelib.models import JobType
 from chalicelib.settings import Settings
 from chalicelib.store import decode_item
-from infra.local import processes
+from infra.local import emf, processes
 from infra.local.fault_proxy import FaultProxy, Rule
 from infra.local.samples import write_samples
 from infra.local.simulator import SimulatorProcess
@@ -111,6 +112,8 @@ class Soak:
         self.settings = Settings(**names)
         create_stack(self.settings, visibility=10)
         self.ctx = Context(self.settings)
+        # The submissions' metric lines go to a log of their own, like every other process's.
+        self.ctx.store.metrics = Metrics(stream=open(logs / "submitter.log", "a"))  # noqa: SIM115
         self.proxy = FaultProxy(direct, seed=self.opts.seed).start()
         if self.opts.throttle:
             for service in ("dynamodb", "sqs"):
@@ -292,6 +295,28 @@ class Soak:
             "emulator_dropped_connections": self.proxy.counts.get("upstream.dropped", 0),
             "gpu_launches": ledger.get("launches"), "gpu_stops": ledger.get("stops"),
         })
+        self.audit_metrics(ids, ledger)
+
+    def audit_metrics(self, ids: list[str], ledger: dict[str, Any]) -> None:
+        """The metrics every process wrote, against the books: each job submitted and
+        finished once (a count is missing only if a process was SIGKILLed between its
+        write and the metric line), the GPU seconds against the simulator's bill."""
+        points = emf.read(*sorted((self.work / "logs").glob("*.log")))
+        submitted = Counter(p.get("job_id") for p in emf.named(points, "JobsSubmitted"))
+        finished = Counter(p.get("job_id") for p in emf.named(points, "JobsFinished"))
+        b = self.books
+        b.checks["no job counted twice in JobsSubmitted or JobsFinished"] = (
+            max(submitted.values(), default=0) <= 1 and max(finished.values(), default=0) <= 1)
+        b.figures["metrics"] = {
+            "jobs_submitted": sum(submitted.values()), "jobs_finished": sum(finished.values()),
+            "jobs_finished_missing": sum(1 for i in ids if not finished[i]),
+            "by_outcome": dict(Counter(p.get("outcome") for p in emf.named(points, "JobsFinished"))),
+            "takeovers": len(emf.named(points, "Takeovers")),
+            "webhooks": dict(Counter(p.get("outcome") for p in emf.named(points, "WebhookDeliveries"))),
+            "gpu_launches": len(emf.named(points, "GpuLaunches")),
+            "gpu_billed_seconds": round(sum(p.value for p in emf.named(points, "GpuBilledSeconds")), 1),
+            "gpu_billed_seconds_simulator": ledger.get("billed_seconds"),
+        }
 
     def _exists(self, key: str | None) -> bool:
         if not key:

@@ -199,4 +199,23 @@ def test_health_counts_queue_jobs_workers_and_gpus_without_a_key(client, ctx):
     assert health["queue"]["messages"] + health["queue"]["in_flight"] == 3
     assert health["queue"]["oldest_queued_seconds"] >= 0
     assert health["workers"]["alive"] == 1 and health["gpus"]["instances"] == 0
+    assert (health["gpus"]["fleet"], health["gpus"]["billed_seconds"]) == ([], 0)
     wait_until(lambda: get(client, "/health", {})[1]["status"] == "ok")
+
+
+def test_health_lists_each_gpu_instance_with_its_billed_and_idle_seconds(client, ctx):
+    now = time.time()
+    busy = ctx.registry.create_intent("w1", expires=int(now) + 3600, workload_type="media:fast", slot=0)
+    ctx.registry.update(busy, state="running", workload="wl-a", node="n", launched_at=now - 100, last_used=now - 100,
+                        busy=True)
+    idle = ctx.registry.create_intent("w2", expires=int(now) + 3600, workload_type="media:fast", slot=1)
+    ctx.registry.update(idle, state="running", workload="wl-b", node="n", launched_at=now - 50, last_used=now - 20,
+                        busy=False)
+    ctx.registry.create_intent("w3", expires=int(now) + 3600, workload_type="media:fast", slot=2)
+    gpus = get(client, "/health", {})[1]["gpus"]
+    fleet = {g["slot"]: g for g in gpus["fleet"]}
+    assert [fleet[f"gpu-slot-{k}"]["state"] for k in range(3)] == ["running", "running", "launching"]
+    assert 100 <= fleet["gpu-slot-0"]["billed_seconds"] < 130 and fleet["gpu-slot-0"]["idle_seconds"] is None
+    assert 20 <= fleet["gpu-slot-1"]["idle_seconds"] < 50 <= fleet["gpu-slot-1"]["billed_seconds"] < 80
+    assert fleet["gpu-slot-2"]["billed_seconds"] == 0  # no rental known until the launch is recorded
+    assert 150 <= gpus["billed_seconds"] < 210 and gpus["idle_seconds"] == [fleet["gpu-slot-1"]["idle_seconds"]]
