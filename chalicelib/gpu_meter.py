@@ -50,3 +50,10 @@ def meter_stopped(deleted: GpuRecord, now: float, metrics: Metrics = METRICS) ->
     start = counted_from(deleted)
     metrics.gpu_billed(max(0.0, now - start), idle_seconds(deleted, start, now), workload=deleted.workload,
                        stopped=True)
+
+
+def meter_unrecorded(workload: str, since: float, now: float, metrics: Metrics = METRICS) -> None:
+    """An instance no record knew (its launcher died before recording it), stopped by a
+    sweep: billed from its launch's intent to now, all of it idle."""
+    billed = max(0.0, now - since)
+    metrics.gpu_billed(billed, billed, workload=workload, stopped=True, unrecorded=True)

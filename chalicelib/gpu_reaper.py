@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .comput3 import Comput3Client, Comput3Error, WorkloadNotFound
 from .gpu_pool import Demand, demand_reader, idle_to_stop, read_demand
-from .gpu_meter import meter_pass, meter_stopped
+from .gpu_meter import meter_pass, meter_stopped, meter_unrecorded
 from .gpu_registry import LAUNCHING, STOPPING, GpuRecord, GpuRegistry, RecordLost
 from .gpu_settings import FleetSettings
 from .logs import EventLogger, get_logger
@@ -71,7 +71,7 @@ class Reaper:
                     self.log.info("gpu.already_gone", workload=record.workload,
                                   reason="Comput3 no longer knows the workload (stopped or expired)")
             else:
-                unrecorded = self.sweep(record.expires, exclude_id=record.id)
+                unrecorded = self.sweep(record.expires, exclude_id=record.id, since=record.created_at)
             meter_stopped(self.registry.delete(record), self.clock())
         except RecordLost as exc:
             self.log.info("gpu.stop_handed_over", record=record.id, reason=str(exc))
@@ -146,10 +146,11 @@ class Reaper:
     def _idle_for(record: GpuRecord, now: float) -> float | None:
         return round(now - record.last_used, 1) if record.idle and record.last_used is not None else None
 
-    def sweep(self, expires: int, exclude_id: str) -> list[str]:
+    def sweep(self, expires: int, exclude_id: str, since: float | None = None) -> list[str]:
         """Stop running workloads launched with ``expires`` that no record knows: the answer
         of a launch whose worker died before recording it, or a duplicate left by a launch
-        attempt that timed out but went through."""
+        attempt that timed out but went through. ``since``: when that launch began (its
+        intent's creation), from which their billed seconds are counted."""
         workloads = self.client.workloads()
         records = self.registry.all()
         now = self.clock()
@@ -169,6 +170,8 @@ class Reaper:
                 pass
             self.log.warning("gpu.unrecorded_stopped", workload=w.workload, node=w.node, expires=expires,
                              reason="running at Comput3 but never recorded: its launch outlived the launcher")
+            if since is not None:  # no record ever metered it: bill it from the launch's intent
+                meter_unrecorded(w.workload, since, self.clock())
             stopped.append(w.workload)
         return stopped
 

@@ -182,3 +182,8 @@ def test_sigkill_mid_launch_the_unrecorded_instance_is_found_and_stopped(penv, t
     assert (ledger["launches"], ledger["running"]) == (2, 1)
     [record] = registry(penv).all()
     assert record.state == RUNNING and record.workload != orphan["workload"]
+    # Its billed seconds still reach the metrics: from the intent's creation to the sweep's stop.
+    points = emf.read(tmp_path / "poller.log", tmp_path / "a.log", tmp_path / "b.log")
+    [swept] = emf.named(points, "GpuBilledSeconds", workload=orphan["workload"])
+    assert swept.get("unrecorded") is True
+    assert abs(swept.value - stopped["billed_seconds"]) < 2.0, (swept.value, stopped["billed_seconds"])

@@ -362,7 +362,7 @@ class GpuManager:
 
     def _sweep_duplicates(self, record: GpuRecord) -> None:
         try:
-            self.reaper.sweep(record.expires, exclude_id=record.id)
+            self.reaper.sweep(record.expires, exclude_id=record.id, since=record.created_at)
         except Exception as exc:  # noqa: BLE001 - best effort; the launch itself succeeded
             self.log.warning("gpu.duplicate_check_failed", workload=record.workload, error=str(exc))
 
