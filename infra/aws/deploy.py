@@ -39,9 +39,9 @@ from chalicelib.aws import client_config
 
 from .cloudformation import DeployError, delete_stack, deploy_stack, stack_outputs, stack_status
 from .emulator import Applier, Report, Unsupported, empty_bucket
+from .image import ImageError, build_and_push, docker_available
 from .monitoring import HANDLERS as MONITORING_HANDLERS
 from .monitoring import monitoring_template
-from .image import ImageError, build_and_push, docker_available
 from .ssm_secrets import plan_secrets, purge_secrets, secrets_path, store_secrets
 from .template import (APP_TEMPLATE, DATA_TEMPLATE, ParameterError, env_name, load_template,
                        parse_params, resolve_parameters)
