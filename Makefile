@@ -48,8 +48,8 @@ SOAK_WORKERS ?= 3
 soak: setup
 	$(PY) -m infra.soak --jobs $(SOAK_JOBS) --workers $(SOAK_WORKERS) $(SOAK_ARGS)
 
-# AWS (credentials + region from the usual AWS variables or profile), or the data plane
-# only when AWS_ENDPOINT_URL points at an emulator. See infra/aws/README.md.
+# AWS (credentials + region from the usual AWS variables or profile), or the data plane,
+# alarms and dashboard only when AWS_ENDPOINT_URL points at an emulator. See infra/aws/README.md.
 STAGE ?= prod
 deploy: setup
 	$(PY) -m infra.aws.deploy deploy --stage $(STAGE) $(DEPLOY_ARGS)

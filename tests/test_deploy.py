@@ -170,7 +170,7 @@ def _as_list(value):
 def test_deploy_data_plane_to_moto_and_use_it(moto, stage, capsys):
     assert deploy.main(["deploy", "--stage", stage, "--param", "ResultRetentionDays=7"]) == 0
     printed = capsys.readouterr().out
-    assert "data plane only" in printed and "skipped" not in printed
+    assert "data plane, alarms and dashboard only" in printed and "skipped" not in printed
     prefix = f"c3-render-{stage}"
     ddb, sqs, s3, ecr = client("dynamodb"), client("sqs"), client("s3"), client("ecr")
     for table in (f"{prefix}-jobs", f"{prefix}-gpus"):
@@ -235,9 +235,15 @@ def test_per_service_endpoints_never_reach_aws(moto, stage, monkeypatch, capsys)
         monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service}", url)
     assert deploy.main(["deploy", "--stage", stage]) == 0
     out = capsys.readouterr().out
-    skipped = [line.strip() for line in out.splitlines() if " skipped " in line]
-    assert len(skipped) == 1 and skipped[0].startswith("WorkerRepository (AWS::ECR::Repository): skipped no "
-                                                         "emulator endpoint for ecr")
+    skipped = {line.split()[0]: line.strip() for line in out.splitlines() if " skipped " in line}
+    assert skipped.pop("WorkerRepository").startswith("WorkerRepository (AWS::ECR::Repository): skipped no "
+                                                      "emulator endpoint for ecr")
+    # The app stack's alarms, topic and dashboard need CloudWatch and SNS endpoints too.
+    assert skipped.pop("AlarmTopic").endswith("skipped no emulator endpoint for sns (AWS_ENDPOINT_URL_SNS "
+                                              "is not set); not sent to AWS")
+    assert sorted(skipped) == ["Dashboard", "GpuSpendAlarm", "JobFailureRatioAlarm", "JobsDeadLetterAlarm",
+                               "JobsQueueAgeAlarm", "WebhookGiveUpAlarm", "WorkerHeartbeatAlarm"]
+    assert all("depends on skipped" in line for line in skipped.values())
     assert f"RESULTS_BUCKET=c3-render-{stage}-results-000000000000" in out  # no STS: placeholder account
     assert f"c3-render-{stage}-jobs" in table_names(client("dynamodb"))
     assert deploy.main(["destroy", "--stage", stage]) == 0

@@ -9,8 +9,9 @@ The target follows the environment, like every boto3 call in the project:
   (Chalice's SAM template merged with app.yaml) through CloudFormation, the secrets
   into SSM Parameter Store, the worker image into the stage's ECR repository.
 - an emulator (AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_<SERVICE> set: LocalStack, moto):
-  the data plane only, applied from data.yaml through the service APIs
-  (emulator.py), resources the endpoint lacks reported as skipped. The API, the
+  the data plane, applied from data.yaml through the service APIs (emulator.py),
+  and the app stack's alarms, alarm topic and dashboard from app.yaml the same way
+  (monitoring.py); resources the endpoint lacks are reported as skipped. The API, the
   queue Lambdas and the ECS worker need AWS; locally ``make run`` plays their part.
 
 Everything that can be missing (parameters, secrets, Docker, a network) is checked
@@ -39,6 +40,8 @@ from chalicelib.aws import client_config
 from .cloudformation import DeployError, delete_stack, deploy_stack, stack_outputs, stack_status
 from .emulator import Applier, Report, Unsupported, empty_bucket
 from .image import ImageError, build_and_push, docker_available
+from .monitoring import HANDLERS as MONITORING_HANDLERS
+from .monitoring import monitoring_template
 from .ssm_secrets import plan_secrets, purge_secrets, secrets_path, store_secrets
 from .template import (APP_TEMPLATE, DATA_TEMPLATE, ParameterError, env_name, load_template,
                        parse_params, resolve_parameters)
@@ -107,15 +110,40 @@ class Target:
             return fallback
 
 
-# --- emulator: the data plane through the service APIs -----------------------------------
+# --- emulator: the data plane (and the app stack's monitoring) through the service APIs ----
+def emulator_plan(target: Target, given: Mapping[str, str], environ: Mapping[str, str]
+                  ) -> list[tuple[Applier, dict[str, Any], dict[str, str]]]:
+    """(applier, template, parameters): data.yaml, then app.yaml's alarms, topic and dashboard.
+    Raises ParameterError listing the problems of both."""
+    data = load_template(DATA_TEMPLATE)
+    monitoring = monitoring_template(load_template(APP_TEMPLATE))
+    problems: list[str] = []
+    resolved: list[dict[str, str]] = []
+    # Stage is both templates': a missing one is reported once (an invalid one, once too).
+    shared = {} if given.get("Stage") or environ.get(env_name("Stage")) else {"Stage": "unset"}
+    for template, params in ((data, given), (monitoring, {**shared, **given})):
+        try:
+            resolved.append(resolve_parameters(template, params, environ))
+        except ParameterError as exc:
+            problems += [line for line in str(exc).splitlines() if line not in problems]
+    if problems:
+        raise ParameterError("\n".join(problems))
+    data_params, monitoring_params = resolved
+    stage = data_params["Stage"]
+    account = target.account(fallback="000000000000")
+    data_stack, app_stack = stack_names(stage)
+    return [(Applier(target.client, target.region, account, data_stack), data, data_params),
+            (Applier(target.client, target.region, account, app_stack, handlers=MONITORING_HANDLERS),
+             monitoring, monitoring_params)]
+
+
 def deploy_emulator(target: Target, given: Mapping[str, str], environ: Mapping[str, str],
                     out: Printer) -> Report:
-    template = load_template(DATA_TEMPLATE)
-    params = resolve_parameters(template, given, environ)
-    stage = params["Stage"]
-    applier = Applier(target.client, target.region, target.account(fallback="000000000000"),
-                      stack_names(stage)[0])
-    report = applier.apply(template, params)
+    report = Report()
+    for applier, template, params in emulator_plan(target, given, environ):
+        part = applier.apply(template, params)
+        report.outcomes += part.outcomes
+        report.outputs.update(part.outputs)
     for o in report.outcomes:
         out(f"  {o.logical_id} ({o.type}): {o.status} {o.detail}".rstrip())
     out("Point the system at it with:")
@@ -129,11 +157,9 @@ def deploy_emulator(target: Target, given: Mapping[str, str], environ: Mapping[s
 
 def destroy_emulator(target: Target, given: Mapping[str, str], environ: Mapping[str, str],
                      out: Printer) -> Report:
-    template = load_template(DATA_TEMPLATE)
-    params = resolve_parameters(template, given, environ)
-    applier = Applier(target.client, target.region, target.account(fallback="000000000000"),
-                      stack_names(params["Stage"])[0])
-    report = applier.remove(template, params)
+    report = Report()
+    for applier, template, params in reversed(emulator_plan(target, given, environ)):
+        report.outcomes += applier.remove(template, params).outcomes
     for o in report.outcomes:
         out(f"  {o.logical_id} ({o.type}): {o.status} {o.detail}".rstrip())
     return report
@@ -277,7 +303,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         endpoints = target.endpoints
         if endpoints:
             out(f"{args.action} to an emulator ({', '.join(f'{k}={v}' for k, v in endpoints.items())}): "
-                "data plane only")
+                "data plane, alarms and dashboard only")
             (deploy_emulator if args.action == "deploy" else destroy_emulator)(target, given, env, out)
         elif args.action == "deploy":
             deploy_aws(target, given, env, settings, out)

@@ -9,7 +9,9 @@ same template and makes the calls CloudFormation would make, idempotently:
     access block, ownership, lifecycle), bucket policies, ECR repositories
 
 A resource whose service the endpoint answers as not implemented is reported as
-skipped, with everything that depends on it; the rest is still created.
+skipped, with everything that depends on it; the rest is still created. A resource
+whose Condition is false is omitted, as CloudFormation would. The app stack's alarms,
+topic and dashboard go through the same Applier with monitoring.py's handlers.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class Unsupported(Exception):
 class Outcome:
     logical_id: str
     type: str
-    status: str  # "applied", "removed", "skipped"
+    status: str  # "applied", "removed", "skipped", "omitted" (its Condition is false)
     detail: str = ""
 
 
@@ -111,6 +113,23 @@ class Resolver:
             return str(self.values[name])
 
         return _SUB_VAR.sub(one, text).replace("${!", "${")
+
+    def condition(self, expression: Any, conditions: Mapping[str, Any]) -> bool:
+        """A template condition's value (Fn::Equals/Not/And/Or, and other conditions)."""
+        if isinstance(expression, dict) and len(expression) == 1:
+            (key, arg), = expression.items()
+            if key == "Condition":
+                return self.condition(conditions[arg], conditions)
+            if key == "Fn::Equals":
+                left, right = (self.resolve(a) for a in arg)
+                return str(left) == str(right)
+            if key == "Fn::Not":
+                return not self.condition(arg[0], conditions)
+            if key == "Fn::And":
+                return all(self.condition(a, conditions) for a in arg)
+            if key == "Fn::Or":
+                return any(self.condition(a, conditions) for a in arg)
+        raise ValueError(f"unsupported condition {expression!r}")
 
 
 # --- resource handlers ---------------------------------------------------------------
@@ -334,25 +353,39 @@ class Applier:
     """Creates, updates or removes a template's resources with ``client(service)``."""
 
     def __init__(self, client: Callable[[str], Any], region: str, account: str,
-                 stack_name: str = "c3-render", partition: str = "aws"):
+                 stack_name: str = "c3-render", partition: str = "aws",
+                 handlers: Mapping[str, Handler] | None = None):
         self.client = client
         self.region = region
         self.account = account
         self.stack_name = stack_name
         self.partition = partition
+        self.handlers = HANDLERS if handlers is None else handlers
 
     def _resolver(self, parameters: Mapping[str, str]) -> Resolver:
         return Resolver(parameters, {"AWS::Region": self.region, "AWS::AccountId": self.account,
                                      "AWS::StackName": self.stack_name, "AWS::Partition": self.partition})
+
+    def _omitted(self, template: Mapping[str, Any], resolver: Resolver) -> dict[str, str]:
+        """Resources whose Condition is false -> that condition's name."""
+        conditions = template.get("Conditions", {})
+        return {name: spec["Condition"] for name, spec in template["Resources"].items()
+                if "Condition" in spec and not resolver.condition({"Condition": spec["Condition"]}, conditions)}
 
     def apply(self, template: Mapping[str, Any], parameters: Mapping[str, str]) -> Report:
         resolver = self._resolver(parameters)
         resources = template["Resources"]
         report = Report()
         skipped: set[str] = set()
+        omitted = self._omitted(template, resolver)
         for logical_id in order(resources):
             spec = resources[logical_id]
-            handler = HANDLERS.get(spec["Type"])
+            if logical_id in omitted:
+                skipped.add(logical_id)
+                report.outcomes.append(Outcome(logical_id, spec["Type"], "omitted",
+                                               f"condition {omitted[logical_id]} is false"))
+                continue
+            handler = self.handlers.get(spec["Type"])
             blocked = sorted((references(spec) | set(_depends_on(spec))) & skipped)
             if handler is None or blocked:
                 reason = f"depends on skipped {', '.join(blocked)}" if blocked else \
@@ -388,14 +421,16 @@ class Applier:
         resolver = self._resolver(parameters)
         resources = template["Resources"]
         report = Report()
+        omitted = self._omitted(template, resolver)
         for logical_id in reversed(order(resources)):
             spec = resources[logical_id]
-            handler = HANDLERS.get(spec["Type"])
-            if handler is None:
+            handler = self.handlers.get(spec["Type"])
+            if handler is None or logical_id in omitted:
                 continue
             # Only names are needed to delete; other resources' attributes may be absent.
             props = {k: v for k, v in spec.get("Properties", {}).items()
-                     if k in ("TableName", "QueueName", "BucketName", "Bucket", "RepositoryName")}
+                     if k in ("TableName", "QueueName", "BucketName", "Bucket", "RepositoryName",
+                              "TopicName", "AlarmName", "DashboardName")}
             props = resolver.resolve(_refs_to_names(props, resources, resolver))
             try:
                 handler.remove(self.client(handler.service), props, self)
