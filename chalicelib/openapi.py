@@ -92,6 +92,8 @@ def openapi_document() -> dict[str, Any]:
                          "description": "the node's progress while rendering, where the node reports it"},
             "webhook": _ref("WebhookState"),
             "start_webhook": _ref("WebhookState"),
+            "params": {"type": "object", "description": "the job's parameters as submitted, defaults "
+                                                        "filled in (GET /status only, not GET /jobs)"},
         },
     }
     schemas["WebhookState"] = {"type": "object", "required": ["status", "attempts"], "properties": {
