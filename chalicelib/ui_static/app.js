@@ -66,9 +66,10 @@
     if (precise && seconds < 10) return `${Math.max(0, seconds).toFixed(1)} s`;
     const s = Math.max(0, Math.round(seconds));
     if (s < 60) return `${s} s`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-    return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+    const two = (big, bigUnit, small, smallUnit) => (small ? `${big} ${bigUnit} ${small} ${smallUnit}` : `${big} ${bigUnit}`);
+    if (s < 3600) return two(Math.floor(s / 60), "min", s % 60, "s");
+    if (s < 86400) return two(Math.floor(s / 3600), "h", Math.floor((s % 3600) / 60), "min");
+    return two(Math.floor(s / 86400), "d", Math.floor((s % 86400) / 3600), "h");
   }
 
   function clock(iso) {
@@ -257,11 +258,15 @@
     return duration((Date.now() - Date.parse(job.created_at)) / 1000);
   }
 
+  function position(value, approximate) {
+    if (approximate) return `≥ ${value} ahead`;
+    return value === 0 ? "next" : `${value} ahead`;
+  }
+
   function queueText(job) {
     if (job.status !== "queued") return "—";
     const pos = state.positions.get(job.id);
-    if (!pos) return "queued";
-    return `${pos.approximate ? "≥ " : ""}${pos.value} ahead`;
+    return pos ? position(pos.value, pos.approximate) : "queued";
   }
 
   function jobRow(job) {
@@ -479,7 +484,7 @@
         "div",
         { class: "summary" },
         badge(view.status),
-        view.phase ? el("span", { class: "phase-now" }, words(view.phase)) : null,
+        view.phase && view.phase !== view.status ? el("span", { class: "phase-now" }, words(view.phase)) : null,
         el("code", { class: "full-id" }, view.id),
       ),
     ];
@@ -506,7 +511,7 @@
       ["Max time", duration(view.max_time)],
     ];
     if (view.status === "queued" && typeof view.queue_position === "number") {
-      facts.push(["Queue position", `${view.queue_position_approximate ? "≥ " : ""}${view.queue_position} ahead`]);
+      facts.push(["Queue position", position(view.queue_position, !!view.queue_position_approximate)]);
     }
     if (view.webhook) facts.push(["Webhook", hookDetail(view.webhook)]);
     if (view.start_webhook) facts.push(["Start webhook", hookDetail(view.start_webhook)]);
@@ -569,7 +574,7 @@
       .map((name) => {
         const value = values[name];
         let shown;
-        if (typeof value === "string") shown = value;
+        if (["string", "number", "boolean"].includes(typeof value)) shown = String(value);
         else if (Array.isArray(value) && value.every((v) => typeof v === "string")) {
           shown = el("ol", { class: "plain" }, value.map((v) => el("li", {}, v)));
         } else shown = el("pre", {}, JSON.stringify(value, null, 2));
