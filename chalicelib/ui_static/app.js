@@ -574,7 +574,8 @@
       .map((name) => {
         const value = values[name];
         let shown;
-        if (["string", "number", "boolean"].includes(typeof value)) shown = String(value);
+        if (value === "") shown = el("span", { class: "hint" }, "(empty)");
+        else if (["string", "number", "boolean"].includes(typeof value)) shown = String(value);
         else if (Array.isArray(value) && value.every((v) => typeof v === "string")) {
           shown = el("ol", { class: "plain" }, value.map((v) => el("li", {}, v)));
         } else shown = el("pre", {}, JSON.stringify(value, null, 2));
