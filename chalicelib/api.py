@@ -26,6 +26,7 @@ from .metrics import METRICS
 from .models import KNOWN_FIELDS, JobStatus, JobType
 from .openapi import openapi_document
 from .outbox import Reconciler
+from .ui import register_ui
 from .waiting import preferred_wait, wait_final
 from .webhooks import WebhookSender
 
@@ -128,6 +129,8 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @handled
     def openapi() -> dict[str, Any]:
         return openapi_document()
+
+    register_ui(app)  # GET /ui: the operators' page (static; its data comes from the routes below)
 
     def submit_route(job_type: JobType) -> None:
         @handled

@@ -151,8 +151,9 @@ class JobService:
         )
 
     def view(self, job: Job) -> dict[str, Any]:
-        """``GET /status``: the record's view plus where a queued job stands."""
-        view = job.status_view()
+        """``GET /status``: the record's view, the job's parameters, and where a queued
+        job stands. (GET /jobs lists the views without the parameters.)"""
+        view = {**job.status_view(), "params": job.params}
         if job.status is JobStatus.QUEUED and self.queries is not None:
             position = self.queries.queue_position(job)
             view["queue_position"] = position.value

@@ -54,6 +54,20 @@ JOB_LINKS = {
 }
 
 
+def _static(summary: str, media_type: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "security": [], "responses": {"200": {
+        "description": summary, "content": {media_type: {"schema": {"type": "string"}}}}}}}
+
+
+# The operators' page (chalicelib/ui.py): public static files; its data comes from the API.
+UI_PATHS = {
+    "/ui": _static("The operators' page: jobs, a job's detail and health, with the key entered in it",
+                   "text/html"),
+    "/ui/app.js": _static("The page's script", "text/javascript"),
+    "/ui/app.css": _static("The page's style sheet", "text/css"),
+}
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     models = [(m, "validation") for m in (*REQUEST_MODELS.values(), StatusUpdate)]
@@ -92,6 +106,8 @@ def openapi_document() -> dict[str, Any]:
                          "description": "the node's progress while rendering, where the node reports it"},
             "webhook": _ref("WebhookState"),
             "start_webhook": _ref("WebhookState"),
+            "params": {"type": "object", "description": "the job's parameters as submitted, defaults "
+                                                        "filled in (GET /status only, not GET /jobs)"},
         },
     }
     schemas["WebhookState"] = {"type": "object", "required": ["status", "attempts"], "properties": {
@@ -127,6 +143,7 @@ def openapi_document() -> dict[str, Any]:
     open_route = {"security": []}
     paths: dict[str, Any] = {
         "/": {"get": {"summary": "Up", "responses": {"200": {"description": "Service is up"}}, **open_route}},
+        **UI_PATHS,
         "/health": {"get": {"summary": "Queue, jobs, workers and GPU instances", **open_route,
                             "responses": {"200": _json(_ref("Health"), "Health")}}},
         "/jobs": {"get": {"summary": "The key's jobs, newest first", "parameters": [

@@ -26,7 +26,7 @@ from infra.local import processes
 from infra.local.stack import create_stack
 
 ROOT = processes.ROOT
-RUN_DIR = ROOT / ".run"
+RUN_DIR = Path(os.environ.get("RUN_DIR") or ROOT / ".run")  # logs, samples, health files (tests: their own)
 API_PORT = int(os.environ.get("API_PORT", "8000"))
 MOTO_PORT = int(os.environ.get("MOTO_PORT", "4566"))
 SIM_PORT = int(os.environ.get("SIMULATOR_PORT", "8700"))
@@ -260,8 +260,11 @@ def walkthrough(settings: Settings, workers: int, allow_private: bool) -> None:
             if allow_private else
             "ALLOW_PRIVATE_URLS=false: user URLs and webhooks to private addresses are REFUSED "
             "(the 127.0.0.1 samples too)")
+    page_key = ("enter one of the keys in C3_RENDER_API_KEY" if settings.api_key_list else
+                "C3_RENDER_API_KEY is unset: any key opens it")
     banner([
         f"c3-render is up.  API: {api}   OpenAPI: {api}/openapi.json",
+        f"Web page: {api}/ui   ({page_key})",
         f"AWS endpoint: {os.environ.get('AWS_ENDPOINT_URL') or os.environ.get('AWS_ENDPOINT_URL_SQS')}",
         f"Workers: {workers} (worker-1..{workers}, restarted when they exit)  Logs: .run/logs/",
         mode,
