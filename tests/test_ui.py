@@ -281,6 +281,11 @@ def test_health_shows_workers_queue_and_gpus(stack, jobs, driver) -> None:
     assert shown("queue.messages") == "0" and shown("queue.dead_letters") == "0"
     assert shown("jobs.queued") == "0" and shown("jobs.running") == "0"
     assert int(shown("gpus.instances")) >= 1
+    # Each instance on a line of its own, with its billed time (what /health says).
+    slots = [g["slot"] for g in health["gpus"]["fleet"]]
+    until(driver, lambda c: [li.get_attribute("data-slot") for li in css(c, ".fleet li")] == slots)
+    line = css(driver, ".fleet li")[0].text
+    assert line.startswith(slots[0]) and "billed" in line
 
 
 @in_browser

@@ -359,10 +359,30 @@
     workers: { title: "Workers", fields: { alive: "alive" } },
     gpus: {
       title: "GPU instances",
-      fields: { instances: "instances", busy: "busy", idle: "idle", idle_seconds: "idle for", by_state: "by state" },
+      fields: {
+        instances: "instances",
+        busy: "busy",
+        idle: "idle",
+        billed_seconds: "billed, rented now",
+        idle_seconds: "idle for",
+        by_state: "by state",
+      },
     },
   };
-  const HIDDEN_FIELDS = new Set(["approximate"]);
+  const HIDDEN_FIELDS = new Set(["approximate", "fleet"]);
+
+  // One line per GPU instance: slot, state, whether a job runs on it, billed and idle time.
+  function fleetList(fleet) {
+    if (!Array.isArray(fleet) || !fleet.length) return null;
+    const rows = fleet.map((gpu) => {
+      const parts = [gpu.state, gpu.busy ? "busy" : gpu.state === "running" ? "idle" : null,
+        gpu.ahead ? "launched ahead" : null, `billed ${duration(gpu.billed_seconds)}`,
+        gpu.idle_seconds !== null && gpu.idle_seconds !== undefined ? `idle ${duration(gpu.idle_seconds)}` : null];
+      return el("li", { dataset: { slot: String(gpu.slot) } },
+        el("span", { class: "slot" }, String(gpu.slot)), ` ${parts.filter(Boolean).join(" · ")}`);
+    });
+    return el("ul", { class: "fleet" }, rows);
+  }
 
   function formatValue(name, value, group) {
     if (value === null || value === undefined) return "—";
@@ -414,6 +434,7 @@
           { class: "card", dataset: { group: groupName } },
           el("h3", {}, (HEALTH[groupName] || {}).title || words(groupName)),
           el("div", { class: "stats" }, stats),
+          groupName === "gpus" ? fleetList(group.fleet) : null,
         ),
       );
     }
