@@ -12,6 +12,7 @@ retries) is left to reappear, and the worker carries on with the next one.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -126,7 +127,11 @@ class Worker:
         """The liveness signals: the health file (the container platform's check) and the
         worker's beacon in DynamoDB (what /health counts; written every 15 s at most)."""
         if self.settings.health_file:
-            Path(self.settings.health_file).write_text(str(self.clock()))
+            # Written aside and renamed over: a reader never sees the file empty mid-write.
+            path = Path(self.settings.health_file)
+            fresh = path.with_name(f".{path.name}.{threading.get_ident()}")
+            fresh.write_text(str(self.clock()))
+            os.replace(fresh, path)
         try:
             self.ctx.beacons.beat(self.settings.worker_id)
         except Exception as exc:  # noqa: BLE001 - a missed beacon only makes /health undercount
