@@ -26,8 +26,17 @@ run: setup $(if $(filter-out 0,$(LOCALSTACK)),emulators)
 # workers (each with its own emulators) run test files side by side; 0 runs them in one process.
 PYTEST_WORKERS ?= 2
 XDIST = $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
-test: setup browser
-	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+# The installs overlap to keep a fresh CI run short: the venv beside the browser packages, and
+# the LocalStack phase's emulators (at low priority, log in .emulators-install.log) beside the
+# moto phase's tests.
+EMULATORS_LOG := .emulators-install.log
+test:
+	$(MAKE) --no-print-directory -j2 setup browser
+	@nice -n 10 $(MAKE) --no-print-directory emulators > $(EMULATORS_LOG) 2>&1 & installing=$$!; \
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS); moto=$$?; \
+	wait $$installing; installed=$$?; \
+	if [ $$moto -ne 0 ]; then exit $$moto; fi; \
+	if [ $$installed -ne 0 ]; then cat $(EMULATORS_LOG); exit $$installed; fi; \
 	$(MAKE) --no-print-directory test-localstack
 
 # Debian's Chromium and its driver for tests/test_ui.py (the page in a headless browser; Selenium
@@ -69,4 +78,4 @@ destroy: setup
 	$(PY) -m infra.aws.deploy destroy --stage $(STAGE) $(DEPLOY_ARGS)
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .localstack-venv .localstack-fs .dynamodb-local
+	rm -rf $(VENV) .run .pytest_cache .localstack-venv .localstack-fs .dynamodb-local $(EMULATORS_LOG)
