@@ -147,12 +147,7 @@
     clearTimeout(state.timer);
     closeJob();
     clearData();
-    $("dashboard").hidden = true;
-    $("live").hidden = true;
-    $("change-key").hidden = true;
-    $("login").hidden = false;
-    $("key-submit").disabled = false;
-    $("key-submit").textContent = "Show jobs";
+    showDashboard(false);
     $("key").value = "";
     show($("login-error"), message);
     $("key").focus();
@@ -167,13 +162,16 @@
     $("more").hidden = true;
   }
 
-  function signedIn() {
-    $("login").hidden = true;
-    $("dashboard").hidden = false;
-    $("live").hidden = false;
-    $("change-key").hidden = false;
+  /** The dashboard (signed in) or the key form (signed out); the form's button ready again. */
+  function showDashboard(on) {
+    $("login").hidden = on;
+    for (const id of ["dashboard", "live", "change-key"]) $(id).hidden = !on;
     $("key-submit").disabled = false;
     $("key-submit").textContent = "Show jobs";
+  }
+
+  function signedIn() {
+    showDashboard(true);
     if (state.wanted) {
       const id = state.wanted;
       state.wanted = null;
