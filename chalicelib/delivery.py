@@ -73,6 +73,8 @@ class DeliveryHandler:
                 return f"start_{started}"  # the final webhook waits for the start webhook
         if job is None or not job.status.is_terminal or job.outbox != NOTIFY:
             return "nothing_owed"
+        if job.counted_at is None:
+            self.store.count_finished(job.id)
         fields: dict[str, Any] = {}
         event_done = job.event_sent_at is not None
         if not event_done and self.events is not None:

@@ -66,6 +66,7 @@ class Job:
     phases: dict[str, float] | None = None
     progress: float | None = None
     event_sent_at: float | None = None
+    counted_at: float | None = None  # when the JobsFinished metric counted it (chalicelib/metrics.py)
     inflight_owner: str | None = None  # the owner while queued or running (the per-key cap's index)
     retry_of: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

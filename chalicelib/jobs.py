@@ -226,6 +226,7 @@ class JobService:
             if not update.remove_data:  # a removed job has nothing left to deliver
                 self.outbox.notify(job)
         if update.remove_data:
+            self.store.count_finished(job.id)  # its delivery, which would count it, goes with the record
             objects = self.results.delete_job(job.id)
             self.store.delete(job.id)
             log.info("job.data_removed", job_id=job.id, status=job.status.value, objects=objects)

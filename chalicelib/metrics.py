@@ -71,8 +71,8 @@ class Metrics:
             self.put({"Takeovers": 1}, job_id=job.id, attempt=job.attempts)
 
     def job_finished(self, job: "Job") -> None:
-        """A job reached its final state (called once, by the writer that won the final
-        write): its outcome, and for a job that ran, its run time, attempts and phases."""
+        """A job reached its final state (called once per job, by JobStore.count_finished):
+        its outcome, and for a job that ran, its run time, attempts and phases."""
         self.put({"JobsFinished": 1}, job_type=job.type.value, split={"outcome": job.status.value},
                  job_id=job.id)
         end = job.finished_at or job.updated_at

@@ -203,10 +203,7 @@ class JobStore:
             else:
                 expr.set(attr, value)
         expr.removes.extend(remove)
-        job = self._update(job_id, target, expr)
-        if target.is_terminal:
-            self.metrics.job_finished(job)  # once: only the winner of the final write gets here
-        return job
+        return self._update(job_id, target, expr)
 
     def claim(self, job_id: str, worker: str, lease_seconds: float, start_webhook: bool = False) -> Job:
         """queued -> running, or take over a running job whose lease lapsed.
@@ -295,9 +292,25 @@ class JobStore:
             expr.set(attr, value)
         expr.removes.extend(["lease_expires", "inflight_owner"])
         self._owe(expr, NOTIFY, now + self.outbox_grace)
-        job = self._update(job_id, JobStatus.FAILED, expr)
+        return self._update(job_id, JobStatus.FAILED, expr)
+
+    def count_finished(self, job_id: str) -> bool:
+        """Count a final job in the JobsFinished metric (and its run time, attempts and
+        phases), once: a conditional mark first, then the metric lines. Called on the
+        durable path every final job takes (its notify delivery), so the count does not
+        hang on the process that wrote the final state staying alive. At most once: a
+        process that dies between the mark and the lines loses the count, never doubles it."""
+        expr = _Expr()
+        status = expr.name("status")
+        expr.conditions.append(f"attribute_not_exists({expr.name('counted_at')})")
+        expr.conditions.append(" OR ".join(
+            f"{status} = {expr.value('final_' + s.value, s.value)}" for s in JobStatus if s.is_terminal))
+        expr.set("counted_at", self._clock())
+        job = self._try_update(job_id, expr)
+        if job is None:
+            return False  # counted already, gone, or not final
         self.metrics.job_finished(job)
-        return job
+        return True
 
     # -- the outbox ---------------------------------------------------------
     @staticmethod

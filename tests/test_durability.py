@@ -24,7 +24,7 @@ from chalicelib.settings import Settings
 from infra.local.fault_proxy import Rule
 from infra.local.lambda_poller import lambda_record
 from infra.local.stack import create_stack
-from tests.support import procs
+from tests.support import emf, procs
 from tests.support.harness import (
     Handlers,
     ThreadWorker,
@@ -203,7 +203,7 @@ def test_renewal_hiccup_before_the_upload_does_not_fail_a_finished_render(wenv, 
 
 # -- 5. webhooks survive the processes that send them ---------------------------------------
 def test_worker_killed_after_the_final_write_still_gets_its_webhook_delivered(wenv, fault_proxy, tmp_path,
-                                                                              children, receiver):
+                                                                              children, receiver, capsys):
     ctx = Context(Settings(**wenv))
     hold = fault_proxy.add(Rule(service="sqs", operation="SendMessage", action="stall", times=None,
                                 contains=wenv["WEBHOOKS_QUEUE"]))
@@ -222,6 +222,11 @@ def test_worker_killed_after_the_final_write_still_gets_its_webhook_delivered(we
         job = settled(ctx, job_id, timeout=30)
     assert job.webhook == "delivered"
     assert [r.json()["status"] for r in receiver.for_job(job_id)] == ["success"]
+    # The job is counted in JobsFinished once, by the delivery (here: handlers in this process),
+    # although the worker that wrote the final state died before it could say anything more.
+    counted = emf.named(emf.parse(capsys.readouterr().out.splitlines()), "JobsFinished", job_id=job_id)
+    assert [p.get("outcome") for p in counted] == ["success"]
+    assert emf.named(emf.read(tmp_path / "w.log"), "JobsFinished") == []
 
 
 def test_deliverer_killed_between_attempts_resumes_them_in_a_new_process(wenv, tmp_path, children, receiver):

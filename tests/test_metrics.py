@@ -24,7 +24,7 @@ from chalicelib.metrics import CATALOG, Metrics, phase_durations
 from chalicelib.models import KNOWN_FIELDS, JobStatus, JobType
 from chalicelib.settings import Settings
 from tests.support import emf, procs
-from tests.support.harness import start_worker_process, task_events, wait_until
+from tests.support.harness import service, start_worker_process, submit, task_events, wait_until
 from tests.support.receiver import Receiver
 
 
@@ -124,6 +124,31 @@ def test_phase_durations_follow_the_order_phases_were_entered():
     assert phase_durations({}, 9.0) == []
 
 
+# -- counted once, on the durable path ------------------------------------------------------
+@pytest.mark.integration
+def test_a_final_job_is_counted_once_and_a_job_not_final_never(ctx):
+    metrics, out = capture()
+    ctx.store.metrics = metrics
+    job_id = submit(ctx, "csm", {"text": "x"})
+    assert not ctx.store.count_finished(job_id)  # queued: nothing to count yet
+    ctx.store.transition(job_id, JobStatus.CANCELLED)
+    assert [ctx.store.count_finished(job_id) for _ in range(3)] == [True, False, False]
+    assert not ctx.store.count_finished("00000000-0000-0000-0000-000000000000")  # no record made
+    assert ctx.store.get("00000000-0000-0000-0000-000000000000") is None
+    assert [(p.get("job_id"), p.get("outcome")) for p in emf.named(points(out), "JobsFinished")] == [
+        (job_id, "cancelled")]
+
+
+@pytest.mark.integration
+def test_a_job_removed_with_its_data_is_counted_before_its_record_goes(ctx):
+    metrics, out = capture()
+    ctx.store.metrics = metrics
+    job_id = submit(ctx, "csm", {"text": "x"})
+    service(ctx).update(job_id, "anonymous", {"status": "cancelled", "remove_data": True})
+    assert ctx.store.get(job_id) is None
+    assert [p.get("job_id") for p in emf.named(points(out), "JobsFinished")] == [job_id]
+
+
 # -- GPU spend from the registry (moto over HTTP) ------------------------------------------
 @pytest.mark.integration
 def test_billed_seconds_are_counted_once_across_passes_and_the_stop(settings):
@@ -200,7 +225,7 @@ def test_processes_emit_metrics_for_success_failure_takeover_cancel_give_up_and_
     wait_until(lambda: emf.named(emf.read(tmp / "worker2.log"), "Takeovers", job_id=slow), 60)
     assert post(api, f"/job/{slow}", {"status": "cancelled"}).status_code == 200
 
-    wait_until(lambda: emf.named(emf.read(tmp / "api.log"), "JobsFinished", job_id=slow), 30)
+    wait_until(lambda: emf.named(emf.read(tmp / "handlers.log"), "JobsFinished", job_id=slow), 30)
     api_points = emf.read(tmp / "api.log")
     workers = emf.read(tmp / "worker1.log", tmp / "worker2.log")
     handlers = emf.read(tmp / "handlers.log")
@@ -210,17 +235,18 @@ def test_processes_emit_metrics_for_success_failure_takeover_cancel_give_up_and_
         [ok, failed, slow])
     # Bad input: one point per field named, the made-up key as "other".
     assert sorted(p.get("field") for p in emf.named(api_points, "BadInputRejections")) == ["other", "temperature"]
-    # Success and failure, counted once each by the worker that wrote them.
-    (done,) = emf.named(workers, "JobsFinished", job_id=ok)
-    (lost,) = emf.named(workers, "JobsFinished", job_id=failed)
+    # Success and failure, counted once each on the durable path every final job takes: its
+    # notify delivery (the handlers), not the worker that wrote the final state.
+    (done,) = emf.named(handlers, "JobsFinished", job_id=ok)
+    (lost,) = emf.named(handlers, "JobsFinished", job_id=failed)
     assert (done.get("outcome"), done.get("type"), lost.get("outcome")) == ("success", "csm", "failed")
-    assert [p.value for p in emf.named(workers, "Attempts", job_id=ok)] == [1]
-    assert emf.named(workers, "RunTime", job_id=ok)[0].value >= 0
-    assert {p.get("phase") for p in emf.named(workers, "PhaseTime", job_id=ok)} >= {"downloading"}
+    assert [p.value for p in emf.named(handlers, "Attempts", job_id=ok)] == [1]
+    assert emf.named(handlers, "RunTime", job_id=ok)[0].value >= 0
+    assert {p.get("phase") for p in emf.named(handlers, "PhaseTime", job_id=ok)} >= {"downloading"}
     assert {p.get("job_id") for p in emf.named(workers, "QueueWait")} == {ok, failed, slow}
-    # The takeover: counted by the worker that took over, at attempt 2; the cancel by the API.
+    # The takeover: counted by the worker that took over, at attempt 2; the API's cancel too.
     assert [p.get("attempt") for p in emf.named(workers, "Takeovers")] == [2]
-    (cancelled,) = emf.named(api_points, "JobsFinished", job_id=slow)
+    (cancelled,) = emf.named(handlers, "JobsFinished", job_id=slow)
     assert (cancelled.get("outcome"), cancelled.get("type")) == ("cancelled", "csm")
     # Webhooks: delivered for the success; refused then given up for the failure.
     assert [p.get("outcome") for p in emf.named(handlers, "WebhookDeliveries", job_id=ok)] == ["delivered"]

@@ -341,7 +341,6 @@ class Worker:
                     and current.status is status and current.finished_at:
                 # A retried write whose first try had landed: it is ours after all.
                 final = current
-                self.ctx.store.metrics.job_finished(final)  # the store counts only the writes it saw land
             else:
                 state = current.status.value if current else "missing"
                 log.info("job.final_write_lost", wanted=status.value, state=state,
