@@ -12,6 +12,9 @@ delivery settled, it checks:
   ``webhook: failed`` after all its attempts were refused (none silently missing);
 - 0 jobs with two accepted final webhooks;
 - 0 GPU instances left running once the idle timeout has passed;
+- no job counted twice in the JobsSubmitted / JobsFinished metrics (read from every
+  process's log), with the metrics' totals, takeovers, webhook outcomes and GPU billed
+  seconds printed beside the books' and the simulator's;
 
 and prints the counts of kills, takeovers, AWS faults injected, webhook attempts
 and give-ups. Exit status 0 only if every check holds.
@@ -299,8 +302,8 @@ class Soak:
 
     def audit_metrics(self, ids: list[str], ledger: dict[str, Any]) -> None:
         """The metrics every process wrote, against the books: each job submitted and
-        finished once (a count is missing only if a process was SIGKILLed between its
-        write and the metric line), the GPU seconds against the simulator's bill."""
+        finished once (a count can only go missing, never double: a process killed between
+        its conditional mark and the line), the GPU seconds against the simulator's bill."""
         points = emf.read(*sorted((self.work / "logs").glob("*.log")))
         submitted = Counter(p.get("job_id") for p in emf.named(points, "JobsSubmitted"))
         finished = Counter(p.get("job_id") for p in emf.named(points, "JobsFinished"))
