@@ -229,7 +229,8 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     # still be stopped. The jobs queue's depth is the pool's demand (chalicelib/gpu_pool.py).
     @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
     def gpu_reaper(event: Any) -> dict[str, Any]:
-        return reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.jobs_queue, beacons=ctx.beacons)
+        return reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.jobs_queue, beacons=ctx.beacons,
+                         queries=ctx.queries)
 
     intake_handler = IntakeHandler(service, events, settings)
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from .gpu_registry import LAUNCHING, RUNNING, GpuRecord
 from .gpu_settings import FleetSettings
+from .models import JobStatus
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,20 @@ class Demand:
         return f"{self.queued} queued, {self.running} running{workers}"
 
 
-def read_demand(queue: Any, beacons: Any | None = None) -> Demand:
+def read_demand(queue: Any, beacons: Any | None = None, queries: Any | None = None) -> Demand:
+    """The queue's depth, its visible messages checked against the jobs table's queued jobs
+    (``queries``): copies of finished jobs' messages (a killed worker's, the reconciler's)
+    wait in the queue too, and must not make the pool rent instances for no job."""
     depth = queue.depth()
+    queued = depth["messages"]
+    if queued and queries is not None:
+        jobs = queries.in_dispatch(JobStatus.QUEUED)
+        # Read the queue again after the table: the caller compares these figures with the
+        # registry it reads next, and a worker that takes a job in between must show as busy.
+        depth = queue.depth()
+        queued = depth["messages"] if jobs.approximate else min(depth["messages"], jobs.value)
     workers = beacons.alive() if beacons is not None else None
-    return Demand(queued=depth["messages"], running=depth["in_flight"], workers=workers)
+    return Demand(queued=queued, running=depth["in_flight"], workers=workers)
 
 
 def demand_reader(read: Callable[[], Demand], log: Any) -> Callable[[], Demand | None]:
@@ -112,7 +123,11 @@ def slots_to_launch(records: list[GpuRecord], demand: Demand, max_gpus: int) -> 
     An instance beyond the workers that can use it only bills."""
     supply = [r for r in records if r.state in (LAUNCHING, RUNNING)]
     covering = [r for r in supply if r.idle or r.ahead]
-    free_workers = demand.queued if demand.workers is None else max(0, demand.workers - demand.running)
+    # A worker between two jobs has no message in flight for a moment, while the registry,
+    # read a moment later, already shows its instance busy with the next job: a worker
+    # is counted busy by whichever of the two figures says more.
+    busy = sum(1 for r in supply if r.state == RUNNING and r.busy)
+    free_workers = demand.queued if demand.workers is None else max(0, demand.workers - max(demand.running, busy))
     takers = min(demand.queued, free_workers)
     missing = min(takers - len(covering), max_gpus - len(supply))
     if missing <= 0:

@@ -178,7 +178,8 @@ class Reaper:
 
 
 def reap_gpus(registry: GpuRegistry, settings: FleetSettings | None = None,
-              clock: Callable[[], float] = time.time, queue: Any = None, beacons: Any = None) -> dict[str, Any]:
+              clock: Callable[[], float] = time.time, queue: Any = None, beacons: Any = None,
+              queries: Any = None) -> dict[str, Any]:
     """One pass of the scheduled reaper (the API's ``gpu_reaper`` handler); the jobs
     ``queue`` (and worker ``beacons``) give the pool's demand (no queue: idle timeout only)."""
     log = get_logger("c3.gpu_reaper", worker=REAPER_ID)
@@ -189,7 +190,7 @@ def reap_gpus(registry: GpuRegistry, settings: FleetSettings | None = None,
         log.warning("gpu.reaper_skipped", reason="C3_API_KEY is not set: no Comput3 account to reap")
         return {"stopped": 0, "skipped": "C3_API_KEY is not set"}
     reaper = Reaper(settings.client(), registry, settings, REAPER_ID, clock, log)
-    now_demand = demand_reader(lambda: read_demand(queue, beacons), log)() if queue is not None else None
+    now_demand = demand_reader(lambda: read_demand(queue, beacons, queries), log)() if queue is not None else None
     stopped = reaper.reap_pass(now_demand)
     log.info("gpu.reap_pass", stopped=stopped, demand=str(now_demand) if now_demand else None)
     return {"stopped": stopped}

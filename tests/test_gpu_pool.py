@@ -10,7 +10,7 @@ import time
 import pytest
 
 from chalicelib.context import Context
-from chalicelib.gpu_pool import Demand, idle_to_stop, slots_to_launch
+from chalicelib.gpu_pool import Demand, idle_to_stop, read_demand, slots_to_launch
 from chalicelib.gpu_reaper import Reaper
 from chalicelib.gpu_registry import LAUNCHING, RUNNING, STOPPING, GpuRecord, GpuRegistry, RecordLost
 from chalicelib.gpu_settings import FleetSettings
@@ -209,3 +209,27 @@ def test_two_workers_launching_ahead_at_once_launch_each_instance_once(stack_env
     for r in registry.all():
         Reaper(settings.client(), registry, settings, "test", time.time, get_logger("test.pool")).stop(r, "test over")
     assert wait_until(lambda: c3_sim.ledger()["running"] == 0, 10)
+
+
+def test_a_worker_between_two_jobs_is_not_a_free_worker():
+    """Its message is acked before it receives the next one, and its instance is busy again
+    by the time the registry is read: three busy instances mean three busy workers."""
+    busy = [rec(k, busy=True) for k in range(3)]
+    assert slots_to_launch(busy, Demand(queued=4, running=2, workers=3), 10)[0] == []
+    assert slots_to_launch(busy[:2], Demand(queued=4, running=2, workers=3), 10)[0] == [2]  # one really free
+
+
+@pytest.mark.integration
+def test_copies_of_finished_jobs_messages_are_no_demand(ctx):
+    """A killed worker's message, or the reconciler's re-send, can outlive its job in the
+    queue: the pool counts queued jobs, not messages, and rents nothing for them."""
+    done = submit(ctx, "csm", {"text": "done"})
+    ctx.store.claim(done, "w1", 60)
+    ctx.store.transition(done, JobStatus.SUCCESS, worker="w1")
+    for _ in range(3):
+        ctx.jobs_queue.send(done)  # stale copies
+    assert ctx.jobs_queue.depth()["messages"] == 4
+    assert read_demand(ctx.jobs_queue, ctx.beacons).queued == 4  # the queue alone overcounts
+    assert read_demand(ctx.jobs_queue, ctx.beacons, ctx.queries).queued == 0
+    submit(ctx, "csm", {"text": "waits"})
+    assert read_demand(ctx.jobs_queue, ctx.beacons, ctx.queries).queued == 1
