@@ -140,7 +140,7 @@ class Soak:
             "WEBHOOK_INTERVAL": str(self.opts.webhook_interval), "WEBHOOK_TIMEOUT": "5",
             "GPU_IDLE_TIMEOUT": str(self.opts.idle_timeout),
             "GPU_HEALTH_INTERVAL": "2", "GPU_HEARTBEAT_INTERVAL": "2", "GPU_OWNER_GRACE": "8",
-            "GPU_BOOT_POLL": "0.2",
+            "GPU_BOOT_POLL": "0.2", "GPU_BOOT_TIMEOUT": "30",  # simulated nodes boot in under a second
             "GRADIO_POLL_INTERVAL": "0.2", "COMFYUI_POLL_INTERVAL": "0.2",
         }
         self.children.append(processes.start([sys.executable, "-m", "infra.local.lambda_poller"],
@@ -204,7 +204,8 @@ class Soak:
         """Kill a node that is serving a job right now (the GPU registry says which)."""
         items = self.ctx.dynamodb.scan(TableName=self.settings.gpu_table, ConsistentRead=True)["Items"]
         busy = [decode_item(i) for i in items]
-        busy = [r["workload"] for r in busy if r.get("busy") and r.get("workload")]
+        # Busy with a job: not a pool launch still booting for no job yet (``ahead``).
+        busy = [r["workload"] for r in busy if r.get("busy") and r.get("workload") and not r.get("ahead")]
         alive = {i["workload"] for i in self.sim.ledger()["instances"] if i["running"] and not i["dead"]}
         candidates = [w for w in busy if w in alive]
         if not candidates:
