@@ -20,7 +20,7 @@ and prints the counts of kills, takeovers, AWS faults injected, webhook attempts
 and give-ups. Exit status 0 only if every check holds.
 
     python -m infra.soak --jobs 500 --workers 3        # make soak
-    python -m infra.soak --jobs 100 --kill-every 15    # the short run in make test
+    python -m infra.soak --jobs 80 --kill-every 15     # the short run in make test
 """
 
 from __future__ import annotations

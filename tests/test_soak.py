@@ -1,4 +1,4 @@
-"""The short soak (`make soak` runs the long one): 100 jobs of all four types on 3 worker
+"""The short soak (`make soak` runs the long one): 80 jobs of all four types on 3 worker
 processes, a worker SIGKILLed every 15 s and replaced, GPU nodes dying mid-job, half the
 webhooks refused, AWS throttles on the wire. Every check of infra/soak.py must hold."""
 
@@ -17,7 +17,7 @@ from tests.support import procs
 @pytest.mark.timeout(600)  # the run is bounded by its own --timeout; this is the backstop
 def test_short_soak_loses_nothing_and_sends_each_webhook_once(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "infra.soak", "--jobs", "100", "--workers", "3", "--kill-every", "15",
+        [sys.executable, "-m", "infra.soak", "--jobs", "80", "--workers", "3", "--kill-every", "15",
          "--timeout", "400", "--work", str(tmp_path)],
         cwd=procs.ROOT, capture_output=True, text=True, timeout=600,
     )

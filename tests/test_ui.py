@@ -274,7 +274,11 @@ def test_health_shows_workers_queue_and_gpus(stack, jobs, driver) -> None:
     health = requests.get(f"{stack['api']}/health", timeout=10).json()
 
     def shown(name: str) -> str:
-        return css(driver, f'[data-stat="{name}"] .value')[0].text
+        # Read in the page in one step: the panel is re-rendered every poll, so an element
+        # found by one WebDriver call may be gone by the next.
+        return driver.execute_script(
+            "const e = document.querySelector(arguments[0]); return e && e.innerText;",
+            f'[data-stat="{name}"] .value')
 
     until(driver, lambda c: css(c, '[data-stat="workers.alive"]'))
     assert shown("workers.alive") == str(health["workers"]["alive"]) == "1"
@@ -283,8 +287,9 @@ def test_health_shows_workers_queue_and_gpus(stack, jobs, driver) -> None:
     assert int(shown("gpus.instances")) >= 1
     # Each instance on a line of its own, with its billed time (what /health says).
     slots = [g["slot"] for g in health["gpus"]["fleet"]]
-    until(driver, lambda c: [li.get_attribute("data-slot") for li in css(c, ".fleet li")] == slots)
-    line = css(driver, ".fleet li")[0].text
+    lines = "return [...document.querySelectorAll('.fleet li')].map((li) => [li.dataset.slot, li.innerText]);"
+    until(driver, lambda c: [slot for slot, _ in c.execute_script(lines)] == slots)
+    line = driver.execute_script(lines)[0][1]
     assert line.startswith(slots[0]) and "billed" in line
 
 
