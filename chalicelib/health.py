@@ -44,15 +44,19 @@ class HealthReport:
             "workers": {"alive": self.beacons.alive()},
             "gpus": {"instances": len(gpus), "by_state": dict(states),
                      "busy": sum(1 for g in gpus if g.state == RUNNING and g.busy), "idle": len(idle),
-                     "idle_seconds": [round(now - (g.last_used or g.launched_at or now), 1) for g in idle],
+                     "idle_seconds": [_idle(g, now) for g in idle],
                      # Rented now, seconds since each launch (what Comput3 bills for), per instance.
                      "billed_seconds": round(sum(_rented(g, now) for g in gpus), 1),
                      "fleet": [{"slot": g.id, "state": g.state, "busy": g.busy, "ahead": g.ahead,
                                 "billed_seconds": round(_rented(g, now), 1),
-                                "idle_seconds": round(now - (g.last_used or g.launched_at or now), 1) if g.idle
-                                else None} for g in sorted(gpus, key=lambda g: g.id)]},
+                                "idle_seconds": _idle(g, now) if g.idle else None}
+                               for g in sorted(gpus, key=lambda g: g.id)]},
         }
 
 
 def _rented(record: GpuRecord, now: float) -> float:
     return max(0.0, now - record.launched_at) if record.launched_at and record.workload else 0.0
+
+
+def _idle(record: GpuRecord, now: float) -> float:
+    return round(now - (record.last_used or record.launched_at or now), 1)
