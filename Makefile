@@ -39,7 +39,7 @@ test:
 	if [ $$installed -ne 0 ]; then cat $(EMULATORS_LOG); exit $$installed; fi; \
 	$(MAKE) --no-print-directory test-localstack
 
-# Debian's Chromium and its driver for tests/test_ui.py (the page in a headless browser; Selenium
+# Debian's Chromium and its driver for tests/api/test_ui.py (the page in a headless browser; Selenium
 # Manager never downloads one). Nothing to do when both are there; the package lists are
 # refreshed only when the install fails without it.
 BROWSER_PACKAGES := chromium chromium-driver
@@ -62,7 +62,7 @@ bench: setup
 
 # Durability under fire: SOAK_WORKERS workers, SOAK_JOBS jobs of all four types, a worker SIGKILLed
 # every ~30 s, ~10% of GPU nodes dying, half the webhooks refused, AWS throttles (infra/soak.py).
-# A short run (tests/test_soak.py) is part of `make test`.
+# A short run (tests/system/test_soak.py) is part of `make test`.
 SOAK_JOBS ?= 500
 SOAK_WORKERS ?= 3
 soak: setup

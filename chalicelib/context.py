@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
-from . import aws
-from .gpu_registry import GpuRegistry
-from .links import ResultLinks
-from .outbox import Outbox
-from .queries import JobQueries
-from .queue import JobQueue, Queue
-from .results import ResultStore
-from .settings import Settings, get_settings
-from .store import JobStore
-from .workers import WorkerBeacons
+from chalicelib.fleet.beacons import WorkerBeacons
+from chalicelib.fleet.registry import GpuRegistry
+from chalicelib.jobs.links import ResultLinks
+from chalicelib.jobs.outbox import Outbox
+from chalicelib.jobs.queries import JobQueries
+from chalicelib.jobs.results import ResultStore
+from chalicelib.jobs.store import JobStore
+from chalicelib.platform import aws
+from chalicelib.platform.queue import JobQueue, Queue
+from chalicelib.platform.settings import Settings, get_settings
 
 
 @dataclass

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import requests
 
-from chalicelib import aws
 from chalicelib.context import Context
-from chalicelib.settings import Settings
+from chalicelib.platform import aws
+from chalicelib.platform.settings import Settings
 from infra.local import processes
 from infra.local.stack import create_stack
 
@@ -59,8 +59,8 @@ def submissions_per_second(base: str, clients: int) -> float:
 
 
 def in_process_submissions_per_second(settings: Settings) -> float:
-    from chalicelib.jobs import JobService
-    from chalicelib.models import JobType
+    from chalicelib.jobs.models import JobType
+    from chalicelib.jobs.service import JobService
 
     ctx = Context(settings)
     service = JobService(ctx.store, ctx.outbox, ctx.results, time.time)
@@ -132,8 +132,8 @@ def main() -> int:
             ctx = Context(settings)
             worker = processes.start([sys.executable, "-m", "worker_runtime"], env=env, log_path=work / "worker.log")
             children.append(worker)
-            from chalicelib.jobs import JobService
-            from chalicelib.models import JobType
+            from chalicelib.jobs.models import JobType
+            from chalicelib.jobs.service import JobService
 
             service = JobService(ctx.store, ctx.outbox, ctx.results, time.time)
             time.sleep(2)  # let the worker settle into its long poll

@@ -18,10 +18,10 @@ from typing import Any
 import requests
 
 from chalicelib.context import Context
-from chalicelib.job import Job
-from chalicelib.models import JobStatus, JobType
-from chalicelib.settings import Settings
-from chalicelib.store import encode_item
+from chalicelib.jobs.models import JobStatus, JobType
+from chalicelib.jobs.record import Job
+from chalicelib.platform.dynamo import encode_item
+from chalicelib.platform.settings import Settings
 from infra.local import processes
 from infra.local.stack import create_stack
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.context import Context
-from chalicelib.jobs import JobService
-from chalicelib.models import JobType
-from chalicelib.settings import Settings
+from chalicelib.jobs.models import JobType
+from chalicelib.jobs.service import JobService
+from chalicelib.platform.settings import Settings
 from infra.local import processes
 from infra.local.simulator import SimulatorProcess
 from infra.local.stack import create_stack

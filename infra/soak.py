@@ -41,14 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib import aws
 from chalicelib.context import Context
-from chalicelib.job import Job
-from chalicelib.jobs import JobService
-from chalicelib.metrics import Metrics
-from chalicelib.models import JobType
-from chalicelib.settings import Settings
-from chalicelib.store import decode_item
+from chalicelib.jobs.models import JobType
+from chalicelib.jobs.record import Job
+from chalicelib.jobs.service import JobService
+from chalicelib.platform import aws
+from chalicelib.platform.dynamo import decode_item
+from chalicelib.platform.metrics import Metrics
+from chalicelib.platform.settings import Settings
 from infra.local import emf, processes
 from infra.local.fault_proxy import FaultProxy, Rule
 from infra.local.samples import write_samples

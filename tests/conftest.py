@@ -10,9 +10,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from chalicelib import aws
 from chalicelib.context import Context
-from chalicelib.settings import Settings, get_settings
+from chalicelib.platform import aws
+from chalicelib.platform.settings import Settings, get_settings
 from infra.local import emulators
 from infra.local.stack import create_stack
 from tests.support import procs

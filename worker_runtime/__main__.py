@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from chalicelib.context import Context
-from chalicelib.logs import configure, get_logger
+from chalicelib.platform.logs import configure, get_logger
 
 from .settings import get_worker_settings
 from .tasks import load_tasks

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from chalicelib.logs import get_logger
+from chalicelib.platform.logs import get_logger
 
 from .stops import Stop
 

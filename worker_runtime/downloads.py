@@ -2,7 +2,7 @@
 
 Streamed to disk with a size cap and a whole-download deadline; the body must not
 be a web page; and, outside local mode, no request may reach a private, loopback,
-link-local or cloud-metadata address (the policy in chalicelib/egress.py). That last
+link-local or cloud-metadata address (the policy in chalicelib/platform/egress.py). That last
 check runs twice: on the host name before each hop (so the error can name the address)
 and on the connected socket itself (so a DNS answer that changes between the two cannot
 slip through). Redirects are followed by hand so every hop gets both checks.
@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from urllib3.exceptions import HTTPError
 
-from chalicelib.egress import AddressRefused, Policy, default_policy, egress_session
+from chalicelib.platform.egress import AddressRefused, Policy, default_policy, egress_session
 
 from .cancel import CancelToken
 from .tasks.base import TaskError

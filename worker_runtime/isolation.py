@@ -34,8 +34,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-from chalicelib.job import Job
-from chalicelib.logs import EventLogger, configure
+from chalicelib.jobs.record import Job
+from chalicelib.platform.logs import EventLogger, configure
 
 from .cancel import CancelToken, TaskCancelled
 from .stops import Stop

@@ -7,9 +7,9 @@ this one has gone silent)."""
 
 from __future__ import annotations
 
-from chalicelib.job import Job
-from chalicelib.queue import Message, Queue
-from chalicelib.store import JobStore, TransitionConflict
+from chalicelib.jobs.record import Job
+from chalicelib.jobs.store import JobStore, TransitionConflict
+from chalicelib.platform.queue import Message, Queue
 
 
 class LeaseLost(Exception):

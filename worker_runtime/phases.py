@@ -3,7 +3,7 @@ from the worker process without ever holding up the task.
 
     downloading -> [waiting_for_gpu] -> [launching_gpu] -> rendering -> uploading
 
-The claim enters "downloading" (chalicelib/store.py); the GPU task and the manager report
+The claim enters "downloading" (chalicelib/jobs/store.py); the GPU task and the manager report
 the rest through ``TaskContext.report`` (from a task's child process, through its pipe:
 worker_runtime/isolation.py). A background thread writes them: every phase change as one
 conditional UpdateItem (the job still running and held by this worker), progress at most
@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Callable
 
-from chalicelib.logs import EventLogger
-from chalicelib.store import JobStore, TransitionConflict
+from chalicelib.jobs.store import JobStore, TransitionConflict
+from chalicelib.platform.logs import EventLogger
 
 PROGRESS_INTERVAL = 2.0
 

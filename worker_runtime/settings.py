@@ -9,7 +9,7 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from chalicelib.settings import Settings
+from chalicelib.platform.settings import Settings
 
 
 def _default_worker_id() -> str:

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from chalicelib.logs import EventLogger
-from chalicelib.models import JobStatus
+from chalicelib.jobs.models import JobStatus
+from chalicelib.platform.logs import EventLogger
 
 from .cancel import CancelToken, TaskCancelled
 from .lease import Lease, LeaseLost

@@ -5,7 +5,7 @@
                write the outcome (conditional) -> queue the delivery (winner only) -> ack
 
 Nothing here is the only copy of an effect: the terminal write puts the job in the
-outbox (chalicelib/outbox.py), so a worker that dies after it still has its webhook
+outbox (chalicelib/jobs/outbox.py), so a worker that dies after it still has its webhook
 delivered; a message this worker fails to handle (an AWS error that outlasted the
 retries) is left to reappear, and the worker carries on with the next one.
 """
@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chalicelib.context import Context
-from chalicelib.job import Job
-from chalicelib.logs import get_logger
-from chalicelib.models import JobStatus, parse_job_request
-from chalicelib.queue import Message
-from chalicelib.results import content_type_for, result_key
-from chalicelib.retry import retry_transient
-from chalicelib.store import NOTIFY, TransitionConflict
+from chalicelib.jobs.models import JobStatus, parse_job_request
+from chalicelib.jobs.record import Job
+from chalicelib.jobs.results import content_type_for, result_key
+from chalicelib.jobs.store import NOTIFY, TransitionConflict
+from chalicelib.platform.logs import get_logger
+from chalicelib.platform.queue import Message
+from chalicelib.platform.retry import retry_transient
 
 from .cancel import CancelToken
 from .files import remove_job_files
@@ -34,8 +34,9 @@ from .isolation import TaskProcess
 from .lease import Lease, LeaseLost
 from .phases import PhaseReporter
 from .settings import WorkerSettings
-from .stops import RULES, Record, Stop
+from .stops import RULES
 from .stops import Message as MessageFate
+from .stops import Record, Stop
 from .supervisor import Outcome, Supervisor
 from .tasks.base import Task, TaskContext
 

@@ -35,7 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from chalicelib.aws import client_config
+from chalicelib.platform.aws import client_config
 
 from .cloudformation import DeployError, delete_stack, deploy_stack, stack_outputs, stack_status
 from .emulator import Applier, Report, Unsupported, empty_bucket
@@ -43,8 +43,15 @@ from .image import ImageError, build_and_push, docker_available
 from .monitoring import HANDLERS as MONITORING_HANDLERS
 from .monitoring import monitoring_template
 from .ssm_secrets import plan_secrets, purge_secrets, secrets_path, store_secrets
-from .template import (APP_TEMPLATE, DATA_TEMPLATE, ParameterError, env_name, load_template,
-                       parse_params, resolve_parameters)
+from .template import (
+    APP_TEMPLATE,
+    DATA_TEMPLATE,
+    ParameterError,
+    env_name,
+    load_template,
+    parse_params,
+    resolve_parameters,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHALICE_CONFIG = ROOT / ".chalice" / "config.json"

@@ -13,7 +13,7 @@ import base64
 import os
 from typing import Any, Mapping
 
-from chalicelib.secrets import ALL_SECRETS
+from chalicelib.platform.secrets import ALL_SECRETS
 
 REQUIRED = ("comput3-api-key", "api-keys")
 DESCRIPTIONS = {

@@ -28,10 +28,10 @@ from chalice.app import Rate, ScheduledEventConfig, SQSEventConfig
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from chalicelib import aws
-from chalicelib.logs import configure, get_logger
-from chalicelib.queue import Queue
-from chalicelib.settings import Settings, get_settings
+from chalicelib.platform import aws
+from chalicelib.platform.logs import configure, get_logger
+from chalicelib.platform.queue import Queue
+from chalicelib.platform.settings import Settings, get_settings
 
 log = get_logger("c3.lambda_poller")
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from chalicelib.settings import EgressSettings, Settings
+from chalicelib.platform.settings import EgressSettings, Settings
 from infra.local import processes
 from infra.local.stack import create_stack
 
@@ -98,7 +98,7 @@ class Supervisor:
                 log.write(line)
                 log.flush()
                 if line.startswith(b'{"_aws"'):
-                    continue  # an EMF metric line (chalicelib/metrics.py): kept in the log, not on the console
+                    continue  # an EMF metric line (chalicelib/platform/metrics.py): kept in the log, not on the console
                 sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
                 sys.stdout.flush()
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from chalicelib import aws
-from chalicelib.settings import Settings, get_settings
-from chalicelib.gpu_registry import STATE_INDEX
-from chalicelib.store import INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX
+from chalicelib.fleet.registry import STATE_INDEX
+from chalicelib.jobs.store import INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX
+from chalicelib.platform import aws
+from chalicelib.platform.settings import Settings, get_settings
 
-# The jobs table's sparse outbox index (see chalicelib/outbox.py); data.yaml declares the same.
+# The jobs table's sparse outbox index (see chalicelib/jobs/outbox.py); data.yaml declares the same.
 OUTBOX_GSI = {
     "IndexName": OUTBOX_INDEX,
     "KeySchema": [{"AttributeName": "outbox", "KeyType": "HASH"},
@@ -47,7 +47,7 @@ JOBS_INDEX_ATTRIBUTES = [{"AttributeName": "outbox", "AttributeType": "S"},
                          {"AttributeName": "created_at", "AttributeType": "N"},
                          {"AttributeName": "inflight_owner", "AttributeType": "S"}]
 
-# The GPU registry's index on ``state`` (see chalicelib/gpu_registry.py); data.yaml declares the same.
+# The GPU registry's index on ``state`` (see chalicelib/fleet/registry.py); data.yaml declares the same.
 GPU_STATE_GSI = {
     "IndexName": STATE_INDEX,
     "KeySchema": [{"AttributeName": "state", "KeyType": "HASH"}],

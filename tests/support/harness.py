@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from chalicelib.api import create_app
+from chalicelib.api.routes import create_app
 from chalicelib.context import Context
-from chalicelib.settings import Settings
+from chalicelib.jobs.models import JobType
+from chalicelib.jobs.service import JobService
+from chalicelib.platform.settings import Settings
 from infra.local.lambda_poller import PollerSettings, start_pollers
-from chalicelib.jobs import JobService
-from chalicelib.models import JobType
 from worker_runtime.settings import WorkerSettings
 from worker_runtime.tasks import load_tasks
 from worker_runtime.worker import Worker

@@ -17,9 +17,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from chalicelib.job import Job
-from chalicelib.logs import get_logger
-from chalicelib.models import JobStatus, JobType, parse_job_request
+from chalicelib.jobs.models import JobStatus, JobType, parse_job_request
+from chalicelib.jobs.record import Job
+from chalicelib.platform.logs import get_logger
 from infra.local.simulator.apps import mount_all
 from worker_runtime.cancel import CancelToken
 from worker_runtime.node import Node, NodeUrls

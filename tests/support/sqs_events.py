@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from chalicelib.queue import Queue
+from chalicelib.platform.queue import Queue
 
 
 def take(sqs: Any, queue: str, count: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:

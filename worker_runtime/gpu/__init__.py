@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from chalicelib.context import Context
-from chalicelib.gpu_pool import read_demand
+from chalicelib.fleet.pool import read_demand
+from chalicelib.fleet.registry import GpuRegistry
 
 from .manager import GpuError, GpuManager
-from .registry import GpuRegistry
 from .settings import GpuSettings
 from .task import GpuTask
 

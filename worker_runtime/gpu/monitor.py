@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Callable
 
-from ..comput3 import Wait
+from chalicelib.fleet.comput3 import Wait
 
 
 class Monitor:

@@ -1,4 +1,4 @@
-"""GPU settings of the worker: the fleet's (chalicelib/gpu_settings.py) plus launching,
+"""GPU settings of the worker: the fleet's (chalicelib/fleet/settings.py) plus launching,
 node URLs and health checks. Every number an environment variable."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from functools import lru_cache
 
 from pydantic import Field, model_validator
 
-from chalicelib.gpu_settings import Delays, FleetSettings
+from chalicelib.fleet.comput3 import Comput3Client
+from chalicelib.fleet.settings import Delays, FleetSettings
 
-from ..comput3 import Comput3Client
 from ..node import NodeUrls
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from chalicelib.models import JobType
+from chalicelib.jobs.models import JobType
 
 from .base import Task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from chalicelib.models import AnalyzeRequest
+from chalicelib.jobs.models import AnalyzeRequest
 
 from .. import media
 from ..downloads import Downloader

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from chalicelib.job import Job
-from chalicelib.logs import EventLogger
+from chalicelib.jobs.record import Job
+from chalicelib.platform.logs import EventLogger
 
 from ..cancel import CancelToken
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import requests
 
-from chalicelib.logs import EventLogger
+from chalicelib.platform.logs import EventLogger
 
 from ..cancel import CancelToken
 from .base import NodeFault

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from chalicelib.models import CsmRequest
+from chalicelib.jobs.models import CsmRequest
 
 from .. import media
 from ..downloads import Downloader

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalicelib.models import PortraitRequest
+from chalicelib.jobs.models import PortraitRequest
 
 from .. import media
 from ..downloads import Downloader

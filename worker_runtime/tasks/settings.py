@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from chalicelib.settings import EgressSettings
+from chalicelib.platform.settings import EgressSettings
 
 DEFAULT_ANALYZE_PROMPT = (
     "Describe this image in detail: the main subjects, their appearance and actions, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chalicelib.models import WhisperRequest
+from chalicelib.jobs.models import WhisperRequest
 
 from .. import media
 from ..downloads import Downloader

@@ -7,7 +7,7 @@ import sys
 
 import uvicorn
 
-from chalicelib.logs import configure
+from chalicelib.platform.logs import configure
 
 from .control import build_control_app
 from .settings import SimulatorSettings

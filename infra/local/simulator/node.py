@@ -40,7 +40,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from chalicelib.logs import EventLogger, get_logger
+from chalicelib.platform.logs import EventLogger, get_logger
 
 APPS_MODULE = "infra.local.simulator.apps"
 

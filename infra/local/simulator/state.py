@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from chalicelib.logs import get_logger
+from chalicelib.platform.logs import get_logger
 
 from .node import NodeServer, NodeState
 from .settings import Faults, SimulatorSettings

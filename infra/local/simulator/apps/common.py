@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from chalicelib.logs import EventLogger, get_logger
+from chalicelib.platform.logs import EventLogger, get_logger
 
 DEFAULT_SLOW_SECONDS = 600.0
 

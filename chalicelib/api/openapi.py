@@ -1,0 +1,211 @@
+"""OpenAPI 3.1 document generated from the pydantic request models."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from chalicelib.jobs.models import PHASES, REQUEST_MODELS, StatusUpdate
+from chalicelib.jobs.queries import CURSOR_PATTERN
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string"},
+        "details": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Malformed request", 401: "Missing or wrong API key", 404: "Unknown job",
+            403: "The result link does not open this job",
+            405: "Method not allowed on this route",
+            409: "Conflict with the job's state", 413: "Body too large",
+            415: "Content-Type is not application/json", 422: "Invalid fields",
+            429: "The key has its cap of jobs in flight (see Retry-After)",
+            503: "A backing AWS service is unavailable; nothing was accepted"}
+    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+# From a job's id to what can be done with it: submit -> status -> result -> update, retry
+# (what stateful clients and testers such as schemathesis chain).
+JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"id": "$response.body#/id"}}
+    for name, operation in (("GetStatus", "getStatus"), ("GetResult", "getResult"),
+                            ("UpdateJob", "updateJob"), ("RetryJob", "retryJob"))
+}
+
+
+def _static(summary: str, media_type: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "security": [], "responses": {"200": {
+        "description": summary, "content": {media_type: {"schema": {"type": "string"}}}}}}}
+
+
+# The operators' page (chalicelib/api/ui.py): public static files; its data comes from the API.
+UI_PATHS = {
+    "/ui": _static("The operators' page: jobs, a job's detail and health, with the key entered in it",
+                   "text/html"),
+    "/ui/app.js": _static("The page's script", "text/javascript"),
+    "/ui/app.css": _static("The page's style sheet", "text/css"),
+}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    models = [(m, "validation") for m in (*REQUEST_MODELS.values(), StatusUpdate)]
+    _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    schemas = dict(defs.get("$defs", {}))
+    schemas["Error"] = _ERROR
+    schemas["Submitted"] = {
+        "type": "object",
+        "required": ["id", "status"],
+        "properties": {"id": {"type": "string", "format": "uuid"},
+                       "status": {"enum": ["queued", "running", "success", "failed", "cancelled", "timed_out"],
+                                  "description": "queued, or the current state of a replayed submission"}},
+    }
+    schemas["JobStatus"] = {
+        "type": "object",
+        "required": ["id", "status"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"enum": ["queued", "running", "success", "failed", "cancelled", "timed_out"]},
+            "error": {"type": "string"},
+            "type": {"type": "string"},
+            "attempts": {"type": "integer"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": "string", "format": "date-time"},
+            "complete_by": {"type": "string", "format": "date-time"},
+            "max_time": {"type": "integer"},
+            "queue_position": {"type": "integer", "description": "queued jobs ahead of this one"},
+            "queue_position_approximate": {"type": "boolean"},
+            "retry_of": {"type": "string", "format": "uuid"},
+            "phase": {"enum": list(PHASES),
+                      "description": "where the job is; absent once final and every webhook is settled"},
+            "phases": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"},
+                       "description": "when each phase of the current attempt was entered"},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1,
+                         "description": "the node's progress while rendering, where the node reports it"},
+            "webhook": _ref("WebhookState"),
+            "start_webhook": _ref("WebhookState"),
+            "params": {"type": "object", "description": "the job's parameters as submitted, defaults "
+                                                        "filled in (GET /status only, not GET /jobs)"},
+        },
+    }
+    schemas["WebhookState"] = {"type": "object", "required": ["status", "attempts"], "properties": {
+        "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
+        "last_error": {"type": "string"}}}
+    schemas["JobList"] = {
+        "type": "object", "required": ["jobs", "next_cursor"],
+        "properties": {"jobs": {"type": "array", "items": _ref("JobStatus")},
+                       "next_cursor": {"type": ["string", "null"]}},
+    }
+    schemas["Retried"] = {
+        "type": "object", "required": ["id", "status", "retry_of"],
+        "properties": {"id": {"type": "string", "format": "uuid"}, "status": {"const": "queued"},
+                       "retry_of": {"type": "string", "format": "uuid"}},
+    }
+    schemas["Health"] = {"type": "object", "required": ["status", "queue", "jobs", "workers", "gpus"],
+                         "properties": {"status": {"const": "ok"}, "queue": {"type": "object"},
+                                        "jobs": {"type": "object"}, "workers": {"type": "object"},
+                                        "gpus": {"type": "object"}}}
+    schemas["Result"] = {
+        "oneOf": [
+            {"type": "object", "required": ["result_url"], "additionalProperties": False,
+             "properties": {"result_url": {"type": "string"},
+                            "result_link": {"type": "string", "description": "lasts PRESIGN_EXPIRES"}}},
+            {"type": "object", "required": ["text"], "additionalProperties": False,
+             "properties": {"text": {"type": "string"}}},
+        ]
+    }
+    job_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    prefer = {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+              "description": "wait=N (1-25): answer once the job is final, or after N seconds "
+                             "(Preference-Applied says it waited)"}
+    open_route = {"security": []}
+    paths: dict[str, Any] = {
+        "/": {"get": {"summary": "Up", "responses": {"200": {"description": "Service is up"}}, **open_route}},
+        **UI_PATHS,
+        "/health": {"get": {"summary": "Queue, jobs, workers and GPU instances", **open_route,
+                            "responses": {"200": _json(_ref("Health"), "Health")}}},
+        "/jobs": {"get": {"summary": "The key's jobs, newest first", "parameters": [
+            {"name": "status", "in": "query", "schema": {"enum": ["queued", "running", "success", "failed",
+                                                                    "cancelled", "timed_out"]}},
+            {"name": "type", "in": "query", "schema": {"enum": [t.value for t in REQUEST_MODELS]}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+            {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": CURSOR_PATTERN}}],
+            "responses": {"200": _json(_ref("JobList"), "A page of jobs"), **_errors(400, 401)}}},
+        "/jobs/{id}/retry": {"post": {"summary": "Submit a failed, timed-out or cancelled job again",
+                                      "operationId": "retryJob",
+                                      "parameters": [job_id], "responses": {
+                                          "200": _json(_ref("Retried"), "The new job"),
+                                          **_errors(400, 401, 404, 409, 415, 429)}}},
+        "/results/{id}": {"get": {"summary": "A durable result link: 302 to a fresh presigned URL",
+                                  **open_route, "parameters": [
+                                      job_id, {"name": "expires", "in": "query", "required": True,
+                                               "schema": {"type": "integer"}},
+                                      {"name": "token", "in": "query", "required": True,
+                                       "schema": {"type": "string"}}],
+                                  "responses": {"302": {"description": "Location: the result"},
+                                                **_errors(400, 403, 404)}}},
+    }
+    for job_type, model in REQUEST_MODELS.items():
+        paths[f"/{job_type.value}"] = {
+            "post": {
+                "summary": f"Submit a {job_type.value} job",
+                "operationId": f"submit_{job_type.value}",
+                "parameters": [
+                    {"name": "Idempotency-Key", "in": "header", "required": False,
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 255}},
+                    prefer,
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(model.__name__)}}},
+                "responses": {"200": {**_json({"anyOf": [_ref("Submitted"), _ref("JobStatus")]},
+                                              "Job accepted (with Prefer: wait, its status view)"),
+                                      "links": JOB_LINKS},
+                              **_errors(400, 401, 409, 413, 415, 422, 429, 503)},
+            }
+        }
+    paths["/status/{id}"] = {"get": {"summary": "Job status", "operationId": "getStatus",
+                                     "parameters": [job_id, prefer],
+                                     "responses": {"200": _json(_ref("JobStatus"), "Job status"),
+                                                   **_errors(400, 401, 404)}}}
+    paths["/job/{id}"] = {"post": {
+        "summary": "Mark a job timed_out, cancelled or failed", "operationId": "updateJob", "parameters": [job_id],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("StatusUpdate")}}},
+        "responses": {"200": _json({"type": "object", "properties": {"message": {"type": "string"}}}, "Updated"),
+                      **_errors(400, 401, 404, 409, 413, 415, 422)}}}
+    paths["/result/{id}"] = {"get": {"summary": "Job result", "operationId": "getResult", "parameters": [job_id],
+                                     "responses": {"200": _json(_ref("Result"), "Result"),
+                                                   **_errors(400, 401, 404, 409)}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "c3-render", "version": "1.0.0"},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "renderKey": {"type": "apiKey", "in": "header", "name": "X-C3-RENDER-KEY"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
+        "security": [{"renderKey": []}, {"bearer": []}],
+        "paths": paths,
+    }

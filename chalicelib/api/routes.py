@@ -1,0 +1,244 @@
+"""The Chalice application: thin routes over JobService, errors mapped in one place."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+
+from botocore.exceptions import BotoCoreError, ClientError
+from chalice import Chalice, Rate, Response
+
+from chalicelib.api.health import HealthReport
+from chalicelib.api.openapi import openapi_document
+from chalicelib.api.ui import register_ui
+from chalicelib.api.waiting import preferred_wait, wait_final
+from chalicelib.context import Context
+from chalicelib.delivery.dead_letters import handle_dead_letters
+from chalicelib.delivery.deliveries import DeliveryHandler
+from chalicelib.delivery.events import EventPublisher
+from chalicelib.delivery.intake import IntakeHandler
+from chalicelib.delivery.webhooks import WebhookSender
+from chalicelib.fleet.reaper import reap_gpus
+from chalicelib.jobs.models import KNOWN_FIELDS, JobStatus, JobType
+from chalicelib.jobs.outbox import Reconciler
+from chalicelib.jobs.record import Job
+from chalicelib.jobs.service import JobService, parse_job_id
+from chalicelib.platform.auth import authenticate
+from chalicelib.platform.errors import C3RenderError, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
+from chalicelib.platform.json_body import parse_json
+from chalicelib.platform.logs import configure, get_logger
+from chalicelib.platform.metrics import METRICS
+
+log = get_logger("c3.api")
+JSON_TYPES = ["application/json"]
+
+
+def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        body=json.dumps(body), status_code=status, headers={"Content-Type": "application/json", **(headers or {})}
+    )
+
+
+def in_error_format(response: Response) -> Response:
+    """Chalice's own answers, made before a view runs (405 wrong method, 415 wrong
+    Content-Type, 500 on an escaped exception), as ``{"Code", "Message"}``: rewritten
+    into the API's error format, naming the field and the rule."""
+    body = response.body
+    if not (isinstance(body, dict) and set(body) == {"Code", "Message"}):
+        return response
+    out: dict[str, Any] = {"error": body["Message"]}
+    if response.status_code == 405:
+        allowed = response.headers.get("Allow", "")
+        out["details"] = [{"field": "method", "message": f"must be one of: {allowed}"}]
+    elif response.status_code == 415:
+        out["details"] = [{"field": "Content-Type", "message": f"must be one of: {', '.join(JSON_TYPES)}"}]
+    headers = {**response.headers, "Content-Type": "application/json"}
+    return Response(body=json.dumps(out), status_code=response.status_code, headers=headers)
+
+
+def create_app(ctx: Context, events: Any = None) -> Chalice:
+    settings = ctx.settings
+    configure(settings.log_level)
+    app = Chalice(app_name="c3-render")
+    app.log.handlers.clear()  # Our JSON handler on the root logger does the logging.
+    app.register_middleware(lambda event, get_response: in_error_format(get_response(event)), "http")
+    if events is None:
+        events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results, ctx.clock)
+    service = JobService(ctx.store, ctx.outbox, ctx.results, ctx.clock, settings.job_ttl_days,
+                         ctx.queries, settings.max_in_flight_per_key)
+    health_report = HealthReport(ctx.jobs_queue, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
+                                 ctx.beacons, ctx.clock)
+    keys = settings.api_key_list
+    if not keys:
+        log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
+
+    def handled(fn: Callable[..., Any]) -> Callable[..., Response]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            try:
+                out = fn(*args, **kwargs)
+                return out if isinstance(out, Response) else _json_response(out)
+            except C3RenderError as exc:
+                if isinstance(exc, (InvalidRequest, PayloadTooLarge)):
+                    METRICS.bad_input((d["field"] for d in exc.details), "http", KNOWN_FIELDS)
+                return _json_response(exc.to_body(), exc.status_code, exc.headers)
+            except (ClientError, BotoCoreError) as exc:
+                log.error("api.backend_error", exc_info=True, reason=str(exc))
+                return _json_response({"error": "A backing AWS service is unavailable; retry later"}, 503)
+
+        return wrapper
+
+    def owner() -> str:
+        return authenticate(app.current_request.headers, keys)
+
+    def waited(job: Job, brief: bool = False) -> Response:
+        """The job's view (``brief``: only id and status, the seed's submit answer), after
+        waiting for it to be final when the client asks to (``Prefer: wait=N``)."""
+        seconds = preferred_wait(app.current_request.headers.get("prefer"))
+        if seconds is None:
+            return _json_response({"id": job.id, "status": job.status.value} if brief else service.view(job))
+        job = wait_final(lambda: ctx.store.get(job.id) or job, seconds)
+        return _json_response(service.view(job), headers={"Preference-Applied": f"wait={seconds}"})
+
+    def base_url() -> str:
+        """The API's public base URL: PUBLIC_API_URL, or how this request reached it."""
+        if settings.public_api_url:
+            return settings.public_api_url
+        request = app.current_request
+        host = request.headers.get("host", "127.0.0.1")
+        proto = request.headers.get("x-forwarded-proto", "http")
+        stage = request.context.get("stage") if host.endswith(".amazonaws.com") else None
+        return f"{proto}://{host}" + (f"/{stage}" if stage else "")
+
+    def body() -> Any:
+        raw = app.current_request.raw_body or b""
+        if len(raw) > settings.max_body_bytes:
+            raise PayloadTooLarge(
+                f"Request body is {len(raw)} bytes; the limit is {settings.max_body_bytes}",
+                [{"field": "body", "message": f"must be at most {settings.max_body_bytes} bytes"}],
+            )
+        return parse_json(raw)
+
+    @app.route("/")
+    @handled
+    def health() -> dict[str, Any]:
+        return {"service": "c3-render", "status": "ok"}
+
+    @app.route("/openapi.json")
+    @handled
+    def openapi() -> dict[str, Any]:
+        return openapi_document()
+
+    register_ui(app)  # GET /ui: the operators' page (static; its data comes from the routes below)
+
+    def submit_route(job_type: JobType) -> None:
+        @handled
+        def submit() -> dict[str, Any]:
+            who = owner()
+            data = body()
+            key = app.current_request.headers.get("idempotency-key")
+            job, _ = service.submit(job_type, data, who, key)
+            return waited(job, brief=True)
+
+        submit.__name__ = f"submit_{job_type.value}"
+        app.route(f"/{job_type.value}", methods=["POST"], content_types=JSON_TYPES)(submit)
+
+    for job_type in JobType:
+        submit_route(job_type)
+
+    @app.route("/status/{job_id}")
+    @handled
+    def status(job_id: str) -> Response:
+        job = service.get(job_id, owner())
+        return waited(job)
+
+    @app.route("/job/{job_id}", methods=["POST"], content_types=JSON_TYPES)
+    @handled
+    def update(job_id: str) -> dict[str, Any]:
+        outcome = service.update(job_id, owner(), body())
+        job = outcome.job
+        if not outcome.changed:
+            return {"message": f"Job {job.id} was already {job.status.value}; its data was removed"}
+        removed = "; its data was removed" if outcome.removed else ""
+        return {"message": f"Job {job.id} marked as {job.status.value}{removed}"}
+
+    @app.route("/result/{job_id}")
+    @handled
+    def result(job_id: str) -> dict[str, Any]:
+        return service.result(job_id, owner(), ctx.links, base_url())
+
+    @app.route("/results/{job_id}")
+    @handled
+    def result_link(job_id: str) -> Response:
+        """A durable result link: no key (the token is the credential), 302 to a URL
+        presigned now."""
+        query = app.current_request.query_params or {}
+        if ctx.links is None:
+            raise NotFound("Result links are not enabled (set RESULT_LINK_SECRET)")
+        problem = ctx.links.problem(job_id, query.get("expires"), query.get("token"))
+        if problem:
+            raise Forbidden("This result link does not open the job", [{"field": "token", "message": problem}])
+        job = ctx.store.get(parse_job_id(job_id))
+        if job is None or job.status is not JobStatus.SUCCESS or not job.result_key:
+            raise NotFound(f"Job {job_id} has no result")
+        return Response(body="", status_code=302, headers={"Location": ctx.results.presign(job.result_key)})
+
+    @app.route("/jobs")
+    @handled
+    def jobs() -> dict[str, Any]:
+        return service.list(owner(), dict(app.current_request.query_params or {}))
+
+    @app.route("/jobs/{job_id}/retry", methods=["POST"], content_types=JSON_TYPES)
+    @handled
+    def retry(job_id: str) -> dict[str, Any]:
+        job = service.retry(job_id, owner(), app.current_request.headers.get("idempotency-key"))
+        return {"id": job.id, "status": job.status.value, "retry_of": job.retry_of}
+
+    @app.route("/health")
+    @handled
+    def service_health() -> dict[str, Any]:
+        return health_report.snapshot()
+
+    webhooks = WebhookSender(
+        settings.webhook_attempts, settings.webhook_interval, settings.webhook_timeout,
+        settings.webhook_secret, allow_private=settings.allow_private_urls,
+    )
+    delivery = DeliveryHandler(ctx.store, ctx.outbox, events, webhooks, ctx.results, ctx.clock,
+                               settings.outbox_grace, ctx.links)
+    reconciler = Reconciler(ctx.store, ctx.outbox, ctx.clock, settings.outbox_grace,
+                            settings.outbox_max_backoff)
+
+    # Every SQS handler answers with a partial batch response: only the messages listed
+    # are redelivered (the event source mappings have ReportBatchItemFailures on, see infra/aws).
+    @app.on_sqs_message(queue=settings.jobs_dlq, batch_size=10)
+    def dead_letters(event: Any) -> dict[str, Any]:
+        return handle_dead_letters((record.to_dict() for record in event), ctx.store, ctx.outbox)
+
+    @app.on_sqs_message(queue=settings.webhooks_queue, batch_size=10, name="webhooks")
+    def deliveries(event: Any) -> dict[str, Any]:
+        return delivery.handle_batch(record.to_dict() for record in event)
+
+    @app.schedule(Rate(1, unit=Rate.MINUTES), name="reconcile")
+    def reconcile(event: Any) -> dict[str, Any]:
+        report = reconciler.run_once()
+        return {"resent": report.resent, "failed": report.failed}
+
+    # Orphaned, idle-expired, surplus and past-lifetime GPU instances are stopped here too,
+    # not only by the workers: the worker service scales to zero, and what it leaves must
+    # still be stopped. The jobs queue's depth is the pool's demand (chalicelib/fleet/pool.py).
+    @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
+    def gpu_reaper(event: Any) -> dict[str, Any]:
+        return reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.jobs_queue, beacons=ctx.beacons,
+                         queries=ctx.queries)
+
+    intake_handler = IntakeHandler(service, events, settings)
+
+    @app.on_sqs_message(queue=settings.intake_queue, batch_size=10, name="intake")
+    def intake(event: Any) -> dict[str, Any]:
+        return intake_handler.handle_batch(record.to_dict() for record in event)
+
+    app.service = service  # type: ignore[attr-defined]
+    app.delivery = delivery  # type: ignore[attr-defined]
+    app.reconciler = reconciler  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,147 @@
+"""The job record: what DynamoDB holds for one job, and its public views."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from chalicelib.jobs.models import DEFAULT_WEBHOOK_EVENTS, JobStatus, JobType
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Job:
+    id: str
+    type: JobType
+    params: dict[str, Any]
+    status: JobStatus
+    owner: str
+    created_at: float
+    complete_by: float
+    max_time: int
+    expires_at: int  # DynamoDB TTL attribute (epoch seconds)
+    attempts: int = 0
+    queued_at: float | None = None
+    started_at: float | None = None
+    first_started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float | None = None
+    error: str | None = None
+    result_key: str | None = None
+    result_content_type: str | None = None
+    result_text: str | None = None
+    worker: str | None = None
+    lease_expires: float | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    reply_to: str | None = None
+    source: str = "http"
+    # The outbox (see chalicelib/jobs/outbox.py): which message this job is owed
+    # ("dispatch" while queued or running, "notify" once final until delivered),
+    # when the reconciler should re-send it, and how often it already did.
+    outbox: str | None = None
+    outbox_at: float | None = None
+    outbox_sends: int = 0
+    # Final webhook delivery: pending | delivered | failed (only with a notify_url).
+    webhook: str | None = None
+    webhook_attempts: int = 0
+    webhook_error: str | None = None
+    webhook_lease: float | None = None
+    # The start webhook ("start" in webhook_events_filter): the same states and lease,
+    # set pending by the job's first claim.
+    start_webhook: str | None = None
+    start_webhook_attempts: int = 0
+    start_webhook_error: str | None = None
+    start_webhook_lease: float | None = None
+    # Where the job is (worker_runtime/phases.py): the current phase of the running job,
+    # when each phase was entered (epoch seconds) and the node's progress (0-1).
+    phase: str | None = None
+    phases: dict[str, float] | None = None
+    progress: float | None = None
+    event_sent_at: float | None = None
+    counted_at: float | None = None  # when the JobsFinished metric counted it (chalicelib/platform/metrics.py)
+    inflight_owner: str | None = None  # the owner while queued or running (the per-key cap's index)
+    retry_of: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def notify_url(self) -> str | None:
+        return self.params.get("notify_url")
+
+    def wants_webhook(self, event: str) -> bool:
+        """Whether notify_url gets the ``event`` webhook ("start" or "completed")."""
+        events = self.params.get("webhook_events_filter") or DEFAULT_WEBHOOK_EVENTS
+        return bool(self.notify_url) and event in events
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> "Job":
+        data = dict(item)
+        data["type"] = JobType(data["type"])
+        data["status"] = JobStatus(data["status"])
+        data["params"] = json.loads(data["params"])
+        known = cls.__dataclass_fields__.keys()
+        extra = {k: data.pop(k) for k in list(data) if k not in known}
+        return cls(**data, extra=extra)
+
+    def to_item(self) -> dict[str, Any]:
+        item = asdict(self)
+        item.pop("extra")
+        item["type"] = self.type.value
+        item["status"] = self.status.value
+        item["params"] = json.dumps(self.params, separators=(",", ":"), sort_keys=True)
+        return {k: v for k, v in item.items() if v is not None}
+
+    def status_view(self) -> dict[str, Any]:
+        view: dict[str, Any] = {"id": self.id, "status": self.status.value}
+        if self.error:
+            view["error"] = self.error
+        view.update(
+            {
+                "type": self.type.value,
+                "attempts": self.attempts,
+                "created_at": iso(self.created_at),
+                "started_at": iso(self.started_at),
+                "finished_at": iso(self.finished_at),
+                "complete_by": iso(self.complete_by),
+                "max_time": self.max_time,
+            }
+        )
+        if self.retry_of:
+            view["retry_of"] = self.retry_of
+        view.update(self._where())
+        for hook in HOOKS:
+            state = getattr(self, hook)
+            if state:
+                shown: dict[str, Any] = {"status": state, "attempts": getattr(self, f"{hook}_attempts")}
+                if getattr(self, f"{hook}_error"):
+                    shown["last_error"] = getattr(self, f"{hook}_error")
+                view[hook] = shown
+        return {k: v for k, v in view.items() if v is not None}
+
+    def _where(self) -> dict[str, Any]:
+        """``phase``, ``phases`` and ``progress``: queued, then what the worker reported
+        while running; a final job is "delivering" until its webhooks are settled, then
+        shows no phase."""
+        entered = {"queued": self.created_at, **(self.phases or {})}
+        where: dict[str, Any] = {"phases": {name: iso(at) for name, at in entered.items()}}
+        if self.status is JobStatus.QUEUED:
+            where["phase"] = "queued"
+        elif self.status is JobStatus.RUNNING:
+            where["phase"] = self.phase or "queued"
+            if self.progress is not None and self.phase == "rendering":
+                where["progress"] = self.progress
+        elif "pending" in (self.webhook, self.start_webhook):
+            where["phase"] = "delivering"
+        return where
+
+
+# The webhooks a job may owe (chalicelib/delivery/deliveries.py): each has <name>, <name>_attempts,
+# <name>_error and <name>_lease on the record, and is shown in the status view as <name>.
+HOOKS = ("start_webhook", "webhook")

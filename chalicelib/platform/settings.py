@@ -1,0 +1,86 @@
+"""Typed settings, read once from the environment.
+
+AWS endpoints are deliberately absent: boto3 reads ``AWS_ENDPOINT_URL`` and
+``AWS_ENDPOINT_URL_<SERVICE>`` itself, so the same code runs on moto, LocalStack
+and AWS unchanged.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EgressSettings(BaseSettings):
+    """The egress policy's switch (chalicelib/platform/egress.py), shared by the API, the worker
+    and the render tasks."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Local mode: user URLs and webhooks may reach 127.0.0.1 / private networks
+    # (make run, tests). Off, they are refused at submit, at every hop and on connect.
+    allow_private_urls: bool = Field(False, validation_alias="ALLOW_PRIVATE_URLS")
+
+
+class Settings(EgressSettings):
+    aws_region: str = Field(
+        "us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    jobs_table: str = Field("c3-render-jobs", validation_alias="JOBS_TABLE")
+    gpu_table: str = Field("c3-render-gpus", validation_alias="GPU_TABLE")
+    jobs_queue: str = Field("c3-render-jobs", validation_alias="JOBS_QUEUE")
+    jobs_dlq: str = Field("c3-render-jobs-dlq", validation_alias="JOBS_DLQ")
+    intake_queue: str = Field("c3-render-intake", validation_alias="INTAKE_QUEUE")
+    events_queue: str = Field("c3-render-events", validation_alias="EVENTS_QUEUE")
+    # Final-state deliveries (webhook + job event), one message per terminal job.
+    webhooks_queue: str = Field("c3-render-webhooks", validation_alias="WEBHOOKS_QUEUE")
+    results_bucket: str = Field("c3-render-results", validation_alias="RESULTS_BUCKET")
+    # Comma-separated list; empty means the API is open (local development).
+    api_keys: str = Field("", validation_alias="C3_RENDER_API_KEY")
+
+    default_max_time: int = Field(1200, validation_alias="DEFAULT_MAX_TIME")
+    default_complete_in: int = Field(3600, validation_alias="DEFAULT_COMPLETE_IN")
+    job_ttl_days: int = Field(30, ge=1, validation_alias="JOB_TTL_DAYS")
+    max_body_bytes: int = Field(256 * 1024, ge=1024, validation_alias="MAX_BODY_BYTES")
+    # Presigned result URLs are signed for this endpoint when set (e.g. the
+    # host name clients use, where it differs from the worker's internal one).
+    s3_public_endpoint: str | None = Field(None, validation_alias="S3_PUBLIC_ENDPOINT")
+    presign_expires: int = Field(604800, ge=1, le=604800, validation_alias="PRESIGN_EXPIRES")
+
+    webhook_attempts: int = Field(5, ge=1, validation_alias="WEBHOOK_ATTEMPTS")
+    webhook_interval: float = Field(5.0, ge=0, validation_alias="WEBHOOK_INTERVAL")
+    webhook_timeout: float = Field(10.0, gt=0, validation_alias="WEBHOOK_TIMEOUT")
+    webhook_secret: str | None = Field(None, validation_alias="WEBHOOK_SECRET")
+
+    # The outbox: how long a job may sit queued with no message taken, or running
+    # past its lease, or finished with its notification undelivered, before the
+    # reconciler re-sends its message. Re-sends back off up to outbox_max_backoff.
+    outbox_grace: float = Field(30.0, gt=0, validation_alias="OUTBOX_GRACE")
+    outbox_max_backoff: float = Field(900.0, gt=0, validation_alias="OUTBOX_MAX_BACKOFF")
+    # A job claimed this many times (each claim after a worker died or lost it) fails.
+    max_attempts: int = Field(5, ge=1, validation_alias="MAX_ATTEMPTS")
+
+    # The API's public base URL (result links in webhooks); unset: derived from each request.
+    public_api_url: str | None = Field(None, validation_alias="PUBLIC_API_URL")
+    # Signs result links (GET /results/{id}); unset: WEBHOOK_SECRET; neither: no result links.
+    result_link_secret: str | None = Field(None, validation_alias="RESULT_LINK_SECRET")
+    # Fair use: queued + running jobs one key may have (429 above); 0 = no cap. The AWS
+    # template sets 100 (one small indexed count per submission there; moto scans for it).
+    max_in_flight_per_key: int = Field(0, ge=0, validation_alias="MAX_IN_FLIGHT_PER_KEY")
+
+    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+
+    @property
+    def link_secret(self) -> str | None:
+        return self.result_link_secret or self.webhook_secret
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,72 @@
+"""The steps every launch shares, for a job (manager) or ahead of the queue (keeper):
+a unique ``expires``, the boot wait on the node's own health URL, the duplicate sweep,
+and what to do with an intent whose launch failed."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from chalicelib.fleet.comput3 import Comput3Client, Wait
+from chalicelib.fleet.reaper import Reaper
+from chalicelib.fleet.registry import GpuRecord, GpuRegistry, RecordLost
+from chalicelib.platform.logs import EventLogger
+
+from ..node import Node
+from .settings import GpuSettings
+
+
+class Launches:
+    def __init__(self, settings: GpuSettings, client: Comput3Client, registry: GpuRegistry, reaper: Reaper,
+                 clock: Callable[[], float], log: EventLogger):
+        self.settings = settings
+        self.client = client
+        self.registry = registry
+        self.reaper = reaper
+        self.clock = clock
+        self.log = log
+
+    def choose_expires(self, records: list[GpuRecord]) -> int:
+        """now + GPU_LIFETIME, made unique among records: ``expires`` is how an unrecorded
+        launch is recognised in the workloads list."""
+        taken = {r.expires for r in records}
+        expires = int(self.clock()) + self.settings.lifetime
+        while expires in taken:
+            expires -= 1
+        return expires
+
+    def node(self, record: GpuRecord) -> Node:
+        assert record.workload and record.node
+        return Node(workload=record.workload, name=record.node, api_key=self.client.api_key,
+                    urls=self.settings.node_urls)
+
+    def await_boot(self, record: GpuRecord, wait: Wait) -> str | None:
+        """Poll the new node's own health URL until it answers (no control-plane calls),
+        for up to GPU_BOOT_TIMEOUT: the job starts within GPU_BOOT_POLL of the boot."""
+        s = self.settings
+        base = self.node(record).base_url
+        deadline = time.monotonic() + s.boot_timeout
+        while True:
+            problem = self.client.node_health(base, s.health_timeout)
+            if problem is None:
+                return None
+            if time.monotonic() >= deadline:
+                return f"{problem} (still not ready after GPU_BOOT_TIMEOUT={s.boot_timeout:g} s)"
+            if wait(s.boot_poll):
+                return None  # cancelled: the caller raises
+
+    def abandon(self, intent: GpuRecord, maybe_launched: bool, why: str) -> None:
+        if not maybe_launched:
+            try:
+                self.registry.delete(intent)
+            except RecordLost:
+                pass
+            return
+        # An attempt may have started an instance after all: find it by its expires.
+        self.reaper.stop(intent, f"launch failed ({why}); stopping anything it started anyway")
+
+    def sweep_duplicates(self, record: GpuRecord) -> None:
+        try:
+            self.reaper.sweep(record.expires, exclude_id=record.id, since=record.created_at)
+        except Exception as exc:  # noqa: BLE001 - best effort; the launch itself succeeded
+            self.log.warning("gpu.duplicate_check_failed", workload=record.workload, error=str(exc))

@@ -1,0 +1,21 @@
+"""The GPU code's background threads: each step guarded so the thread outlives a hiccup."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from chalicelib.platform.logs import EventLogger
+
+
+def safely(step: Callable[[], object], what: str, log: EventLogger) -> None:
+    try:
+        step()
+    except Exception:  # noqa: BLE001 - the keeper must outlive a DynamoDB or Comput3 hiccup
+        log.error("gpu.keeper_step_failed", step=what, exc_info=True, reason="retried next time")
+
+
+def start_daemon(target: Callable[[], object], name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
