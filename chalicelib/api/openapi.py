@@ -138,8 +138,11 @@ def openapi_document() -> dict[str, Any]:
     }
     job_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
     prefer = {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
-              "description": "wait=N (1-25): answer once the job is final, or after N seconds "
-                             "(Preference-Applied says it waited)"}
+              "description": "wait=N (RFC 7240): answer once the job is final, or after N seconds "
+                             "(Preference-Applied: wait=N says it waited). N is clamped to 25 (API "
+                             "Gateway's limit; Preference-Applied names the clamped value); wait=0 is "
+                             "ignored (the plain answer); other preferences are ignored. N that is not "
+                             "1-10 ASCII digits is a 400 naming Prefer, before anything is written."}
     open_route = {"security": []}
     paths: dict[str, Any] = {
         "/": {"get": {"summary": "Up", "responses": {"200": {"description": "Service is up"}}, **open_route}},
@@ -202,7 +205,9 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "securitySchemes": {
-                "renderKey": {"type": "apiKey", "in": "header", "name": "X-C3-RENDER-KEY"},
+                "renderKey": {"type": "apiKey", "in": "header", "name": "X-C3-RENDER-KEY",
+                              "description": "sent once: a repeated X-C3-RENDER-KEY (or Authorization) "
+                                             "header is a 400"},
                 "bearer": {"type": "http", "scheme": "bearer"},
             },
         },

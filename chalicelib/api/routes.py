@@ -29,9 +29,19 @@ from chalicelib.platform.errors import C3RenderError, Forbidden, InvalidRequest,
 from chalicelib.platform.json_body import parse_json
 from chalicelib.platform.logs import configure, get_logger
 from chalicelib.platform.metrics import METRICS
+from chalicelib.platform.numbers import ascii_int
 
 log = get_logger("c3.api")
 JSON_TYPES = ["application/json"]
+SINGLE_HEADERS = ("X-C3-RENDER-KEY", "Authorization")  # credentials: a second copy is refused
+
+
+def _multi_headers(request: Any) -> dict[str, list[str]]:
+    """Every copy of each header, by lower-case name (API Gateway's multiValueHeaders)."""
+    out: dict[str, list[str]] = {}
+    for name, values in (request.to_original_event().get("multiValueHeaders") or {}).items():
+        out.setdefault(name.lower(), []).extend(values or [])
+    return out
 
 
 def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -89,13 +99,32 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
 
         return wrapper
 
+    def header(name: str) -> str | None:
+        """A request header that may appear once (400 naming it when repeated: which copy
+        counts would depend on the proxy). API Gateway and the local server put every
+        copy in the event's multiValueHeaders; ``headers`` holds only one."""
+        request = app.current_request
+        copies = _multi_headers(request).get(name.lower())
+        if copies is not None and len(copies) > 1:
+            raise InvalidRequest(f"Repeated {name} header",
+                                 [{"field": name, "message": "must be sent at most once"}])
+        return request.headers.get(name.lower())
+
     def owner() -> str:
+        for name in SINGLE_HEADERS:
+            header(name)
         return authenticate(app.current_request.headers, keys)
 
-    def waited(job: Job, brief: bool = False) -> Response:
+    def prefer_wait() -> int | None:
+        """``Prefer: wait`` from every Prefer header (RFC 7240 allows several), parsed
+        before the route writes anything."""
+        request = app.current_request
+        copies = _multi_headers(request).get("prefer") or [request.headers.get("prefer") or ""]
+        return preferred_wait(", ".join(copies))
+
+    def waited(job: Job, seconds: int | None, brief: bool = False) -> Response:
         """The job's view (``brief``: only id and status, the seed's submit answer), after
         waiting for it to be final when the client asks to (``Prefer: wait=N``)."""
-        seconds = preferred_wait(app.current_request.headers.get("prefer"))
         if seconds is None:
             return _json_response({"id": job.id, "status": job.status.value} if brief else service.view(job))
         job = wait_final(lambda: ctx.store.get(job.id) or job, seconds)
@@ -135,11 +164,14 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     def submit_route(job_type: JobType) -> None:
         @handled
         def submit() -> dict[str, Any]:
+            # Every header and the body are checked before the write: an error answer
+            # leaves no job behind.
             who = owner()
+            seconds = prefer_wait()
+            key = header("Idempotency-Key")
             data = body()
-            key = app.current_request.headers.get("idempotency-key")
             job, _ = service.submit(job_type, data, who, key)
-            return waited(job, brief=True)
+            return waited(job, seconds, brief=True)
 
         submit.__name__ = f"submit_{job_type.value}"
         app.route(f"/{job_type.value}", methods=["POST"], content_types=JSON_TYPES)(submit)
@@ -150,8 +182,9 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/status/{job_id}")
     @handled
     def status(job_id: str) -> Response:
-        job = service.get(job_id, owner())
-        return waited(job)
+        who = owner()
+        seconds = prefer_wait()
+        return waited(service.get(job_id, who), seconds)
 
     @app.route("/job/{job_id}", methods=["POST"], content_types=JSON_TYPES)
     @handled
@@ -176,6 +209,8 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         query = app.current_request.query_params or {}
         if ctx.links is None:
             raise NotFound("Result links are not enabled (set RESULT_LINK_SECRET)")
+        if query.get("expires") is not None:
+            ascii_int(query["expires"], "expires", "must be a whole number of seconds in ASCII digits", 12)
         problem = ctx.links.problem(job_id, query.get("expires"), query.get("token"))
         if problem:
             raise Forbidden("This result link does not open the job", [{"field": "token", "message": problem}])
@@ -192,7 +227,8 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/jobs/{job_id}/retry", methods=["POST"], content_types=JSON_TYPES)
     @handled
     def retry(job_id: str) -> dict[str, Any]:
-        job = service.retry(job_id, owner(), app.current_request.headers.get("idempotency-key"))
+        who = owner()
+        job = service.retry(job_id, who, header("Idempotency-Key"))
         return {"id": job.id, "status": job.status.value, "retry_of": job.retry_of}
 
     @app.route("/health")

@@ -9,26 +9,32 @@ import time
 from typing import Callable
 
 from chalicelib.jobs.record import Job
-from chalicelib.platform.errors import InvalidRequest
+from chalicelib.platform.numbers import ascii_int
 
 MAX_WAIT = 25  # API Gateway answers at 29 s
 MAX_DELAY = 0.5
 
 
 def preferred_wait(header: str | None) -> int | None:
-    """N from a ``Prefer`` header carrying ``wait=N`` (other preferences are ignored)."""
+    """N from a ``Prefer`` header carrying ``wait=N`` (other preferences are ignored).
+
+    RFC 7240: a preference the server cannot honour does not fail the request. A wait
+    longer than MAX_WAIT is clamped to it (Preference-Applied says so); ``wait=0`` asks
+    for no wait and gets none (None: the plain answer). A value that is not a number of
+    seconds in ASCII digits (``wait=²``, ``wait=-1``, 5,000 digits) is malformed: 400
+    naming Prefer. Callers parse it before any write, so a 400 has no side effect."""
     if not header:
         return None
     for part in header.split(","):
-        name, _, value = part.strip().partition("=")
+        name, _, value = part.partition(";")[0].strip().partition("=")
         if name.strip().lower() != "wait":
             continue
-        value = value.strip().strip('"')
-        if not value.isdigit() or not 1 <= int(value) <= MAX_WAIT:
-            raise InvalidRequest("Invalid Prefer header",
-                                 [{"field": "Prefer", "message": f"wait must be a whole number of seconds "
-                                                                 f"from 1 to {MAX_WAIT}"}])
-        return int(value)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        seconds = ascii_int(value, "Prefer", "wait must be a whole number of seconds in ASCII digits "
+                                             f"(at most 10 digits; above {MAX_WAIT} it is clamped to {MAX_WAIT})")
+        return min(seconds, MAX_WAIT) or None
     return None
 
 

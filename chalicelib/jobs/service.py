@@ -19,6 +19,7 @@ from chalicelib.jobs.results import ResultStore, result_fields
 from chalicelib.jobs.store import DISPATCH, JobExists, JobStore, TransitionConflict
 from chalicelib.platform.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from chalicelib.platform.logs import get_logger
+from chalicelib.platform.numbers import ranged_int
 
 log = get_logger("c3.jobs")
 
@@ -169,10 +170,8 @@ class JobService:
                                  "is not a parameter of GET /jobs (status, type, limit, cursor)"}])
         status = _enum_param(JobStatus, query, "status")
         job_type = _enum_param(JobType, query, "type")
-        raw_limit = query.get("limit", "20")
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
-            raise InvalidRequest("Invalid limit", [{"field": "limit", "message": "must be a whole number from 1 to 100"}])
-        jobs, cursor = self.queries.list(owner, status, job_type, int(raw_limit), query.get("cursor"))
+        limit = ranged_int(query.get("limit", "20"), "limit", 1, 100)
+        jobs, cursor = self.queries.list(owner, status, job_type, limit, query.get("cursor"))
         return {"jobs": [job.status_view() for job in jobs], "next_cursor": cursor}
 
     def retry(self, job_id: str, owner: str, idempotency_key: str | None = None) -> Job:

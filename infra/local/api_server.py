@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 from chalice.cli.factory import CLIFactory
 from chalice.local import ChaliceRequestHandler, LocalDevServer
@@ -21,6 +22,28 @@ from infra.local.processes import ROOT
 
 class NoDelayHandler(ChaliceRequestHandler):
     disable_nagle_algorithm = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._multi: dict[str, list[str]] = {}
+        super().__init__(*args, **kwargs)
+
+    def _parse_payload(self) -> tuple[dict[str, Any], bytes | None]:
+        """As API Gateway does, the event also carries every copy of each header
+        (``multiValueHeaders``): Chalice's local server keeps only one, and the API
+        refuses a repeated credential rather than pick a copy."""
+        self._multi = {}
+        for name, value in self.headers.items():
+            self._multi.setdefault(name.lower(), []).append(value)
+        gateway = self.local_gateway
+        if not getattr(gateway, "_multi_wrapped", False):
+            create = gateway.event_converter.create_lambda_event
+
+            def with_multi(*args: Any, **kwargs: Any) -> dict[str, Any]:
+                return {**create(*args, **kwargs), "multiValueHeaders": dict(self._multi)}
+
+            gateway.event_converter.create_lambda_event = with_multi  # type: ignore[method-assign]
+            gateway._multi_wrapped = True  # type: ignore[attr-defined]
+        return super()._parse_payload()
 
     def _method_not_allowed(self) -> None:
         """Methods no route has (TRACE, QUERY, ...): 405 in the API's error format, as for a

@@ -107,11 +107,43 @@ def test_prefer_wait_on_submit_gives_the_current_state_when_time_runs_out(client
     assert body["status"] == "queued" and body["queue_position"] == 0 and body["type"] == "csm"
 
 
-@pytest.mark.parametrize("prefer", ["wait=26", "wait=0", "wait=abc", "wait=-1"])
-def test_prefer_wait_out_of_range_is_400_naming_prefer(client, prefer):
+def test_prefer_wait_beyond_the_limit_is_clamped_and_wait_0_ignored(client, ctx):
+    """RFC 7240: a preference the server cannot honour does not fail the request."""
+    job_id = post(client, "/csm", CSM)[1]["id"]
+    finish(ctx, job_id, result_text="x")
+    resp, body = get(client, f"/status/{job_id}", {**K1, "Prefer": "wait=30"})
+    assert resp.status_code == 200 and resp.headers["Preference-Applied"] == "wait=25"
+    resp, body = post(client, "/csm", CSM, {**K1, "Prefer": "wait=0"})
+    assert resp.status_code == 200 and "Preference-Applied" not in resp.headers
+    assert set(body) == {"id", "status"}  # the plain submit answer
+
+
+@pytest.mark.parametrize("prefer", ["wait=abc", "wait=-1", "wait=\u00b2", "wait=\uff11\uff12", "wait=" + "9" * 5000,
+                                    "wait="])
+def test_prefer_wait_malformed_is_400_naming_prefer_and_writes_nothing(client, ctx, prefer):
+    resp, body = post(client, "/csm", CSM, {**K1, "Prefer": prefer})
+    assert resp.status_code == 400 and body["details"][0]["field"] == "Prefer"
+    # Nothing was written or queued: the client that fixes the header gets one job.
+    assert get(client, "/jobs")[1]["jobs"] == []
+    assert ctx.jobs_queue.depth()["messages"] == 0
     job_id = post(client, "/csm", CSM)[1]["id"]
     resp, body = get(client, f"/status/{job_id}", {**K1, "Prefer": prefer})
     assert resp.status_code == 400 and body["details"][0]["field"] == "Prefer"
+
+
+@pytest.mark.parametrize("query", ["limit=\u00b2", "limit=\uff11\uff12", "limit=" + "1" * 5000, "limit=+5",
+                                   "limit=%205"])
+def test_list_limit_takes_ascii_digits_only(client, query):
+    resp, body = get(client, f"/jobs?{query}")
+    assert resp.status_code == 400 and body["details"][0] == {
+        "field": "limit", "message": "must be a whole number from 1 to 100 (ASCII digits)"}
+
+
+@pytest.mark.parametrize("expires", ["\uff11\uff12", "\u00b2", "1" * 5000, "-5"])
+def test_result_link_expires_takes_ascii_digits_only(client, ctx, expires):
+    job_id = post(client, "/csm", CSM)[1]["id"]
+    resp, body = get(client, f"/results/{job_id}?expires={expires}&token=x")
+    assert resp.status_code == 400 and body["details"][0]["field"] == "expires"
 
 
 # -- queue position --------------------------------------------------------------------------

@@ -87,3 +87,28 @@ def test_rejections_chalice_makes_answer_in_our_format_over_http(api, method, pa
     assert resp.headers["Content-Type"] == "application/json"
     body = resp.json()
     assert set(body) == {"error", "details"} and body["details"] == [detail]
+
+
+@pytest.mark.parametrize("names", [("X-C3-RENDER-KEY", "X-C3-RENDER-KEY"), ("X-C3-RENDER-KEY", "x-c3-render-key")])
+def test_a_repeated_key_header_is_refused_over_http(api, names):
+    """Two X-C3-RENDER-KEY headers: 400 naming it, whichever copy is the good key."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    base, ctx = api
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=5)
+    body = json.dumps({"text": "twice"}).encode()
+    conn.putrequest("POST", "/csm")
+    conn.putheader(names[0], "sock-key")
+    conn.putheader(names[1], "other-key")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    conn.close()
+    assert resp.status == 400
+    assert answer["details"] == [{"field": "X-C3-RENDER-KEY", "message": "must be sent at most once"}]
+    listed = requests.get(f"{base}/jobs", headers=KEY, timeout=5).json()["jobs"]
+    assert "twice" not in [ctx.store.get(j["id"]).params.get("text") for j in listed]
