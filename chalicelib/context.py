@@ -38,7 +38,8 @@ class Context:
 
     @cached_property
     def store(self) -> JobStore:
-        return JobStore(self.dynamodb, self.settings.jobs_table, self.clock, self.settings.outbox_grace)
+        return JobStore(self.dynamodb, self.settings.jobs_table, self.clock, self.settings.outbox_grace,
+                        queued_resend=self.settings.outbox_queued_resend)
 
     @cached_property
     def jobs_queue(self) -> JobQueue:
@@ -50,7 +51,7 @@ class Context:
 
     @cached_property
     def queries(self) -> JobQueries:
-        return JobQueries(self.dynamodb, self.settings.jobs_table, self.clock)
+        return JobQueries(self.dynamodb, self.settings.jobs_table, self.clock, self.settings.outbox_queued_resend)
 
     @cached_property
     def registry(self) -> GpuRegistry:

@@ -10,8 +10,10 @@ Reports medians of several runs (this machine is small and noisy):
   GPU seconds, makespan and launches per bad input on a bursty trace.
 
 - the API features (infra/bench_api.py): Prefer: wait overhead, GET /jobs latency with 10,000 jobs.
+- the reconciler on a backlog (infra/bench_backlog.py): re-sends for 200 queued jobs and no worker
+  over one simulated hour, before and after issue 21.
 
-BENCH_SECTIONS=api,dispatch,features,gpu (default: all) picks what runs.
+BENCH_SECTIONS=api,dispatch,features,gpu,backlog (default: all) picks what runs.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 SUBMISSIONS = int(os.environ.get("BENCH_SUBMISSIONS", "300"))
 DISPATCH_JOBS = int(os.environ.get("BENCH_DISPATCH_JOBS", "20"))
 MEMORY_JOBS = int(os.environ.get("BENCH_MEMORY_JOBS", "300"))
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "api,dispatch,features,gpu").split(","))
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "api,dispatch,features,gpu,backlog").split(","))
 
 
 def submissions_per_second(base: str, clients: int) -> float:
@@ -117,6 +119,10 @@ def main() -> int:
             from infra.bench_api import features_report
 
             report["features"] = features_report(work)
+        if "backlog" in SECTIONS:
+            from infra.bench_backlog import backlog_report
+
+            report["backlog"] = backlog_report()
         if "gpu" in SECTIONS:
             from infra.bench_gpu import gpu_report
 

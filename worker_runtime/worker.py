@@ -360,11 +360,13 @@ class Worker:
         """Shutdown: hand the job back (queued, attempt already counted) and make the
         message visible at once so another worker takes it."""
         try:
-            self.aws("release", self.ctx.store.transition, job.id, JobStatus.QUEUED,
-                     from_states=[JobStatus.RUNNING], worker=self.settings.worker_id,
-                     fields={"worker": None, "lease_expires": None})
+            queued = self.aws("release", self.ctx.store.transition, job.id, JobStatus.QUEUED,
+                              from_states=[JobStatus.RUNNING], worker=self.settings.worker_id,
+                              fields={"worker": None, "lease_expires": None})
         except TransitionConflict:
             log.info("job.release_skipped", reason="the record moved on meanwhile")
             return
         self.aws("release_message", lease.release_message, 0)
+        # Its message is back in the queue: the job is owed no copy while it waits there.
+        self.aws("mark_dispatched", self.ctx.store.mark_dispatched, job.id, queued.outbox_at, queued.created_at)
         log.info("job.released", reason="worker shutting down; job requeued for another worker")

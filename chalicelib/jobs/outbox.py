@@ -11,15 +11,24 @@ state, and indexed by a sparse GSI:
 
 The API and the worker send the message right after the write, as before. When a
 process dies between the write and the send, or a message is lost, the scheduled
-reconciler finds the entry past due and sends it again, with growing pauses
-(grace, 2x, 4x ... up to OUTBOX_MAX_BACKOFF) so a long backlog is not flooded with
-copies. Extra copies are harmless: claims, deliveries and settles are conditional."""
+reconciler finds the entry past due and sends it again.
+
+Only what is really missing is re-sent. A queued job whose message was sent (the
+sender records it: ``mark_dispatched``) waits in the queue, however long the backlog:
+its entry is due again only when that message could have outlived the queue's
+retention (``OUTBOX_QUEUED_RESEND`` windows of the job's age, keyed on its creation, so
+the index keeps queued jobs in submission order). An entry whose send was never
+recorded is due at its creation + grace, and re-sent within one reconcile interval.
+A running job's entry (due at its lease + grace: its holder went silent) is re-sent
+with growing pauses (grace, 2x, 4x ... up to OUTBOX_MAX_BACKOFF), as is a delivery.
+Extra copies are harmless: claims, deliveries and settles are conditional."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from chalicelib.jobs.models import JobStatus
 from chalicelib.jobs.record import Job
 from chalicelib.jobs.store import DISPATCH, NOTIFY, JobStore
 from chalicelib.platform.logs import get_logger
@@ -89,12 +98,19 @@ class Reconciler:
     def _resend(self, kind: str, entry: dict[str, Any], report: ReconcileReport) -> bool:
         job_id, sends = entry["id"], int(entry.get("outbox_sends") or 0)
         # Postpone first: the conditional write decides which reconciler sends.
-        if not self.store.postpone(job_id, kind, entry["outbox_at"], self.next_due(sends)):
+        retry_at = self.next_due(sends)
+        if not self.store.postpone(job_id, kind, entry["outbox_at"], retry_at):
             return True
         ok = self.outbox.try_send(kind, job_id)
         if ok:
             report.resent[kind] += 1
             log.warning("outbox.resent", job_id=job_id, kind=kind, status=entry.get("status"),
                         resends=sends + 1,
-                        reason="past due: its message was never sent, or was lost, or its holder went silent")
+                        reason="past due: its message was never sent, or outlived the queue's retention, "
+                               "or its holder went silent")
+            if kind == DISPATCH and entry.get("status") == JobStatus.QUEUED.value:
+                # Sent now: the copy waits in the queue; none is owed before the next window.
+                job = self.store.get(job_id)
+                if job is not None:
+                    self.store.mark_dispatched(job_id, retry_at, job.created_at)
         return ok

@@ -45,10 +45,11 @@ def decode_cursor(cursor: str, owner: str) -> dict[str, Any]:
 
 
 class JobQueries:
-    def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float]):
+    def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float], queued_resend: float = 86400.0):
         self._ddb = dynamodb
         self._table = table
         self._clock = clock
+        self._queued_resend = queued_resend
 
     def list(self, owner: str, status: JobStatus | None = None, job_type: JobType | None = None,
              limit: int = 20, cursor: str | None = None) -> tuple[list[Job], str | None]:
@@ -89,11 +90,16 @@ class JobQueries:
         return jobs, encode_cursor(start)
 
     def queue_position(self, job: Job) -> Count:
-        """Queued jobs ahead of ``job`` in the dispatch order of the outbox index."""
+        """Queued jobs submitted before ``job``. A queued job with its message sent is in
+        the outbox index at creation + ``queued_resend`` (store.sent_due), so the jobs
+        ahead are those below this job's own creation + ``queued_resend``; a job whose
+        send is not yet recorded (for a moment, or until the reconciler's re-send) sits
+        lower and counts as ahead."""
         if job.status is not JobStatus.QUEUED or job.outbox_at is None:
             return Count(0, False)
+        ahead_of = job.created_at + self._queued_resend
         return self._count(OUTBOX_INDEX, "#k = :k AND #at < :at", {"#k": "outbox", "#at": "outbox_at"},
-                           {":k": {"S": DISPATCH}, ":at": {"N": repr(job.outbox_at)}},
+                           {":k": {"S": DISPATCH}, ":at": {"N": repr(ahead_of)}},
                            status=JobStatus.QUEUED)
 
     def in_flight(self, owner: str, up_to: int) -> int:

@@ -129,6 +129,8 @@ class JobService:
             log.info("job.submit_replayed", job_id=existing.id, type=job_type.value)
             return existing, False
         sent = self.outbox.try_send(DISPATCH, job)
+        if sent:  # its message is in the queue: no copy is owed while it waits there
+            self.store.mark_dispatched(job.id, job.outbox_at, job.created_at)
         log.info("job.submitted", job_id=job.id, type=job_type.value, source=source,
                  dispatched=sent)
         return job, True

@@ -45,12 +45,13 @@ class TransitionConflict(Exception):
 
 class JobStore:
     def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float],
-                 outbox_grace: float = 30.0, metrics: Metrics = METRICS):
+                 outbox_grace: float = 30.0, metrics: Metrics = METRICS, queued_resend: float = 86400.0):
         self._ddb = dynamodb
         self.metrics = metrics
         self._table = table
         self._clock = clock
         self.outbox_grace = outbox_grace
+        self.queued_resend = queued_resend
 
     # -- reads and creation ---------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -252,6 +253,26 @@ class JobStore:
             ExpressionAttributeValues={":k": {"S": kind}, ":now": to_ddb(self._clock())},
         )
         return [decode_item(item) for item in resp.get("Items", [])]
+
+    def sent_due(self, created_at: float) -> float:
+        """When a queued job whose message was just sent is next owed a copy: the end of
+        the current ``queued_resend`` window of its age (its message outlives that: the
+        queue keeps it 4 days). Keyed on ``created_at``, so the outbox index keeps the
+        queued jobs in submission order (queue_position counts on it)."""
+        windows = max(0, int((self._clock() - created_at) // self.queued_resend)) + 1
+        return created_at + windows * self.queued_resend
+
+    def mark_dispatched(self, job_id: str, seen_at: float, created_at: float) -> bool:
+        """A queued job's message was sent: it is not owed another until ``sent_due``.
+        Conditional on the entry being the one seen (queued, due at ``seen_at``); False
+        if it moved on (claimed, cancelled, or already marked)."""
+        expr = _Expr()
+        expr.conditions.append(f"{expr.name('status')} = {expr.value('queued', JobStatus.QUEUED.value)}")
+        expr.conditions.append(f"{expr.name('outbox')} = {expr.value('kind', DISPATCH)}")
+        expr.conditions.append(f"{expr.name('outbox_at')} = {expr.value('seen', seen_at)}")
+        expr.set("outbox_at", self.sent_due(created_at))
+        expr.set("dispatch_sent_at", self._clock())
+        return self._try_update(job_id, expr) is not None
 
     def postpone(self, job_id: str, kind: str, seen_at: float, next_at: float) -> bool:
         """Move a due outbox entry to ``next_at`` and count a re-send; False if the entry

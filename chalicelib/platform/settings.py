@@ -59,6 +59,11 @@ class Settings(EgressSettings):
     # reconciler re-sends its message. Re-sends back off up to outbox_max_backoff.
     outbox_grace: float = Field(30.0, gt=0, validation_alias="OUTBOX_GRACE")
     outbox_max_backoff: float = Field(900.0, gt=0, validation_alias="OUTBOX_MAX_BACKOFF")
+    # A queued job whose message was sent is not missing a message: it waits in the
+    # queue until a worker takes it. It is re-sent only when that message could have
+    # outlived the jobs queue's retention (4 days): every OUTBOX_QUEUED_RESEND seconds
+    # of its age. A backlog is not flooded with copies (see chalicelib/outbox.py).
+    outbox_queued_resend: float = Field(86400.0, gt=0, le=259200, validation_alias="OUTBOX_QUEUED_RESEND")
     # A job claimed this many times (each claim after a worker died or lost it) fails.
     max_attempts: int = Field(5, ge=1, validation_alias="MAX_ATTEMPTS")
 

@@ -98,6 +98,8 @@ def test_sigterm_releases_the_running_job_and_exits_zero(wenv, tmp_path, workers
     assert a.wait(timeout=15) == 0
     job = ctx.store.get(job_id)
     assert (job.status, job.attempts, job.worker) == (JobStatus.QUEUED, 1, None)
+    # Its message went back to the queue: the outbox owes it no copy while it waits there.
+    assert job.outbox_at == job.created_at + ctx.settings.outbox_queued_resend
     # The message is visible again at once: the next worker claims the job (attempt 2).
     spawn(workers, wenv, tmp_path, "b")
     wait_until(lambda: (j := ctx.store.get(job_id)).status is JobStatus.RUNNING and j.attempts == 2, 20)
