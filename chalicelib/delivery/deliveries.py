@@ -36,7 +36,8 @@ from chalicelib.platform.queue import job_id_of
 
 log = get_logger("c3.delivery")
 
-# How long an attempt may hold the webhook beyond its HTTP timeout.
+# How much longer the lease of an attempt lasts than its hard deadline (WEBHOOK_TIMEOUT,
+# connect + send + whole answer): an attempt always ends inside its lease.
 HOLD_SLACK = 5.0
 
 
@@ -94,12 +95,22 @@ class DeliveryHandler:
         return webhook_payload(job, self.results, self.links)
 
     def _record(self, hook: "Hook", job_id: str, fields: dict[str, Any], *, done: bool,
-                next_at: float, remove: Iterable[str] = ()) -> None:
-        """The start webhook may be owed by a running job (no outbox entry to settle)."""
+                next_at: float, lease: float, remove: Iterable[str] = ()) -> bool:
+        """Record an attempt's outcome, only while the lease this deliverer took is still
+        the hook's (False: it lapsed and another deliverer took it over, whose outcome
+        counts). The start webhook may be owed by a running job (no outbox entry)."""
+        held = (hook.attr, lease)
         if hook is START:
-            self.store.record_hook(job_id, fields, remove=remove)
+            recorded = self.store.record_hook(job_id, fields, remove=remove, lease=held)
         else:
-            self.store.settle(job_id, fields, done=done, next_at=next_at, remove=remove)
+            recorded = self.store.settle(job_id, fields, done=done, next_at=next_at, remove=remove, lease=held)
+        if recorded is None:
+            log.warning("webhook.lease_lost", job_id=job_id, hook=hook.event,
+                        reason="the attempt outlasted its lease and another deliverer took the webhook; "
+                               "this outcome is not recorded")
+            if "event_sent_at" in fields:
+                self.store.settle(job_id, {"event_sent_at": fields["event_sent_at"]}, done=False)
+        return recorded is not None
 
     def _attempt(self, job: Job, hook: "Hook", fields: dict[str, Any], event_done: bool) -> str:
         name = hook.attr
@@ -116,20 +127,23 @@ class DeliveryHandler:
                 self.outbox.try_send(NOTIFY, job.id, delay=wait)
             return "held"
         attempt = getattr(held, f"{name}_attempts")
+        lease = getattr(held, f"{name}_lease")
         ok, outcome = self.webhooks.attempt(held.notify_url or "", self._payload(hook, held), attempt)
         now = self.clock()
         interval = self.webhooks.interval
         if ok:
-            METRICS.webhook("delivered", job.id, hook.event)
             fields[name] = "delivered"
-            self._record(hook, job.id, fields, done=event_done, next_at=now + self.grace,
-                         remove=[f"{name}_lease", f"{name}_error"])
+            if not self._record(hook, job.id, fields, done=event_done, next_at=now + self.grace, lease=lease,
+                                remove=[f"{name}_lease", f"{name}_error"]):
+                return "lease_lost"
+            METRICS.webhook("delivered", job.id, hook.event)
             return "delivered"
         fields[f"{name}_error"] = outcome
         if attempt >= self.webhooks.attempts:
             fields[name] = "failed"
-            self._record(hook, job.id, fields, done=event_done, next_at=now + self.grace,
-                         remove=[f"{name}_lease"])
+            if not self._record(hook, job.id, fields, done=event_done, next_at=now + self.grace, lease=lease,
+                                remove=[f"{name}_lease"]):
+                return "lease_lost"
             METRICS.webhook("gave_up", job.id, hook.event)
             log.warning("webhook.gave_up", job_id=job.id, hook=hook.event, attempts=attempt, last_error=outcome,
                         reason="no 2xx answer after every attempt; the job's status is unchanged")
@@ -138,7 +152,8 @@ class DeliveryHandler:
         # The next attempt: no sooner than most of an interval (even for a duplicate
         # message), and due for the reconciler should the delayed message be lost.
         fields[f"{name}_lease"] = now + interval * 0.8
-        self._record(hook, job.id, fields, done=False, next_at=now + interval + self.grace)
+        if not self._record(hook, job.id, fields, done=False, next_at=now + interval + self.grace, lease=lease):
+            return "lease_lost"
         self.outbox.try_send(NOTIFY, job.id, delay=math.ceil(interval))
         return "retrying"
 

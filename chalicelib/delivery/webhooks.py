@@ -14,12 +14,13 @@ import time
 from typing import Any, Callable
 
 import requests
+from urllib3.exceptions import HTTPError
 
 from chalicelib.jobs.links import ResultLinks
 from chalicelib.jobs.models import JobStatus
 from chalicelib.jobs.record import Job
 from chalicelib.jobs.results import ResultStore, result_fields
-from chalicelib.platform.egress import egress_session
+from chalicelib.platform.egress import AddressRefused, Deadline, DeadlineExceeded, egress_session
 from chalicelib.platform.logs import get_logger
 
 log = get_logger("c3.webhooks")
@@ -80,13 +81,42 @@ class WebhookSender:
             headers.update({"webhook-timestamp": str(ts),
                             "webhook-signature": sign(self.secret, msg_id, ts, body)})
         started = self._clock()
+        # One hard deadline for connect + send + the whole answer: a receiver that
+        # trickles its answer cannot hold the call past it (and so past the lease).
+        deadline = Deadline(self.timeout)
         try:
-            resp = self._session.post(url, data=body, headers=headers, timeout=self.timeout,
-                                      allow_redirects=False)
+            with deadline:
+                with self._session.post(url, data=body, headers=headers, stream=True, allow_redirects=False,
+                                        timeout=(deadline.left(), deadline.left())) as resp:
+                    resp.raw.read(ANSWER_BYTES)  # the answer, read (a bounded part of it)
+            if deadline.expired:  # the body's read was cut short by the deadline
+                raise DeadlineExceeded(f"answer not complete within {self.timeout:g} s")
             ok, outcome = 200 <= resp.status_code < 300, f"HTTP {resp.status_code}"
-        except requests.RequestException as exc:
-            ok, outcome = False, f"{type(exc).__name__}: {exc}"[:500]
+            detail = outcome
+        except (requests.RequestException, OSError, HTTPError) as exc:
+            if deadline.expired and not isinstance(exc, AddressRefused):
+                exc = DeadlineExceeded(str(exc))
+            ok, outcome, detail = False, tenant_outcome(exc, self.timeout), _detail(exc)
         log.info("webhook.attempt", job_id=payload["id"], status=payload["status"], attempt=attempt,
-                 of=self.attempts, delivered=ok, outcome=outcome,
+                 of=self.attempts, delivered=ok, outcome=outcome, detail=detail,
                  seconds=round(self._clock() - started, 3))
         return ok, outcome
+
+
+ANSWER_BYTES = 64 * 1024  # how much of a receiver's answer is read; the rest is not waited for
+
+
+def tenant_outcome(exc: Exception, timeout: float) -> str:
+    """What ``webhook.last_error`` says of a failed POST: the field and the rule, never
+    the address it resolved to, whether a port was open, or the library's message
+    (those are in the log line's ``detail``)."""
+    if isinstance(exc, AddressRefused):
+        return f"notify_url: {exc}"
+    if isinstance(exc, requests.Timeout):
+        return f"notify_url: no complete answer within {timeout:g} s"
+    return "notify_url: the connection failed or broke off"
+
+
+def _detail(exc: Exception) -> str:
+    text = exc.detail if isinstance(exc, AddressRefused) else str(exc)
+    return f"{type(exc).__name__}: {text}"[:500]

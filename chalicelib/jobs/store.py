@@ -266,7 +266,7 @@ class JobStore:
         """A queued job's message was sent: it is not owed another until ``sent_due``.
         Conditional on the entry being the one seen (queued, due at ``seen_at``); False
         if it moved on (claimed, cancelled, or already marked)."""
-        expr = _Expr()
+        expr = Expr()
         expr.conditions.append(f"{expr.name('status')} = {expr.value('queued', JobStatus.QUEUED.value)}")
         expr.conditions.append(f"{expr.name('outbox')} = {expr.value('kind', DISPATCH)}")
         expr.conditions.append(f"{expr.name('outbox_at')} = {expr.value('seen', seen_at)}")
@@ -286,11 +286,15 @@ class JobStore:
         return self._try_update(job_id, expr) is not None
 
     def settle(self, job_id: str, fields: dict[str, Any], *, done: bool, next_at: float | None = None,
-               remove: Iterable[str] = ()) -> Job | None:
+               remove: Iterable[str] = (), lease: tuple[str, float] | None = None) -> Job | None:
         """Record a notification step of a final job: ``done`` takes it out of the
-        outbox, otherwise it is due again at ``next_at``. None if the job is gone."""
+        outbox, otherwise it is due again at ``next_at``. With ``lease`` (the hook's
+        attribute and the lease the deliverer took), only while that lease is still the
+        hook's: a deliverer whose lease was taken over records nothing. None if the job
+        is gone or the lease is not its own."""
         expr = Expr()
         expr.conditions.append(f"{expr.name('outbox')} = {expr.value('kind', NOTIFY)}")
+        self._held(expr, lease)
         for attr, value in fields.items():
             expr.set(attr, value)
         expr.removes.extend(remove)
@@ -300,15 +304,23 @@ class JobStore:
             expr.set("outbox_at", next_at)
         return self._try_update(job_id, expr)
 
-    def record_hook(self, job_id: str, fields: dict[str, Any], remove: Iterable[str] = ()) -> Job | None:
+    def record_hook(self, job_id: str, fields: dict[str, Any], remove: Iterable[str] = (),
+                    lease: tuple[str, float] | None = None) -> Job | None:
         """Record a step of a webhook owed outside the outbox (the start webhook of a job
-        that may still be running). None if the job is gone."""
+        that may still be running); ``lease`` as for ``settle``. None if the job is gone."""
         expr = Expr()
         expr.conditions.append(f"attribute_exists({expr.name('id')})")
+        self._held(expr, lease)
         for attr, value in fields.items():
             expr.set(attr, value)
         expr.removes.extend(remove)
         return self._try_update(job_id, expr)
+
+    @staticmethod
+    def _held(expr: Expr, lease: tuple[str, float] | None) -> None:
+        if lease is not None:
+            hook, until = lease
+            expr.conditions.append(f"{expr.name(f'{hook}_lease')} = {expr.value('held_lease', until)}")
 
     def take_webhook_lease(self, job_id: str, hold: float, hook: str = "webhook") -> Job | None:
         """Claim the next attempt of a webhook (``hook``: "webhook", the final one, or

@@ -2,14 +2,21 @@
 job names (image_url, audio_url, reference_audio_url) and webhooks to notify_url.
 
 Outside local mode (``ALLOW_PRIVATE_URLS``) such a call may not reach a private,
-loopback, link-local, reserved or cloud-metadata address. Three places apply it:
+loopback, link-local, reserved or cloud-metadata address. It is applied:
 
 - at submit, ``literal_address_problem`` refuses URLs whose host is such an address
   written literally, in any form a resolver accepts (``127.1``, ``0x7f000001``, ...);
   host names are not resolved there;
-- before each download hop, the downloader resolves the host and checks every address;
-- on every connection, ``public_only_adapter`` checks the connected socket's peer, so a
-  DNS answer that changes between check and connect cannot slip through.
+- before every connection, the session resolves the host, checks every address, and
+  connects to the checked address (no second lookup that could answer differently);
+  a refused host is never connected to, so open and closed ports look the same;
+- on the connected socket, the peer is checked again (a guard kept against rebinding).
+
+What a tenant sees of a refusal names the rule, never the address it resolved to
+(``PUBLIC_REFUSAL``); the address goes to the logs (``AddressRefused.detail``).
+
+``Deadline`` puts a hard total deadline on the exchanges made under it (connect, send,
+headers, body): a peer that trickles bytes cannot hold a call past it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
+import time
+from contextvars import ContextVar
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -24,6 +34,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.connection import create_connection
 
 # Well-known instance metadata endpoints (AWS/GCP/Azure/OpenStack, AWS IPv6, ECS, Alibaba).
 METADATA_ADDRESSES = frozenset(
@@ -34,14 +46,27 @@ METADATA_ADDRESSES = frozenset(
 _IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
 
 
+# What a tenant is told when the host of its URL is refused: the same words for a name
+# that does not resolve and one that resolves to an internal address, so neither the
+# address nor whether an internal name exists can be learnt from job errors.
+PUBLIC_REFUSAL = "its host does not resolve to a public address (refused outside local mode)"
+
+
 class AddressRefused(requests.exceptions.ConnectionError):
-    """A connection would reach an address user URLs must not reach.
+    """A connection would reach an address user URLs must not reach (or the host did
+    not resolve). ``str()`` is tenant-safe; ``detail`` names the address, for logs.
 
     A requests ConnectionError, so a caller that treats every failed request alike
     (the webhook sender) counts it as a failed attempt."""
 
-    def __init__(self, host: str, address: str, why: str):
-        super().__init__(f"{host} resolves to {address}, {why} (refused outside local mode)")
+    def __init__(self, host: str, address: str | None, why: str):
+        super().__init__(PUBLIC_REFUSAL)
+        self.host, self.address, self.why = host, address, why
+        self.detail = f"{host} resolves to {address}, {why}" if address else f"{host}: {why}"
+
+
+class DeadlineExceeded(requests.exceptions.Timeout):
+    """The exchange did not complete within its Deadline."""
 
 
 class _Refusal(Exception):
@@ -50,6 +75,82 @@ class _Refusal(Exception):
     def __init__(self, error: AddressRefused):
         super().__init__(str(error))
         self.error = error
+
+
+_CURRENT: ContextVar["Deadline | None"] = ContextVar("egress_deadline", default=None)
+
+
+class Deadline:
+    """A hard total deadline for the HTTP exchanges made in this block by egress
+    sessions: when it passes, every socket they opened is shut down, which wakes any
+    blocked connect, send or read. requests' own timeouts bound each socket wait, so a
+    peer sending a byte every few seconds would never trip them."""
+
+    def __init__(self, seconds: float, monotonic: Callable[[], float] = time.monotonic):
+        self.seconds = seconds
+        self._monotonic = monotonic
+        self._ends = monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._token: Any = None
+
+    def left(self) -> float:
+        """Seconds left (at least a millisecond: requests refuses a zero timeout)."""
+        return max(0.001, self._ends - self._monotonic())
+
+    def __enter__(self) -> "Deadline":
+        self._token = _CURRENT.set(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+        _CURRENT.reset(self._token)
+        with self._lock:
+            self._sockets.clear()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self.expired:
+                self._sockets.append(sock)
+                return
+        _shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:  # the plain socket's shutdown, also under TLS: it only wakes the blocked call
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _track(sock: socket.socket | None) -> None:
+    deadline = _CURRENT.get()
+    if deadline is not None and sock is not None:
+        deadline.track(sock)
+
+
+Resolver = Callable[[str], "list[str]"]
+
+
+def resolve_host(host: str) -> list[str]:
+    """Every address ``host`` resolves to, in the resolver's order of preference."""
+    seen: list[str] = []
+    for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM):
+        address = str(info[4][0])
+        if address not in seen:
+            seen.append(address)
+    return seen
 
 
 def refusal_reason(address: str) -> str | None:
@@ -128,28 +229,62 @@ def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
     return ipaddress.IPv4Address(value)
 
 
-def public_only_adapter(policy: Policy) -> HTTPAdapter:
-    """An adapter whose every new socket is checked against ``policy`` right after the
-    TCP connect, before a byte of the request is sent."""
+def checked_adapter(policy: Policy | None, resolve: Resolver = resolve_host) -> HTTPAdapter:
+    """An adapter whose every new socket is made to a checked address: the host is
+    resolved, each address checked against ``policy`` (None: local mode, no check), and
+    the connection made to the checked address, whose peer is checked again once
+    connected, before a byte of the request is sent. Sockets are tracked by the
+    current Deadline, if any."""
 
-    def check(sock: socket.socket, host: str) -> None:
-        address, port = sock.getpeername()[:2]
-        why = policy(address, port)
-        if why is not None:
-            sock.close()
-            raise _Refusal(AddressRefused(host, address, why))
+    def connect(conn: HTTPConnection) -> socket.socket:
+        if policy is None:
+            addresses = [conn._dns_host]
+        else:
+            try:
+                addresses = resolve(conn._dns_host.rstrip("."))
+            except OSError as exc:
+                raise _Refusal(AddressRefused(conn.host, None, f"does not resolve ({exc})")) from None
+            if not addresses:
+                raise _Refusal(AddressRefused(conn.host, None, "resolves to no address"))
+            for address in addresses:
+                why = policy(address, conn.port)
+                if why is not None:
+                    raise _Refusal(AddressRefused(conn.host, address, why))
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                sock = create_connection((address, conn.port), conn.timeout, source_address=conn.source_address,
+                                         socket_options=conn.socket_options)
+            except socket.timeout:
+                raise ConnectTimeoutError(conn, f"Connection to {conn.host} timed out") from None
+            except OSError as exc:
+                error = exc
+                continue
+            _track(sock)
+            if policy is not None:
+                peer, port = sock.getpeername()[:2]
+                why = policy(peer, port)
+                if why is not None:
+                    sock.close()
+                    raise _Refusal(AddressRefused(conn.host, peer, why))
+            return sock
+        raise NewConnectionError(conn, f"Failed to establish a new connection: {error}")
 
     class CheckedHTTP(HTTPConnection):
         def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            check(sock, self.host)
-            return sock
+            return connect(self)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            _track(self.sock)  # a kept-alive socket, made before this deadline began
+            super().request(*args, **kwargs)
 
     class CheckedHTTPS(HTTPSConnection):
         def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            check(sock, self.host)
-            return sock
+            return connect(self)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            _track(self.sock)
+            super().request(*args, **kwargs)
 
     class HTTPPool(HTTPConnectionPool):
         ConnectionCls = CheckedHTTP
@@ -163,22 +298,28 @@ def public_only_adapter(policy: Policy) -> HTTPAdapter:
             self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
 
         def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+            deadline = _CURRENT.get()
             try:
                 return super().send(request, *args, **kwargs)
             except _Refusal as refusal:
                 raise refusal.error from None
+            except requests.RequestException as exc:
+                if deadline is not None and deadline.expired:
+                    raise DeadlineExceeded(f"no complete answer within {deadline.seconds:g} s") from exc
+                raise
 
     return Adapter()
 
 
-def egress_session(allow_private: bool, policy: Policy = default_policy) -> requests.Session:
-    """A session for calls made on a user's behalf: every connection is checked against
-    ``policy`` unless ``allow_private`` (local mode). Environment proxies are ignored:
-    a proxy would hide the real peer from the check."""
+def egress_session(allow_private: bool, policy: Policy = default_policy,
+                   resolve: Resolver = resolve_host) -> requests.Session:
+    """A session for calls made on a user's behalf: every connection is made to an
+    address checked against ``policy`` unless ``allow_private`` (local mode), and
+    honours the current Deadline. Environment proxies are ignored: a proxy would hide
+    the real peer from the check."""
     session = requests.Session()
     session.trust_env = False
-    if not allow_private:
-        adapter = public_only_adapter(policy)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
+    adapter = checked_adapter(None if allow_private else policy, resolve)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     return session

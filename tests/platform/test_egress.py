@@ -4,6 +4,7 @@ where a reachable "public" host is needed, a policy treats one loopback port as 
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
@@ -11,7 +12,9 @@ from typing import Any, Iterator
 import pytest
 
 from chalicelib.delivery.webhooks import WebhookSender
-from chalicelib.platform.egress import AddressRefused, egress_session, literal_address_problem, refusal_reason
+from chalicelib.platform.egress import (PUBLIC_REFUSAL, AddressRefused, egress_session, literal_address_problem,
+                                        refusal_reason)
+from tests.support.harness import wait_until
 
 
 class Server:
@@ -98,8 +101,11 @@ def test_host_names_and_public_addresses_pass(url: str) -> None:
 
 def test_egress_session_refuses_a_loopback_server_before_sending(server: Server) -> None:
     with egress_session(allow_private=False) as session:
-        with pytest.raises(AddressRefused, match="127.0.0.1 resolves to 127.0.0.1, a loopback address"):
+        with pytest.raises(AddressRefused) as refused:
             session.post(server.url, data=b"{}", timeout=5)
+    # The tenant's words name the rule; the address is for the logs.
+    assert str(refused.value) == PUBLIC_REFUSAL
+    assert refused.value.detail == "127.0.0.1 resolves to 127.0.0.1, a loopback address"
     with egress_session(allow_private=True) as session:
         assert session.post(server.url, data=b"{}", timeout=5).status_code == 200
     assert server.seen == [("POST", "/hook")]  # only the local-mode request arrived
@@ -114,7 +120,7 @@ def test_egress_session_reaches_an_address_the_policy_allows(server: Server) -> 
 def test_a_refused_webhook_is_a_failed_attempt_not_an_exception(server: Server) -> None:
     sender = WebhookSender(attempts=2, interval=0, timeout=5, allow_private=False)
     ok, outcome = sender.attempt(server.url, {"id": "j1", "status": "success"})
-    assert not ok and "loopback" in outcome
+    assert (ok, outcome) == (False, f"notify_url: {PUBLIC_REFUSAL}")
     assert server.seen == []
 
 
@@ -149,3 +155,65 @@ def test_requests_would_have_followed_it() -> None:
     finally:
         hop.stop()
         receiver.stop()
+
+
+# -- hostile peers: port-scan oracle, trickling receivers -----------------------------
+
+def test_a_tenant_cannot_port_scan_internal_names(server: Server) -> None:
+    """A notify_url host name that resolves to an internal address: refused before any
+    connection, with the same words for an open port, a closed port and a name that
+    does not resolve at all; the resolved address is in no tenant-visible text."""
+    from tests.support.hostile import Listener, closed_port
+
+    listener = Listener()
+    names = {"open.internal.test": "127.0.0.1", "closed.internal.test": "127.0.0.1"}
+
+    def resolve(host: str) -> list[str]:
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [names[host]]
+
+    sender = WebhookSender(attempts=2, interval=0, timeout=2, session=egress_session(False, resolve=resolve))
+    try:
+        outcomes = {sender.attempt(url, {"id": "j1", "status": "success"})[1] for url in (
+            f"http://open.internal.test:{listener.port}/hook", f"http://closed.internal.test:{closed_port()}/hook",
+            f"http://open.internal.test:{server.port}/hook", "http://nowhere.internal.test/hook")}
+        assert outcomes == {f"notify_url: {PUBLIC_REFUSAL}"}
+        assert listener.connections() == 0 and server.seen == []  # checked before connecting
+    finally:
+        listener.stop()
+
+
+def test_the_session_connects_to_the_address_it_checked(server: Server) -> None:
+    """Resolved once: a second lookup (a rebinding DNS answer) is never made."""
+    answers = iter([["127.0.0.1"], ["10.0.0.1"]])
+    lookups: list[str] = []
+
+    def resolve(host: str) -> list[str]:
+        lookups.append(host)
+        return next(answers)
+
+    with egress_session(False, public_port(server.port), resolve=resolve) as session:
+        assert session.get(f"http://hooks.example.test:{server.port}/hook", timeout=5).status_code == 200
+    assert lookups == ["hooks.example.test"] and server.seen == [("GET", "/hook")]
+
+
+@pytest.mark.parametrize("slow", ["headers", "body"])
+def test_a_trickling_receiver_cannot_hold_a_webhook_past_its_deadline(slow: str) -> None:
+    """A byte every 0.2 s beats any per-read timeout; the attempt still ends at its
+    hard deadline (1 s here; the trickle would take minutes), hanging up on the peer."""
+    from tests.support.hostile import Trickler
+
+    peer = Trickler(slow=slow, every=0.2)
+    sender = WebhookSender(attempts=2, interval=0, timeout=1, allow_private=True)
+    result: list = []
+    attempt = threading.Thread(target=lambda: result.append(sender.attempt(peer.url, {"id": "j", "status": "success"})),
+                               daemon=True)
+    try:
+        attempt.start()
+        attempt.join(30)  # the trickle alone takes over 400 s
+        assert result == [(False, "notify_url: no complete answer within 1 s")]
+        wait_until(lambda: peer.connections and "end" in peer.connections[0], 10)
+        assert peer.connections[0]["client_hung_up"]
+    finally:
+        peer.stop()
