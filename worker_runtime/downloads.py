@@ -1,13 +1,16 @@
 """Downloads of the URLs users hand in (image_url, audio_url, reference_audio_url).
 
-Streamed to disk with a size cap and a whole-download deadline; the body must not
+Streamed to disk with a size cap under one hard deadline (DOWNLOAD_TIMEOUT, whatever
+the job's max_time): connect, headers and body together, so a server that sends its
+headers or its body a byte at a time is hung up on at the deadline. The body must not
 be a web page; and, outside local mode, no request may reach a private, loopback,
-link-local or cloud-metadata address (the policy in chalicelib/platform/egress.py). That last
-check runs twice: on the host name before each hop (so the error can name the address)
-and on the connected socket itself (so a DNS answer that changes between the two cannot
-slip through). Redirects are followed by hand so every hop gets both checks.
+link-local or cloud-metadata address (the policy in chalicelib/platform/egress.py): each
+connection's host is resolved and checked before connecting, the connection goes to the
+checked address, and its peer is checked again. Redirects are followed by hand, so every
+hop is a new checked request.
 
-Every failure raises TaskError naming the field, the URL and the reason."""
+Every failure raises TaskError naming the field, the URL and the rule; the resolved
+address, port states and library messages go to the log only."""
 
 from __future__ import annotations
 
@@ -21,10 +24,13 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from urllib3.exceptions import HTTPError
 
-from chalicelib.platform.egress import AddressRefused, Policy, default_policy, egress_session
+from chalicelib.platform.egress import AddressRefused, Deadline, Policy, default_policy, egress_session, resolve_host
+from chalicelib.platform.logs import get_logger
 
 from .cancel import CancelToken
 from .tasks.base import TaskError
+
+log = get_logger("c3.downloads")
 
 CHUNK = 64 * 1024
 DEADLINE_SLACK = 0.05  # a read timeout this close to the deadline is the deadline
@@ -52,7 +58,7 @@ class Downloader:
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.allow_private = allow_private
-        self.resolve = resolve or _resolve
+        self.resolve = resolve or resolve_host
         self.policy = policy
         self.monotonic = monotonic
 
@@ -63,9 +69,9 @@ class Downloader:
         def fail(reason: str) -> TaskError:
             return TaskError(f"Could not download {field} {url}: {reason}")
 
-        deadline = self.monotonic() + self.timeout
+        deadline = Deadline(self.timeout, self.monotonic)
         current = url
-        with egress_session(self.allow_private, self.policy) as session:
+        with deadline, egress_session(self.allow_private, self.policy, self.resolve) as session:
             for hop in range(self.max_redirects + 1):
                 prefix = f"redirected to {current}: " if hop else ""
                 self._check_target(current, fail, prefix)
@@ -74,45 +80,36 @@ class Downloader:
                                            timeout=self._remaining(deadline, fail),
                                            headers={"Accept": f"{kind}/*, */*;q=0.5"})
                 except AddressRefused as exc:
+                    log.info("download.refused", field=field, url=current, detail=exc.detail)
                     raise fail(prefix + str(exc)) from None
-                except requests.Timeout:
-                    raise fail(f"no answer within {self.timeout:g} s") from None
+                except requests.Timeout as exc:
+                    log.info("download.timeout", field=field, url=current, detail=_short(exc))
+                    raise fail(f"not finished within {self.timeout:g} s") from None
                 except requests.RequestException as exc:
-                    raise fail(f"connection failed ({_short(exc)})") from None
+                    log.info("download.failed", field=field, url=current, detail=_short(exc))
+                    raise fail(f"{prefix}the connection failed or broke off") from None
                 with response:
                     if response.status_code in REDIRECTS and response.headers.get("Location"):
                         current = urljoin(current, response.headers["Location"])
                         continue
-                    return self._save(response, current, dest, kind, deadline, cancel, fail)
+                    return self._save(response, current, dest, kind, deadline, cancel, fail, field)
             raise fail(f"more than {self.max_redirects} redirects")
 
     # -- steps -------------------------------------------------------------
     def _check_target(self, url: str, fail: Callable[[str], TaskError], prefix: str) -> None:
-        """Scheme, and outside local mode the addresses the host name resolves to."""
+        """Only absolute http(s) URLs (the addresses are checked by the session, per connection)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise fail(f"{prefix}only absolute http(s) URLs can be downloaded")
-        if self.allow_private:
-            return
-        try:
-            addresses = self.resolve(parts.hostname)
-        except OSError as exc:
-            raise fail(f"{prefix}host {parts.hostname} could not be resolved ({exc})") from None
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        for address in addresses:
-            why = self.policy(address, port)
-            if why is not None:
-                raise fail(f"{prefix}{AddressRefused(parts.hostname, address, why)}")
 
-    def _remaining(self, deadline: float, fail: Callable[[str], TaskError]) -> float:
-        left = deadline - self.monotonic()
-        if left <= 0:
+    def _remaining(self, deadline: Deadline, fail: Callable[[str], TaskError]) -> float:
+        if deadline.expired or deadline.left() <= 0.001:
             raise fail(f"not finished within {self.timeout:g} s")
-        return left
+        return deadline.left()
 
     def _save(self, response: requests.Response, final_url: str, dest: Path, kind: str,
-              deadline: float, cancel: CancelToken | None,
-              fail: Callable[[str], TaskError]) -> Download:
+              deadline: Deadline, cancel: CancelToken | None,
+              fail: Callable[[str], TaskError], field: str) -> Download:
         if response.status_code != 200:
             raise fail(f"HTTP {response.status_code} {response.reason or ''}".rstrip())
         ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -138,14 +135,18 @@ class Downloader:
             dest.unlink(missing_ok=True)
             if cancel is not None:
                 cancel.raise_if_cancelled()  # the break was our own abort
-            if self.monotonic() >= deadline - DEADLINE_SLACK:  # reads time out at the deadline
+            if deadline.expired or deadline.left() <= DEADLINE_SLACK:  # the deadline shut the socket
                 raise fail(f"not finished within {self.timeout:g} s") from None
-            raise fail(f"transfer broke off after {size} bytes ({_short(exc)})") from None
+            log.info("download.broke_off", field=field, url=final_url, size=size, detail=_short(exc))
+            raise fail(f"transfer broke off after {size} bytes") from None
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
         if cancel is not None:
             cancel.raise_if_cancelled()
+        if deadline.expired:  # the last read ended at the deadline's shutdown, not at the body's end
+            dest.unlink(missing_ok=True)
+            raise fail(f"not finished within {self.timeout:g} s")
         if size == 0:
             dest.unlink(missing_ok=True)
             raise fail("the server sent an empty body")
@@ -161,10 +162,6 @@ def _abort(response: requests.Response) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-
-def _resolve(host: str) -> list[str]:
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
 
 
 def _short(exc: Exception) -> str:

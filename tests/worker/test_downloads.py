@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.platform.egress import refusal_reason
+from chalicelib.platform.egress import PUBLIC_REFUSAL, refusal_reason
 from tests.support.node_apps import inputs  # noqa: F401 - fixture
+from tests.support.harness import wait_until
 from tests.support.samples import SampleServer
 from worker_runtime.cancel import CancelToken, TaskCancelled
 from worker_runtime.downloads import Downloader
@@ -85,14 +86,13 @@ def test_redirects_are_followed(inputs: SampleServer, tmp_path: Path) -> None:
 def test_private_addresses_are_refused_outside_local_mode(inputs: SampleServer, tmp_path: Path) -> None:
     url = inputs.url("portrait.jpg")
     message = fetch_error(local(allow_private=False), url, tmp_path / "x")
-    assert message == (f"Could not download image_url {url}: 127.0.0.1 resolves to 127.0.0.1, "
-                       "a loopback address (refused outside local mode)")
+    assert message == f"Could not download image_url {url}: {PUBLIC_REFUSAL}"
 
 
 def test_metadata_host_is_refused_before_connecting(tmp_path: Path) -> None:
     dl = local(allow_private=False, resolve=lambda host: ["169.254.169.254"])
     message = fetch_error(dl, "http://metadata.google.internal/computeMetadata/v1/", tmp_path / "x")
-    assert "metadata.google.internal resolves to 169.254.169.254, a cloud metadata address" in message
+    assert message.endswith(PUBLIC_REFUSAL) and "169.254" not in message
 
 
 def test_redirect_to_a_private_address_is_refused(inputs: SampleServer, tmp_path: Path) -> None:
@@ -104,14 +104,47 @@ def test_redirect_to_a_private_address_is_refused(inputs: SampleServer, tmp_path
     target = "http://127.0.0.1:9/secret"
     message = fetch_error(local(allow_private=False, policy=policy), inputs.base + f"/redirect?to={target}",
                           tmp_path / "x")
-    assert f"redirected to {target}: 127.0.0.1 resolves to 127.0.0.1, a loopback address" in message
+    assert f"redirected to {target}: {PUBLIC_REFUSAL}" in message
 
 
-def test_socket_check_catches_a_name_that_resolved_public(inputs: SampleServer, tmp_path: Path) -> None:
-    """DNS rebinding: the name check saw a public address, the connection went elsewhere."""
+def test_the_connection_goes_to_the_checked_address(inputs: SampleServer, tmp_path: Path) -> None:
+    """Resolved once per connection, checked, connected to: a name whose answer is
+    public is fetched from that public address, never re-resolved to the local server."""
     dl = local(allow_private=False, resolve=lambda host: [PUBLIC])
-    message = fetch_error(dl, inputs.url("portrait.jpg"), tmp_path / "x")
-    assert "127.0.0.1 resolves to 127.0.0.1, a loopback address" in message
+    message = fetch_error(dl, f"http://files.example.test:{inputs.port}/files/portrait.jpg", tmp_path / "x")
+    assert message.endswith("the connection failed or broke off") or "not finished within" in message
+
+
+def test_the_connected_peer_is_checked_again(inputs: SampleServer, tmp_path: Path) -> None:
+    """The guard kept against rebinding: the peer of the connected socket is judged again."""
+    calls: list[str] = []
+
+    def policy(address: str, port: int) -> str | None:
+        calls.append(address)
+        return None if len(calls) == 1 else refusal_reason(address)  # public at the check, not once connected
+
+    message = fetch_error(local(allow_private=False, policy=policy), inputs.url("portrait.jpg"), tmp_path / "x")
+    assert message.endswith(PUBLIC_REFUSAL) and calls == ["127.0.0.1", "127.0.0.1"]
+
+
+@pytest.mark.parametrize("slow", ["headers", "body"])
+def test_a_slow_server_is_hung_up_on_at_the_download_deadline(tmp_path: Path, slow: str) -> None:
+    """A byte every 0.2 s beats every per-read timeout; the download still ends at its
+    whole deadline (1 s here; the trickle would take 400 s)."""
+    from tests.support.hostile import Trickler
+
+    peer = Trickler(slow=slow, every=0.2)
+    errors: list[str] = []
+    fetch = threading.Thread(target=lambda: errors.append(fetch_error(local(timeout=1), peer.url, tmp_path / "x",
+                                                                       kind="audio")), daemon=True)
+    try:
+        fetch.start()
+        fetch.join(30)
+        assert errors == [f"Could not download image_url {peer.url}: not finished within 1 s"]
+        wait_until(lambda: "end" in peer.connections[0], 10)  # the server saw the hang-up
+        assert peer.connections[0]["client_hung_up"]
+    finally:
+        peer.stop()
 
 
 @pytest.mark.parametrize("address, reason", [

@@ -106,8 +106,8 @@ def test_private_url_refused_outside_local_mode(sim: SimNode, inputs: SampleServ
     with pytest.raises(TaskError) as info:
         task_for("analyze", ALLOW_PRIVATE_URLS=False).run(make_context("analyze", {"image_url": url}, tmp_path,
                                                                        sim.node))
-    assert str(info.value) == (f"Could not download image_url {url}: 127.0.0.1 resolves to 127.0.0.1, "
-                               "a loopback address (refused outside local mode)")
+    assert str(info.value) == (f"Could not download image_url {url}: its host does not resolve to a public "
+                               "address (refused outside local mode)")
 
 
 def test_simulated_ollama_also_answers_unstreamed(sim: SimNode, inputs: SampleServer) -> None:
