@@ -134,9 +134,44 @@ class AudioInfo:
         return self.container in PLAIN_AUDIO and not self.has_video
 
 
+# The demuxers media may be opened with. FFmpeg's own probing would also pick playlists
+# and references to other files or URLs (ffconcat, HLS, image2 patterns, SDP, ...): a
+# user's "audio" could make it read files of the work directory into the job's output.
+ALLOWED_DEMUXERS = ("wav", "mp3", "flac", "ogg", "aac", "mov", "matroska")
+# Only the file itself: a demuxer that tries to open anything else (another protocol,
+# a nested URL) is refused by FFmpeg. mov's external data references stay off (its default).
+OPEN_OPTIONS = {"protocol_whitelist": "file"}
+
+
+def sniff_demuxer(path: Path) -> str | None:
+    """The allowed demuxer ``path``'s leading bytes call for, or None."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if head[:4] == b"fLaC":
+        return "flac"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "mov"  # also mp4, m4a, 3gp
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"  # also webm
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # an MPEG audio frame sync
+        return "aac" if (head[1] >> 1) & 0x03 == 0 else "mp3"  # layer bits 00: ADTS AAC
+    return None
+
+
 def _open(path: Path, source: str) -> av.container.InputContainer:
+    """Open ``path`` with the allowed demuxer its bytes call for, never FFmpeg's guess."""
+    demuxer = sniff_demuxer(path)
+    if demuxer is None:
+        raise TaskError(f"{source} is not a readable audio or video file: not a format allowed "
+                        f"(WAV, MP3, FLAC, Ogg, AAC, MP4/MOV, Matroska/WebM)")
     try:
-        return av.open(str(path))
+        return av.open(str(path), format=demuxer, options=dict(OPEN_OPTIONS))
     except av.FFmpegError as exc:
         raise TaskError(f"{source} is not a readable audio or video file: {_reason(exc)}") from None
 

@@ -68,7 +68,7 @@ def bad_jobs(inputs: SampleServer) -> list[tuple[str, dict, str]]:
         ("portrait", {"image_url": inputs.url("speech.wav"), "audio_url": good_audio},
          f"image_url {inputs.url('speech.wav')} is not an image Pillow can read"),
         ("portrait", {"image_url": good_image, "audio_url": inputs.url("portrait.jpg")},
-         f"audio_url {inputs.url('portrait.jpg')} has no audio track"),
+         f"audio_url {inputs.url('portrait.jpg')} is not a readable audio or video file: not a format allowed (WAV, MP3, FLAC, Ogg, AAC, MP4/MOV, Matroska/WebM)"),
         ("analyze", {"image_url": inputs.url("bomb.png")}, f"image_url {inputs.url('bomb.png')} was refused"),
         ("analyze", {"image_url": html}, f"Could not download image_url {html}: the server sent text/html"),
     ]

@@ -114,9 +114,9 @@ def test_video_becomes_plain_mp3_and_plain_audio_is_kept(files: dict[str, Path],
 
 
 @pytest.mark.parametrize("name, message", [
-    ("broken", r"^audio_url u is not a readable audio or video file: Invalid data found when processing input$"),
-    ("text", r"^audio_url u has no audio track$"),
-    ("portrait", r"^audio_url u has no audio track$"),
+    ("broken", r"^audio_url u is not a readable audio or video file: not a format allowed \(WAV, MP3, "),
+    ("text", r"^audio_url u is not a readable audio or video file: not a format allowed "),
+    ("portrait", r"^audio_url u is not a readable audio or video file: not a format allowed "),
 ])
 def test_bad_audio(files: dict[str, Path], name: str, message: str) -> None:
     with pytest.raises(TaskError, match=message):

@@ -50,8 +50,8 @@ def test_defaults_and_video_input_converted_to_audio(sim: SimNode, inputs: Sampl
 
 
 @pytest.mark.parametrize("name, reason", [
-    ("portrait.jpg", "has no audio track"),
-    ("broken.mp3", "is not a readable audio or video file: Invalid data found when processing input"),
+    ("portrait.jpg", "is not a readable audio or video file: not a format allowed (WAV, MP3, FLAC, Ogg, AAC, MP4/MOV, Matroska/WebM)"),
+    ("broken.mp3", "is not a readable audio or video file: not a format allowed (WAV, MP3, FLAC, Ogg, AAC, MP4/MOV, Matroska/WebM)"),
 ])
 def test_input_that_is_not_audio_fails_readably(sim: SimNode, inputs: SampleServer, tmp_path: Path,
                                                 name: str, reason: str) -> None:
@@ -93,3 +93,24 @@ def test_max_time_stops_the_remote_job(sim: SimNode, inputs: SampleServer, tmp_p
     outcome = supervise(task_for("whisper"), ctx)
     assert outcome.error == "Job exceeded max_time of 1 seconds"
     wait_until(lambda: sim.state.events("whisper", "cancelled"), timeout=5)
+
+
+@pytest.mark.parametrize("name, body", [
+    ("concat.mp3", "ffconcat version 1.0\nfile 'secret.wav'\n"),
+    ("playlist.mp3", "#EXTM3U\n#EXTINF:2.2,\nsecret.wav\n"),
+])
+def test_media_that_names_other_files_is_refused(sim: SimNode, inputs: SampleServer, tmp_path: Path,
+                                                 name: str, body: str) -> None:
+    """An "audio" file that is a list of other files (FFmpeg's concat demuxer, an HLS
+    playlist): FFmpeg's probing would read the work directory's secret.wav as the input.
+    Sniffed, it opens with no allowed demuxer, and the node never sees a byte of it."""
+    from tests.support.samples import audio_file
+
+    audio_file(tmp_path / "secret.wav", 2.2)  # another file in the job's work directory
+    (inputs.root / name).write_text(body)
+    url = inputs.url(name)
+    with pytest.raises(TaskError) as info:
+        task_for("whisper").run(make_context("whisper", {"audio_url": url}, tmp_path, sim.node))
+    assert str(info.value) == (f"audio_url {url} is not a readable audio or video file: not a format allowed "
+                               "(WAV, MP3, FLAC, Ogg, AAC, MP4/MOV, Matroska/WebM)")
+    assert sim.state.events("whisper") == []
