@@ -164,7 +164,9 @@ def openapi_document() -> dict[str, Any]:
         "/results/{id}": {"get": {"summary": "A durable result link: 302 to a fresh presigned URL",
                                   **open_route, "parameters": [
                                       job_id, {"name": "expires", "in": "query", "required": True,
-                                               "schema": {"type": "integer"}},
+                                               "schema": {"type": "integer", "minimum": 0,
+                                                          "maximum": 999_999_999_999},
+                                               "description": "ASCII digits only (else a 400)"},
                                       {"name": "token", "in": "query", "required": True,
                                        "schema": {"type": "string"}}],
                                   "responses": {"302": {"description": "Location: the result"},
