@@ -143,6 +143,31 @@ def _track(sock: socket.socket | None) -> None:
 Resolver = Callable[[str], "list[str]"]
 
 
+def _resolve_in_time(resolve: Resolver, host: str) -> list[str]:
+    """``resolve(host)``, within the current Deadline: a lookup cannot be interrupted, and
+    a slow name server (the tenant's own) must not hold the call past it. Past the
+    deadline the lookup is left to finish on its own thread; socket.timeout is raised."""
+    deadline = _CURRENT.get()
+    if deadline is None:
+        return resolve(host)
+    box: dict[str, Any] = {}
+
+    def lookup() -> None:
+        try:
+            box["addresses"] = resolve(host)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=lookup, name="egress-resolve", daemon=True)
+    thread.start()
+    thread.join(deadline.left())
+    if thread.is_alive():
+        raise socket.timeout(f"{host} not resolved in time")
+    if "error" in box:
+        raise box["error"]
+    return box["addresses"]
+
+
 def resolve_host(host: str) -> list[str]:
     """Every address ``host`` resolves to, in the resolver's order of preference."""
     seen: list[str] = []
@@ -241,7 +266,9 @@ def checked_adapter(policy: Policy | None, resolve: Resolver = resolve_host) -> 
             addresses = [conn._dns_host]
         else:
             try:
-                addresses = resolve(conn._dns_host.rstrip("."))
+                addresses = _resolve_in_time(resolve, conn._dns_host.rstrip("."))
+            except socket.timeout:
+                raise ConnectTimeoutError(conn, f"{conn.host} was not resolved within the deadline") from None
             except OSError as exc:
                 raise _Refusal(AddressRefused(conn.host, None, f"does not resolve ({exc})")) from None
             if not addresses:

@@ -217,3 +217,25 @@ def test_a_trickling_receiver_cannot_hold_a_webhook_past_its_deadline(slow: str)
         assert peer.connections[0]["client_hung_up"]
     finally:
         peer.stop()
+
+
+def test_a_slow_name_server_cannot_hold_a_webhook_past_its_deadline() -> None:
+    """The lookup is bounded by the attempt's deadline too (a tenant's own name server
+    may answer as slowly as it likes)."""
+    answered = threading.Event()
+
+    def slow_resolve(host: str) -> list[str]:
+        answered.wait(60)
+        return ["93.184.216.34"]
+
+    sender = WebhookSender(attempts=2, interval=0, timeout=1, session=egress_session(False, resolve=slow_resolve))
+    result: list = []
+    attempt = threading.Thread(target=lambda: result.append(sender.attempt("http://slow-dns.example.test/hook",
+                                                                            {"id": "j", "status": "success"})),
+                               daemon=True)
+    try:
+        attempt.start()
+        attempt.join(30)
+        assert result == [(False, "notify_url: no complete answer within 1 s")]
+    finally:
+        answered.set()
