@@ -11,6 +11,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
+
 from chalicelib.platform.settings import Settings
 from infra.local.stack import create_stack
 from tests.conftest import resource_env
@@ -19,6 +21,7 @@ from tests.support import procs
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.timeout(400)  # ~1,700 requests: about 80 s alone, longer beside other test files
 def test_the_api_does_what_its_openapi_document_says(aws_endpoints, tmp_path):
     env = {**resource_env(f"s{uuid.uuid4().hex[:12]}"), "C3_RENDER_API_KEY": "fuzz-key",
            "RESULT_LINK_SECRET": "fuzz-links", "ALLOW_PRIVATE_URLS": "true"}
