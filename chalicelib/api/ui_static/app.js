@@ -674,6 +674,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    $("key-submit").disabled = false; // disabled in the HTML: without this script the form must not submit
     $("key-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const key = $("key").value.trim();
