@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
 
-import click
 import typer
 from rich.console import Console, Group
 from rich.live import Live
@@ -70,7 +67,7 @@ def hoist_global_options(args: list[str], commands: set[str]) -> list[str]:
 
 
 class AnywhereOptions(typer.core.TyperGroup):
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(list(args), set(self.commands)))
 
 
@@ -95,11 +92,6 @@ class Connection:
             return f"{self.url} (from --url or C3_RENDER_URL)"
         return f"{DEFAULT_URL} (the default: set C3_RENDER_URL or --url to another)"
 
-
-def _connection_obj() -> Connection:
-    ctx = click.get_current_context(silent=True)
-    obj = ctx.find_object(Connection) if ctx else None
-    return obj or Connection(os.environ.get("C3_RENDER_URL"), os.environ.get("C3_RENDER_API_KEY"))
 
 
 # -- options shared by several commands ----------------------------------------------------
@@ -130,20 +122,20 @@ def _connection(
 
 
 @contextmanager
-def reporting(json_out: bool) -> Iterator[None]:
+def reporting(json_out: bool, conn: Connection) -> Iterator[None]:
     """Turn the client's errors into a message (or JSON) and the exit code."""
     try:
         yield
     except C3RenderError as exc:
         code = EXIT_USAGE if isinstance(exc, InvalidRequest) else EXIT_FAILED
-        hint = _hint(exc)
+        hint = _hint(exc, conn)
         if json_out:
             body = exc.body or {"error": exc.message}
             _print_json({**body, "http_status": exc.status, "exit_code": code, **({"hint": hint} if hint else {})})
         else:
             head = f"error: {exc.message}" + (f" (HTTP {exc.status})" if exc.status else "")
             if isinstance(exc, ConnectionFailed):
-                head = f"error: could not reach the c3-render API at {_connection_obj().where()}: {exc.message}"
+                head = f"error: could not reach the c3-render API at {conn.where()}: {exc.message}"
             stderr.print(Text(head, style="bold red"))
             for detail in exc.details:
                 stderr.print(Text(f"  {detail.field}: {detail.message}", style="red"))
@@ -152,9 +144,8 @@ def reporting(json_out: bool) -> Iterator[None]:
         raise typer.Exit(code) from None
 
 
-def _hint(exc: C3RenderError) -> str | None:
+def _hint(exc: C3RenderError, conn: Connection) -> str | None:
     """What to change when the error is about the connection itself (where, which key)."""
-    conn = _connection_obj()
     if isinstance(exc, ConnectionFailed):
         return (f"Is the API running at {conn.url or DEFAULT_URL} (`make run`)? If it runs elsewhere, "
                 "set C3_RENDER_URL or pass --url with its address.")
@@ -304,7 +295,7 @@ def submit_command(job_type: JobType) -> Callable[[Callable[..., dict[str, Any]]
             shared = {name: options.pop(name) for name in _SHARED}
             params = {k: v for k, v in params_of(**options).items() if v is not None}
             json_out = shared["json_out"]
-            with reporting(json_out), ctx.obj.client() as client:
+            with reporting(json_out, ctx.obj), ctx.obj.client() as client:
                 job = client.submit(job_type, params, notify_url=shared["notify_url"],
                                     max_time=shared["max_time"], complete_in=shared["complete_in"],
                                     webhook_events_filter=shared["webhook_event"],
@@ -384,7 +375,7 @@ def _print_view(job: Job) -> None:
 def status(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
            wait: Wait = False, timeout: Timeout = 1800.0, json_out: JsonOut = False) -> None:
     """A job's status view. With --wait: follow it until it is final (exit 1 unless it succeeded)."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         job = client.status(job_id)
         if wait:
             job = follow(client, job, timeout, live=not json_out)
@@ -402,7 +393,7 @@ def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID
            remove_data: Annotated[bool, typer.Option(help="Also delete its record and result files.")] = False,
            json_out: JsonOut = False) -> None:
     """Cancel a queued or running job."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         answer = client.cancel(job_id, error, remove_data)
         if json_out:
             _print_json(_dump(answer))
@@ -414,7 +405,7 @@ def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID
 def retry(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")], wait: Wait = False,
           output: Output = None, timeout: Timeout = 1800.0, json_out: JsonOut = False) -> None:
     """Run a failed, timed_out or cancelled job again, as a new job."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         started(client, client.retry(job_id), f"retry of {job_id}", wait, output, timeout, json_out)
 
 
@@ -423,7 +414,7 @@ def result(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID
            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write it to this file.")] = None,
            json_out: JsonOut = False) -> None:
     """A successful job's result: its text, or its file's URL (or the file, with -o)."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         answer = client.result(job_id)
         path = client.download(job_id, output) if output else None
         if json_out:
@@ -445,7 +436,7 @@ def jobs(ctx: typer.Context,
          all_pages: Annotated[bool, typer.Option("--all", help="Follow the cursors to the last page.")] = False,
          json_out: JsonOut = False) -> None:
     """This key's jobs, newest first."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         if all_pages:
             found, next_cursor = list(client.iter_jobs(status, type, limit, cursor)), None
         else:
@@ -493,7 +484,7 @@ def print_jobs(found: list[Job]) -> None:
 @app.command()
 def health(ctx: typer.Context, json_out: JsonOut = False) -> None:
     """The service's health: queue, jobs, workers, GPUs (exit 1 unless ok)."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         report = client.health()
         if json_out:
             _print_json(_dump(report))
