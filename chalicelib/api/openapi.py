@@ -108,15 +108,19 @@ def openapi_document() -> dict[str, Any]:
             "start_webhook": _ref("WebhookState"),
             "params": {"type": "object", "description": "the job's parameters as submitted, defaults "
                                                         "filled in (GET /status only, not GET /jobs)"},
+            "tenant": {"type": "string", "description": "operator keys only: the job's owner, the first 12 "
+                                                         "hex digits of the sha256 of its key"},
         },
     }
     schemas["WebhookState"] = {"type": "object", "required": ["status", "attempts"], "properties": {
         "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
         "last_error": {"type": "string"}}}
     schemas["JobList"] = {
-        "type": "object", "required": ["jobs", "next_cursor"],
+        "type": "object", "required": ["jobs", "next_cursor", "scope"],
         "properties": {"jobs": {"type": "array", "items": _ref("JobStatus")},
-                       "next_cursor": {"type": ["string", "null"]}},
+                       "next_cursor": {"type": ["string", "null"]},
+                       "scope": {"enum": ["own", "all"], "description": "all: an operator key's view of every "
+                                                                        "tenant's jobs"}},
     }
     schemas["Retried"] = {
         "type": "object", "required": ["id", "status", "retry_of"],

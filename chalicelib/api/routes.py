@@ -24,7 +24,7 @@ from chalicelib.jobs.models import KNOWN_FIELDS, JobStatus, JobType
 from chalicelib.jobs.outbox import Reconciler
 from chalicelib.jobs.record import Job
 from chalicelib.jobs.service import JobService, parse_job_id
-from chalicelib.platform.auth import authenticate
+from chalicelib.platform.auth import Caller, identify
 from chalicelib.platform.errors import C3RenderError, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from chalicelib.platform.json_body import parse_json
 from chalicelib.platform.logs import configure, get_logger
@@ -79,7 +79,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
                          ctx.queries, settings.max_in_flight_per_key)
     health_report = HealthReport(ctx.jobs_queue, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
                                  ctx.beacons, ctx.clock)
-    keys = settings.api_key_list
+    keys, operator_keys = settings.api_key_list, settings.operator_key_list
     if not keys:
         log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
 
@@ -110,10 +110,13 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
                                  [{"field": name, "message": "must be sent at most once"}])
         return request.headers.get(name.lower())
 
-    def owner() -> str:
+    def caller() -> Caller:
         for name in SINGLE_HEADERS:
             header(name)
-        return authenticate(app.current_request.headers, keys)
+        return identify(app.current_request.headers, keys, operator_keys)
+
+    def owner() -> str:
+        return caller().owner
 
     def prefer_wait() -> int | None:
         """``Prefer: wait`` from every Prefer header (RFC 7240 allows several), parsed
@@ -122,13 +125,18 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         copies = _multi_headers(request).get("prefer") or [request.headers.get("prefer") or ""]
         return preferred_wait(", ".join(copies))
 
-    def waited(job: Job, seconds: int | None, brief: bool = False) -> Response:
+    def waited(job: Job, seconds: int | None, brief: bool = False, operator: bool = False) -> Response:
         """The job's view (``brief``: only id and status, the seed's submit answer), after
-        waiting for it to be final when the client asks to (``Prefer: wait=N``)."""
+        waiting for it to be final when the client asks to (``Prefer: wait=N``); an
+        operator's names the job's tenant."""
+        def view(job: Job) -> dict[str, Any]:
+            shown = service.view(job)
+            return service.operator_view(job, shown) if operator else shown
+
         if seconds is None:
-            return _json_response({"id": job.id, "status": job.status.value} if brief else service.view(job))
+            return _json_response({"id": job.id, "status": job.status.value} if brief else view(job))
         job = wait_final(lambda: ctx.store.get(job.id) or job, seconds)
-        return _json_response(service.view(job), headers={"Preference-Applied": f"wait={seconds}"})
+        return _json_response(view(job), headers={"Preference-Applied": f"wait={seconds}"})
 
     def base_url() -> str:
         """The API's public base URL: PUBLIC_API_URL, or how this request reached it."""
@@ -182,14 +190,14 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/status/{job_id}")
     @handled
     def status(job_id: str) -> Response:
-        who = owner()
+        who = caller()
         seconds = prefer_wait()
-        return waited(service.get(job_id, who), seconds)
+        return waited(service.get(job_id, who.scope), seconds, operator=who.operator)
 
     @app.route("/job/{job_id}", methods=["POST"], content_types=JSON_TYPES)
     @handled
     def update(job_id: str) -> dict[str, Any]:
-        outcome = service.update(job_id, owner(), body())
+        outcome = service.update(job_id, caller().scope, body())
         job = outcome.job
         if not outcome.changed:
             return {"message": f"Job {job.id} was already {job.status.value}; its data was removed"}
@@ -199,7 +207,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/result/{job_id}")
     @handled
     def result(job_id: str) -> dict[str, Any]:
-        return service.result(job_id, owner(), ctx.links, base_url())
+        return service.result(job_id, caller().scope, ctx.links, base_url())
 
     @app.route("/results/{job_id}")
     @handled
@@ -222,13 +230,13 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/jobs")
     @handled
     def jobs() -> dict[str, Any]:
-        return service.list(owner(), dict(app.current_request.query_params or {}))
+        return service.list(caller().scope, dict(app.current_request.query_params or {}))
 
     @app.route("/jobs/{job_id}/retry", methods=["POST"], content_types=JSON_TYPES)
     @handled
     def retry(job_id: str) -> dict[str, Any]:
-        who = owner()
-        job = service.retry(job_id, who, header("Idempotency-Key"))
+        who = caller()
+        job = service.retry(job_id, who.scope, header("Idempotency-Key"))
         return {"id": job.id, "status": job.status.value, "retry_of": job.retry_of}
 
     @app.route("/health")

@@ -22,6 +22,8 @@ OUTBOX_INDEX = "outbox-due"
 # A key's jobs by creation time (GET /jobs), and the sparse subset still in flight.
 OWNER_INDEX = "owner-created"
 INFLIGHT_INDEX = "owner-inflight"
+# Every tenant's jobs by creation time, one partition per UTC day (the operators' GET /jobs).
+DAY_INDEX = "day-created"
 DISPATCH = "dispatch"  # queued or running: the job message must exist
 NOTIFY = "notify"  # final: the webhook/event delivery must still happen
 FIRST_PHASE = "downloading"  # where a claimed job starts (worker_runtime/phases.py)

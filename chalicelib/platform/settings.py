@@ -39,6 +39,9 @@ class Settings(EgressSettings):
     results_bucket: str = Field("c3-render-results", validation_alias="RESULTS_BUCKET")
     # Comma-separated list; empty means the API is open (local development).
     api_keys: str = Field("", validation_alias="C3_RENDER_API_KEY")
+    # Comma-separated operator keys: every tenant's jobs, dead letters and intake rejections,
+    # and cancel/retry on any job (the operators' page). Stored in SSM like the API keys.
+    operator_keys: str = Field("", validation_alias="C3_RENDER_OPERATOR_KEYS")
 
     default_max_time: int = Field(1200, validation_alias="DEFAULT_MAX_TIME")
     default_complete_in: int = Field(3600, validation_alias="DEFAULT_COMPLETE_IN")
@@ -84,6 +87,10 @@ class Settings(EgressSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def operator_key_list(self) -> list[str]:
+        return [k.strip() for k in self.operator_keys.split(",") if k.strip()]
 
 
 @lru_cache(maxsize=1)
