@@ -131,6 +131,24 @@ def openapi_document() -> dict[str, Any]:
                          "properties": {"status": {"const": "ok"}, "queue": {"type": "object"},
                                         "jobs": {"type": "object"}, "workers": {"type": "object"},
                                         "gpus": {"type": "object"}}}
+    quantiles = {"type": "object", "required": ["p50", "p95"],
+                 "properties": {"p50": {"type": ["number", "null"]}, "p95": {"type": ["number", "null"]}}}
+    outcomes = {"type": "object", "required": ["success", "failed", "cancelled", "timed_out"],
+                "properties": {o: {"type": "integer"} for o in ("success", "failed", "cancelled", "timed_out")}}
+    gpu = {"type": "object", "required": ["billed_seconds", "busy_seconds"],
+           "properties": {"billed_seconds": {"type": "number"}, "busy_seconds": {"type": "number"}}}
+    schemas["Stats"] = {
+        "type": "object", "required": ["minutes", "hour"],
+        "properties": {
+            "minutes": {"type": "array", "items": {
+                "type": "object", "required": ["t", "finished", "queue_wait", "run_time", "gpu"],
+                "properties": {"t": {"type": "string", "format": "date-time"}, "finished": outcomes,
+                               "queue_wait": quantiles, "run_time": quantiles, "gpu": gpu}}},
+            "hour": {"type": "object", "required": ["finished", "queue_wait", "run_time", "gpu"],
+                     "properties": {"finished": outcomes, "queue_wait": quantiles, "run_time": quantiles,
+                                    "gpu": gpu}},
+        },
+    }
     schemas["Result"] = {
         "oneOf": [
             {"type": "object", "required": ["result_url"], "additionalProperties": False,
@@ -153,6 +171,9 @@ def openapi_document() -> dict[str, Any]:
         **UI_PATHS,
         "/health": {"get": {"summary": "Queue, jobs, workers and GPU instances", **open_route,
                             "responses": {"200": _json(_ref("Health"), "Health")}}},
+        "/stats": {"get": {"summary": "The last hour a minute at a time: jobs finished by outcome, queue "
+                                      "wait and run time p50/p95, GPU billed and busy seconds", **open_route,
+                           "responses": {"200": _json(_ref("Stats"), "Stats")}}},
         "/jobs": {"get": {"summary": "The key's jobs, newest first", "parameters": [
             {"name": "status", "in": "query", "schema": {"enum": ["queued", "running", "success", "failed",
                                                                     "cancelled", "timed_out"]}},

@@ -24,6 +24,7 @@ from chalicelib.jobs.models import KNOWN_FIELDS, JobStatus, JobType
 from chalicelib.jobs.outbox import Reconciler
 from chalicelib.jobs.record import Job
 from chalicelib.jobs.service import JobService, parse_job_id
+from chalicelib.jobs.stats import busy_count, record_quietly
 from chalicelib.platform.auth import Caller, identify
 from chalicelib.platform.errors import C3RenderError, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from chalicelib.platform.json_body import parse_json
@@ -244,6 +245,13 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     def service_health() -> dict[str, Any]:
         return health_report.snapshot()
 
+    @app.route("/stats")
+    @handled
+    def stats() -> dict[str, Any]:
+        """The last hour, a minute at a time (the operators' plots): from the per-minute
+        counters chalicelib/stats.py keeps, one BatchGetItem."""
+        return ctx.stats.last_hour()
+
     webhooks = WebhookSender(
         settings.webhook_attempts, settings.webhook_interval, settings.webhook_timeout,
         settings.webhook_secret, allow_private=settings.allow_private_urls,
@@ -273,8 +281,18 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     # still be stopped. The jobs queue's depth is the pool's demand (chalicelib/fleet/pool.py).
     @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
     def gpu_reaper(event: Any) -> dict[str, Any]:
-        return reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.jobs_queue, beacons=ctx.beacons,
-                         queries=ctx.queries)
+        report = reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.jobs_queue, beacons=ctx.beacons,
+                           queries=ctx.queries)
+        sample_gpus()
+        return report
+
+    def sample_gpus() -> None:
+        """This minute's GPU seconds for GET /stats: the instances rented (billed) and busy."""
+        def write() -> None:
+            gpus = ctx.registry.all()
+            ctx.stats.gpu_sample(len(gpus), busy_count(gpus))
+
+        record_quietly(write, "gpu_sample")
 
     intake_handler = IntakeHandler(service, events, settings)
 
@@ -283,6 +301,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         return intake_handler.handle_batch(record.to_dict() for record in event)
 
     app.service = service  # type: ignore[attr-defined]
+    app.sample_gpus = sample_gpus  # type: ignore[attr-defined]
     app.delivery = delivery  # type: ignore[attr-defined]
     app.reconciler = reconciler  # type: ignore[attr-defined]
     return app

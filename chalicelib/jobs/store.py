@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.jobs.models import JobStatus, sources_of
 from chalicelib.jobs.record import Job
+from chalicelib.jobs.stats import record_quietly
 from chalicelib.platform.dynamo import Expr, decode_item, encode_item, to_ddb
 from chalicelib.platform.metrics import METRICS, Metrics
 
@@ -47,9 +48,11 @@ class TransitionConflict(Exception):
 
 class JobStore:
     def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float],
-                 outbox_grace: float = 30.0, metrics: Metrics = METRICS, queued_resend: float = 86400.0):
+                 outbox_grace: float = 30.0, metrics: Metrics = METRICS, queued_resend: float = 86400.0,
+                 stats: Any = None):
         self._ddb = dynamodb
         self.metrics = metrics
+        self.stats = stats  # chalicelib.stats.Stats: the operators' per-minute counters, or None
         self._table = table
         self._clock = clock
         self.outbox_grace = outbox_grace
@@ -236,6 +239,9 @@ class JobStore:
         if job is None:
             return False  # counted already, gone, or not final
         self.metrics.job_finished(job)
+        if self.stats is not None:
+            stats = self.stats
+            record_quietly(lambda: stats.job_finished(job), "job_finished", job.id)
         return True
 
     # -- the outbox ---------------------------------------------------------
