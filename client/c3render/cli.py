@@ -537,6 +537,13 @@ def print_health(report: dict[str, Any]) -> None:
         values = report.get(section) or {}
         first = True
         for name, value in values.items():
+            if section == "workers" and name == "list" and isinstance(value, list):
+                for worker in value:
+                    beat = worker.get("last_beat_seconds")
+                    table.add_row(title if first else "", str(worker.get("id")),
+                                  Text(f"{worker.get('job') or 'idle'}, beat {_health_value('s_seconds', beat)} ago"))
+                    first = False
+                continue
             if name == "fleet" and isinstance(value, list):
                 for gpu in value:
                     table.add_row(title if first else "", f"slot {gpu.get('slot')}", Text(_gpu_line(gpu)))

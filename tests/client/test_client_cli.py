@@ -120,7 +120,8 @@ def test_health(api, run):
 def test_health_is_a_table_with_a_line_per_figure_and_per_gpu(api, run):
     api.script("GET", "/health", (200, {
         "status": "ok", "queue": {"messages": 2, "oldest_queued_seconds": 12.5},
-        "jobs": {"queued": 2, "running": 1}, "workers": {"alive": 1},
+        "jobs": {"queued": 2, "running": 1},
+        "workers": {"alive": 1, "list": [{"id": "w-1", "job": "j-9", "last_beat_seconds": 3.5}]},
         "gpus": {"instances": 1, "by_state": {"running": 1},
                  "fleet": [{"slot": "a1", "state": "running", "busy": True, "billed_seconds": 90}]}}))
     lines = [line.rstrip() for line in run("health").stdout.splitlines()]
@@ -130,6 +131,7 @@ def test_health_is_a_table_with_a_line_per_figure_and_per_gpu(api, run):
     assert any(re.fullmatch(r"GPU instances\s+instances\s+1", line) for line in lines)
     assert any(re.fullmatch(r"\s+by state\s+running 1", line) for line in lines)
     assert any(re.fullmatch(r"\s+slot a1\s+running, busy, billed 90 s", line) for line in lines)
+    assert any(re.fullmatch(r"\s+w-1\s+j-9, beat 3.5 s ago", line) for line in lines)
     assert "{" not in "\n".join(lines)
 
 
