@@ -102,3 +102,25 @@ def test_the_day_index_walks_back_to_earlier_days(client, ctx):
     code, listed = call(client, "get", "/jobs?limit=100", OPS)
     ids = [j["id"] for j in listed["jobs"]]
     assert ids.index(today) < ids.index(old)
+
+
+def test_an_operator_reads_the_last_hours_dead_letters_and_intake_rejections(client, ctx):
+    from chalicelib.dead_letters import fail_dead_letter
+
+    job_id = submit(client, T1, "never processed")
+    assert fail_dead_letter(json.dumps({"id": job_id}), 5, ctx.store, ctx.outbox) == "failed"
+    assert fail_dead_letter("not json", 5, ctx.store, ctx.outbox) == "malformed"
+    app = create_app(ctx)
+    intake = app.intake_handler  # the handler make run's poller and the Lambda run
+    assert intake.handle(json.dumps({"type": "csm", "params": {"voice": "nobody"}}), "m-1") == "rejected"
+    code, seen = call(client, "get", "/incidents", OPS)
+    assert code == 200, seen
+    letters = seen["dead_letters"]
+    assert letters["count"] == 2
+    assert [(e["job_id"], e["receive_count"], e["outcome"]) for e in letters["items"]] in (
+        [("", 5, "malformed"), (job_id, 5, "failed")], [(job_id, 5, "failed"), ("", 5, "malformed")])
+    [rejection] = seen["intake_rejections"]["items"]
+    assert rejection["message_id"] == "m-1" and rejection["error"] and "voice" in rejection["fields"]
+    assert rejection["at"].endswith("Z")
+    code, refused = call(client, "get", "/incidents", T1)
+    assert code == 403 and refused["details"][0]["message"] == "must be an operator key"

@@ -36,7 +36,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or wrong API key", 404: "Unknown job",
-            403: "The result link does not open this job",
+            403: "The result link does not open this job, or the route needs an operator key",
             405: "Method not allowed on this route",
             409: "Conflict with the job's state", 413: "Body too large",
             415: "Content-Type is not application/json", 422: "Invalid fields",
@@ -149,6 +149,10 @@ def openapi_document() -> dict[str, Any]:
                                     "gpu": gpu}},
         },
     }
+    listed = {"type": "object", "required": ["count", "items"],
+              "properties": {"count": {"type": "integer"}, "items": {"type": "array", "items": {"type": "object"}}}}
+    schemas["Incidents"] = {"type": "object", "required": ["dead_letters", "intake_rejections"],
+                            "properties": {"dead_letters": listed, "intake_rejections": listed}}
     schemas["Result"] = {
         "oneOf": [
             {"type": "object", "required": ["result_url"], "additionalProperties": False,
@@ -171,6 +175,8 @@ def openapi_document() -> dict[str, Any]:
         **UI_PATHS,
         "/health": {"get": {"summary": "Queue, jobs, workers and GPU instances", **open_route,
                             "responses": {"200": _json(_ref("Health"), "Health")}}},
+        "/incidents": {"get": {"summary": "Operator keys: the last hour's dead letters and intake rejections",
+                               "responses": {"200": _json(_ref("Incidents"), "Incidents"), **_errors(401, 403)}}},
         "/stats": {"get": {"summary": "The last hour a minute at a time: jobs finished by outcome, queue "
                                       "wait and run time p50/p95, GPU billed and busy seconds", **open_route,
                            "responses": {"200": _json(_ref("Stats"), "Stats")}}},

@@ -245,6 +245,17 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     def service_health() -> dict[str, Any]:
         return health_report.snapshot()
 
+    @app.route("/incidents")
+    @handled
+    def incidents() -> dict[str, Any]:
+        """The last hour's dead letters and intake rejections: operator keys only (any
+        caller while the API is open: no keys configured)."""
+        who = caller()
+        if not who.operator and (keys or operator_keys):
+            raise Forbidden("Only an operator key (C3_RENDER_OPERATOR_KEYS) reads the incidents",
+                            [{"field": "X-C3-RENDER-KEY", "message": "must be an operator key"}])
+        return ctx.stats.incidents()
+
     @app.route("/stats")
     @handled
     def stats() -> dict[str, Any]:
@@ -302,6 +313,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
 
     app.service = service  # type: ignore[attr-defined]
     app.sample_gpus = sample_gpus  # type: ignore[attr-defined]
+    app.intake_handler = intake_handler  # type: ignore[attr-defined]
     app.delivery = delivery  # type: ignore[attr-defined]
     app.reconciler = reconciler  # type: ignore[attr-defined]
     return app

@@ -14,6 +14,9 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
 from chalicelib.jobs.record import Job
 from chalicelib.platform.logs import get_logger
 
@@ -25,6 +28,12 @@ OUTCOMES = ("success", "failed", "cancelled", "timed_out")
 HISTOGRAMS = {"queue_wait": "qw", "run_time": "rt"}
 MINUTES = 60
 KEEP_SECONDS = 2 * 86400
+# What operators look into (GET /incidents): dead-lettered jobs and intake messages refused,
+# kept on the minute's item, at most this many of each kind a minute (the rest only counted).
+INCIDENTS = ("dead_letters", "intake_rejections")
+MAX_INCIDENTS = 20
+_serialize = TypeSerializer().serialize
+_deserialize = TypeDeserializer().deserialize
 
 
 def minute_id(at: float) -> str:
@@ -86,25 +95,65 @@ class Stats:
             counters[f"rt_{bucket(max(0.0, end - started))}"] = 1
         self._add(end, counters)
 
+    def incident(self, kind: str, entry: dict[str, Any]) -> None:
+        """Keep one dead letter or intake rejection (``entry``: strings and whole numbers)
+        on this minute's item; past MAX_INCIDENTS a minute it is only counted."""
+        assert kind in INCIDENTS
+        now = self._clock()
+        entry = {"at": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), **entry}
+        key = {"id": {"S": minute_id(now)}}
+        try:
+            self._ddb.update_item(
+                TableName=self._table, Key=key,
+                UpdateExpression="SET #l = list_append(if_not_exists(#l, :empty), :e), #exp = :exp, #t = :t ADD #n :one",
+                ConditionExpression="attribute_not_exists(#n) OR #n < :max",
+                ExpressionAttributeNames={"#l": kind, "#n": f"{kind}_count", "#exp": "expires_at", "#t": "t"},
+                ExpressionAttributeValues={":empty": {"L": []}, ":e": {"L": [_serialize(entry)]}, ":one": {"N": "1"},
+                                           ":max": {"N": str(MAX_INCIDENTS)},
+                                           ":exp": {"N": str(int(now) + KEEP_SECONDS)},
+                                           ":t": {"N": str(int(now // 60 * 60))}})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            self._add(now, {f"{kind}_count": 1})  # this minute's list is full: counted only
+
+    def incidents(self) -> dict[str, Any]:
+        """The last hour's dead letters and intake rejections, newest first, with counts
+        (which go on past what is kept)."""
+        _, items = self._read_hour()
+        out: dict[str, Any] = {}
+        for kind in INCIDENTS:
+            entries = [_deserialize(value) for item in items.values() for value in item.get(kind, {}).get("L", [])]
+            entries.sort(key=lambda e: e.get("at", ""), reverse=True)
+            count = sum(int(float(item.get(f"{kind}_count", {}).get("N", 0))) for item in items.values())
+            out[kind] = {"count": count, "items": [_plain(e) for e in entries]}
+        return out
+
     def gpu_sample(self, rented: int, busy: int, seconds: float = 60.0) -> None:
         """The GPU instances rented (billed) and busy now, as seconds over this minute: the
         scheduled reaper's sample, once a minute (a repeat in the same minute overwrites)."""
         self._add(self._clock(), {}, {"gpu_billed_seconds": rented * seconds, "gpu_busy_seconds": busy * seconds})
 
-    def last_hour(self) -> dict[str, Any]:
-        """The last 60 minutes, oldest first, and the hour's totals and percentiles."""
+    def _read_hour(self) -> tuple[list[int], dict[str, dict[str, Any]]]:
+        """The last 60 minutes' starts (oldest first) and their items as stored, by id."""
         now = self._clock()
         starts = [int(now // 60 * 60) - 60 * n for n in range(MINUTES - 1, -1, -1)]
-        ids = [minute_id(t) for t in starts]
         items: dict[str, dict[str, Any]] = {}
-        keys: list[dict[str, Any]] = [{"id": {"S": i}} for i in ids]
+        keys: list[dict[str, Any]] = [{"id": {"S": minute_id(t)}} for t in starts]
         for _ in range(5):  # BatchGetItem may leave keys unprocessed under load: ask again
             if not keys:
                 break
             resp = self._ddb.batch_get_item(RequestItems={self._table: {"Keys": keys}})
             for item in resp.get("Responses", {}).get(self._table, []):
-                items[item["id"]["S"]] = {k: float(v["N"]) for k, v in item.items() if "N" in v}
+                items[item["id"]["S"]] = item
             keys = resp.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
+        return starts, items
+
+    def last_hour(self) -> dict[str, Any]:
+        """The last 60 minutes, oldest first, and the hour's totals and percentiles."""
+        starts, raw = self._read_hour()
+        ids = [minute_id(t) for t in starts]
+        items = {i: {k: float(v["N"]) for k, v in item.items() if "N" in v} for i, item in raw.items()}
         minutes = []
         totals = {name: [0] * len(BOUNDS) for name in HISTOGRAMS}
         for start, minute in zip(starts, ids):
@@ -125,6 +174,17 @@ class Stats:
             "gpu": {k: round(sum(m["gpu"][k] for m in minutes), 3) for k in ("billed_seconds", "busy_seconds")},
         }
         return {"minutes": minutes, "hour": hour}
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB's Decimals as ints (entries hold whole numbers only)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "as_integer_ratio") and not isinstance(value, (int, float)):
+        return int(value)
+    return value
 
 
 def _round(value: float | None) -> float | None:

@@ -96,7 +96,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         assert banner and f"Web page: {api}/ui" in text
         assert f"Logs: {run_dir / 'logs'}/" in text and ".run/logs" not in text  # the paths follow RUN_DIR
         yield {"api": api, "samples": f"http://127.0.0.1:{ports['SAMPLES_PORT']}", "receiver": receiver,
-               "log": log_path, "sim": f"http://127.0.0.1:{ports['SIMULATOR_PORT']}", "run_dir": run_dir}
+               "log": log_path, "sim": f"http://127.0.0.1:{ports['SIMULATOR_PORT']}", "run_dir": run_dir,
+               "sqs": env.get("AWS_ENDPOINT_URL_SQS") or env.get("AWS_ENDPOINT_URL") or
+               f"http://127.0.0.1:{ports['MOTO_PORT']}", "intake_queue": env.get("INTAKE_QUEUE", "c3-render-intake")}
     finally:
         stop_group(proc)
         receiver.stop()
@@ -540,3 +542,23 @@ def test_screenshots_at_1400_and_390(stack, jobs, driver) -> None:
         css(driver, "#detail-close")[0].click()
     finally:
         driver.set_window_size(1280, 900)
+
+
+@in_browser
+def test_an_operator_sees_the_intake_rejections(stack, jobs, driver) -> None:
+    import boto3
+
+    sqs = boto3.client("sqs", endpoint_url=stack["sqs"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    url = sqs.get_queue_url(QueueName=stack["intake_queue"])["QueueUrl"]
+    sent = sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"type": "csm", "params": {"voice": "nobody"}}))
+    message_id = sent["MessageId"]
+    signed_in(driver, stack, OPS_KEY)
+    assert css(driver, "#incidents")[0].is_displayed()
+    row = until(driver, lambda c: [tr for tr in css(c, "#rejected-rows tr")
+                                   if message_id[:12] in tr.text], timeout=60)[0]
+    assert "voice" in row.text
+    assert css(driver, "#dead-empty")[0].text == "None in the last hour."
+    signed_in(driver, stack, KEY)  # a tenant: no incidents panel
+    assert not css(driver, "#incidents")[0].is_displayed()
+    assert as_key(stack, "get", "/incidents", KEY).status_code == 403

@@ -175,6 +175,7 @@
       $(id).querySelector(".plot-note").textContent = "";
     }
     state.statsAt = 0;
+    for (const prefix of ["dead", "rejected"]) $(`${prefix}-rows`).replaceChildren();
     setOperator(false);
     state.rows.clear();
     state.positions.clear();
@@ -312,6 +313,7 @@
   }
 
   function setOperator(on) {
+    if (on && !state.operator) state.statsAt = 0; // the incidents at once
     state.operator = on;
     document.body.classList.toggle("operator", on);
     $("scope-note").hidden = !on;
@@ -650,6 +652,32 @@
     plotFinished(stats.minutes, stats.hour);
     plotLatency(stats.minutes, stats.hour);
     plotGpu(stats.minutes, stats.hour);
+    if (state.operator) await refreshIncidents(generation);
+  }
+
+  // ---- operators: the last hour's dead letters and intake rejections (GET /incidents) ----
+
+  async function refreshIncidents(generation) {
+    let found;
+    try {
+      found = await api("/incidents");
+    } catch (err) {
+      if (generation !== state.generation) return;
+      show($("dead-empty"), `Unavailable: ${err.message}`);
+      return;
+    }
+    if (generation !== state.generation) return;
+    const jobLink = (id) => (id ? el("a", { href: `#job/${encodeURIComponent(id)}`, title: id }, id.slice(0, 8)) : "—");
+    incidentRows("dead", found.dead_letters, (e) => [timeOnly(e.at), jobLink(e.job_id), String(e.receive_count ?? "—"), words(e.outcome || "—")]);
+    incidentRows("rejected", found.intake_rejections, (e) => [timeOnly(e.at), el("code", { title: e.message_id }, String(e.message_id || "—").slice(0, 12)), e.fields || "—", e.error || "—"]);
+  }
+
+  function incidentRows(prefix, block, cells) {
+    const items = (block && block.items) || [];
+    $(`${prefix}-rows`).replaceChildren(...items.map((entry) => el("tr", { class: "incident" }, cells(entry).map((c) => el("td", {}, c)))));
+    const count = (block && block.count) || 0;
+    $(`${prefix}-count`).textContent = count ? `(${count}${count > items.length ? `, ${items.length} shown` : ""})` : "";
+    show($(`${prefix}-empty`), items.length ? "" : "None in the last hour.");
   }
 
   // ---- one job's detail ----------------------------------------------------------------
