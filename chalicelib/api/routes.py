@@ -260,7 +260,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @handled
     def stats() -> dict[str, Any]:
         """The last hour, a minute at a time (the operators' plots): from the per-minute
-        counters chalicelib/stats.py keeps, one BatchGetItem."""
+        counters chalicelib/jobs/stats.py keeps, one BatchGetItem."""
         return ctx.stats.last_hour()
 
     webhooks = WebhookSender(

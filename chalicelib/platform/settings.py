@@ -30,7 +30,7 @@ class Settings(EgressSettings):
     )
     jobs_table: str = Field("c3-render-jobs", validation_alias="JOBS_TABLE")
     gpu_table: str = Field("c3-render-gpus", validation_alias="GPU_TABLE")
-    # Per-minute counters for the operators' plots (chalicelib/stats.py, GET /stats).
+    # Per-minute counters for the operators' plots (chalicelib/jobs/stats.py, GET /stats).
     stats_table: str = Field("c3-render-stats", validation_alias="STATS_TABLE")
     jobs_queue: str = Field("c3-render-jobs", validation_alias="JOBS_QUEUE")
     jobs_dlq: str = Field("c3-render-jobs-dlq", validation_alias="JOBS_DLQ")

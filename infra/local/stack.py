@@ -162,7 +162,7 @@ def create_stack(settings: Settings, visibility: int = JOBS_VISIBILITY,
     ddb, sqs, s3 = (aws.client(s, region) for s in ("dynamodb", "sqs", "s3"))
     ensure_table(ddb, settings.jobs_table, indexes=JOBS_INDEXES, index_attributes=JOBS_INDEX_ATTRIBUTES)
     ensure_table(ddb, settings.gpu_table, indexes=[GPU_STATE_GSI], index_attributes=GPU_STATE_ATTRIBUTES)
-    ensure_table(ddb, settings.stats_table)  # the operators' per-minute counters (chalicelib/stats.py)
+    ensure_table(ddb, settings.stats_table)  # the operators' per-minute counters (chalicelib/jobs/stats.py)
     dlq_url = ensure_queue(sqs, settings.jobs_dlq, {"MessageRetentionPeriod": "1209600"})
     redrive = json.dumps({"deadLetterTargetArn": queue_arn(sqs, dlq_url), "maxReceiveCount": str(max_receive_count)})
     jobs_url = ensure_queue(

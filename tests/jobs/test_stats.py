@@ -10,12 +10,12 @@ import uuid
 import pytest
 from chalice.test import Client
 
-from chalicelib.api import create_app
+from chalicelib.api.routes import create_app
 from chalicelib.context import Context
-from chalicelib.job import Job
-from chalicelib.models import JobStatus, JobType
-from chalicelib.settings import Settings
-from chalicelib.stats import BOUNDS, percentile
+from chalicelib.jobs.record import Job
+from chalicelib.jobs.models import JobStatus, JobType
+from chalicelib.platform.settings import Settings
+from chalicelib.jobs.stats import BOUNDS, percentile
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from chalicelib.settings import Settings
+from chalicelib.platform.settings import Settings
 from infra.aws.template import render_app_template
 from infra.local.stack import create_stack
 from tests.conftest import resource_env

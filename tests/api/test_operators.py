@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from chalice.test import Client
 
-from chalicelib.api import create_app
-from chalicelib.auth import owner_of, tenant_label
+from chalicelib.api.routes import create_app
+from chalicelib.platform.auth import owner_of, tenant_label
 from chalicelib.context import Context
-from chalicelib.secrets import API_SECRETS
-from chalicelib.settings import Settings
+from chalicelib.platform.secrets import API_SECRETS
+from chalicelib.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ def test_wrong_keys_are_refused_and_operator_keys_are_stored_like_the_api_keys(c
     assert call(client, "get", "/jobs", {})[0] == 401
     assert API_SECRETS["operator-keys"] == "C3_RENDER_OPERATOR_KEYS"
     for name in ("dev", "prod"):
-        policy = json.loads(open(f".chalice/policy-{name}.json").read())
+        policy = json.loads((Path(__file__).resolve().parents[2] / ".chalice" / f"policy-{name}.json").read_text())
         assert any(f"parameter/c3-render/{name}/operator-keys" in r for s in policy["Statement"]
                    for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]))
 
@@ -105,7 +106,7 @@ def test_the_day_index_walks_back_to_earlier_days(client, ctx):
 
 
 def test_an_operator_reads_the_last_hours_dead_letters_and_intake_rejections(client, ctx):
-    from chalicelib.dead_letters import fail_dead_letter
+    from chalicelib.delivery.dead_letters import fail_dead_letter
 
     job_id = submit(client, T1, "never processed")
     assert fail_dead_letter(json.dumps({"id": job_id}), 5, ctx.store, ctx.outbox) == "failed"
