@@ -52,7 +52,7 @@ class JobStore:
                  stats: Any = None):
         self._ddb = dynamodb
         self.metrics = metrics
-        self.stats = stats  # chalicelib.stats.Stats: the operators' per-minute counters, or None
+        self.stats = stats  # chalicelib.jobs.stats.Stats: the operators' per-minute counters, or None
         self._table = table
         self._clock = clock
         self.outbox_grace = outbox_grace
