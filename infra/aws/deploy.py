@@ -265,7 +265,8 @@ def deploy_aws(target: Target, given: dict[str, str], environ: Mapping[str, str]
                       settings.build_dir, out)
     app = deploy_stack(cfn, app_stack, app_params, url=url, capabilities=APP_CAPABILITIES,
                        poll=settings.poll_seconds, out=out)
-    out(f"API: {app.get('EndpointURL')}  (send X-C3-RENDER-KEY; keys in SSM {secrets_path(stage)}api-keys)")
+    out(f"API: {app.get('EndpointURL')}  (send X-C3-RENDER-KEY; keys in SSM {secrets_path(stage)}api-keys, "
+        f"operator keys in {secrets_path(stage)}operator-keys)")
     out(f"intake queue: {data['IntakeQueueUrl']}")
     out(f"events queue: {data['EventsQueueUrl']}")
     return {**data, **app}

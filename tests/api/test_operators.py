@@ -125,3 +125,29 @@ def test_an_operator_reads_the_last_hours_dead_letters_and_intake_rejections(cli
     assert rejection["at"].endswith("Z")
     code, refused = call(client, "get", "/incidents", T1)
     assert code == 403 and refused["details"][0]["message"] == "must be an operator key"
+
+
+def test_operator_keys_go_from_the_deploy_to_ssm_to_the_lambda(aws_endpoints):
+    """Stored like the API keys: the deploy writes C3_RENDER_OPERATOR_KEYS as a SecureString
+    beside them (optional: nothing is asked for or generated without it), and the Lambda
+    copies it into its environment at cold start."""
+    import uuid
+
+    import boto3
+
+    from chalicelib.platform import aws
+    from chalicelib.platform.secrets import load_secrets
+    from infra.aws.ssm_secrets import plan_secrets, store_secrets
+
+    ssm = boto3.session.Session(region_name="us-east-1").client("ssm", config=aws.client_config("ssm"))
+    stage = "o" + uuid.uuid4().hex[:8]
+    base = {"C3_API_KEY": "c3", "C3_RENDER_API_KEY": "tenant"}
+    writes, problems = plan_secrets(ssm, stage, base)
+    assert problems == [] and "operator-keys" not in writes  # optional, never generated
+    writes, _ = plan_secrets(ssm, stage, {**base, "C3_RENDER_OPERATOR_KEYS": "ops-1,ops-2"})
+    assert writes["operator-keys"] == "ops-1,ops-2"
+    store_secrets(ssm, stage, writes)
+    assert ssm.get_parameter(Name=f"/c3-render/{stage}/operator-keys")["Parameter"]["Type"] == "SecureString"
+    env = {"SECRETS_PATH": f"/c3-render/{stage}/", "AWS_LAMBDA_FUNCTION_NAME": "f"}
+    assert "C3_RENDER_OPERATOR_KEYS" in load_secrets(env, ssm)
+    assert Settings(**env).operator_key_list == ["ops-1", "ops-2"]
