@@ -148,3 +148,13 @@ def test_intake_takes_priority_in_the_params_like_the_routes(ctx):
     # The lanes are the system's own work queues: no event is ever sent into one.
     for lane in LANES:
         assert handler.reply_to_problem(ctx.settings.lane_queues[lane]) == "must not be one of the system's own work queues"
+
+
+def test_the_gpu_pools_demand_counts_every_lane(ctx):
+    from chalicelib.fleet.pool import read_demand
+
+    for lane in LANES:
+        submit(ctx, "x", lane)
+    # Three jobs queued, one per lane (the low job's promotion copy is delayed: not demand yet).
+    assert read_demand(ctx.lanes, None, ctx.queries).queued == 3
+    assert read_demand(ctx.jobs_queue, None, ctx.queries).queued == 1  # the normal lane alone undercounts
