@@ -58,7 +58,9 @@ def test_a_batch_with_one_invalid_item_accepts_and_runs_the_rest_with_one_comple
         [hook] = completed(receiver, answer["id"])
         assert hook.json()["counts"] == {"success": 3} and hook.json()["jobs"] == ids
         assert hook.headers["webhook-id"] == f"msg_{answer['id']}_completed"
-        # Besides it, the per-job webhooks (the batch's notify_url is every item's default).
+        # Besides it, the per-job webhooks (the batch's notify_url is every item's default; the
+        # batch completes when its members are final, not when their webhooks are delivered).
+        wait_until(lambda: all(tw.ctx.store.get(i).webhook == "delivered" for i in ids), 15)
         assert all(len(receiver.accepted_for(i)) == 1 for i in ids)
 
 
