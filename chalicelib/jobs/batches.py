@@ -38,13 +38,16 @@ from chalicelib.jobs.record import iso
 from chalicelib.jobs.service import JobService, idempotency_job_id, parse_job_id, request_hash
 from chalicelib.jobs.store import NOTIFY, JobStore
 from chalicelib.platform.dynamo import Expr, decode_item, encode_item
-from chalicelib.platform.errors import C3RenderError, Conflict, NotFound, TooManyRequests, UnprocessableRequest
+from chalicelib.platform.errors import (C3RenderError, Conflict, NotFound, PayloadTooLarge, TooManyRequests,
+                                       UnprocessableRequest)
 from chalicelib.platform.logs import get_logger
 
 log = get_logger("c3.batches")
 
 BATCH = "batch"  # outbox kind: the members must exist and the completion be checked
 MAX_ITEMS = 100
+# The batch's record holds its items' parameters: within DynamoDB's 400 KB per item, with room.
+MAX_RECORD_BYTES = 350_000
 CREATE_CONCURRENCY = 8  # members written and queued at once (each: one conditional put, one send)
 _BATCH_NS = uuid.UUID("0b7f3c2e-8f7a-4f5e-9d43-5a1c4c7e9b21")
 
@@ -212,6 +215,11 @@ class BatchService:
         if not members:  # nothing accepted: no batch (each item's answer says why)
             log.info("batch.refused", rejected=len(answers))
             return {"id": None, "accepted": 0, "rejected": len(answers), "items": answers}
+        size = len(json.dumps(members, separators=(",", ":")).encode())
+        if size > MAX_RECORD_BYTES:
+            raise PayloadTooLarge(f"The batch's accepted items take {size} bytes; a batch holds at most "
+                                  f"{MAX_RECORD_BYTES}", [{"field": "items", "message": f"must take at most "
+                                                           f"{MAX_RECORD_BYTES} bytes together: send fewer per batch"}])
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         now = self.clock()
         batch = Batch(id=batch_id, owner=owner, created_at=now, expires_at=int(now + self.ttl_days * 86400),

@@ -63,3 +63,14 @@ def test_cli_batch_file_with_wait_shows_progress_and_exits_by_outcome(stack_env,
         broken.write_text("{not json\n")
         res = runner.invoke(app, ["batch", str(broken)], env=env)
         assert res.exit_code == EXIT_USAGE and "line 1" in res.output
+
+
+def test_every_submit_command_takes_priority(api):
+    res = CliRunner().invoke(app, ["analyze", "--image-url", "https://x.org/a.jpg", "--priority", "high"],
+                             env={"C3_RENDER_URL": api})
+    assert res.exit_code == EXIT_OK, res.output
+    with Client(api) as c3:
+        assert c3.status(res.stdout.strip()).priority == "high"
+    res = CliRunner().invoke(app, ["analyze", "--image-url", "https://x.org/a.jpg", "--priority", "urgent"],
+                             env={"C3_RENDER_URL": api})
+    assert res.exit_code == EXIT_USAGE and "priority" in res.stderr

@@ -101,6 +101,15 @@ def test_a_batch_breaking_a_rule_is_refused_naming_the_field(ctx, body, field):
         assert client.http.get("/batch/nope").status_code == 400
 
 
+def test_a_batch_too_big_for_its_record_is_413_and_creates_nothing(stack_env):
+    ctx = Context(Settings(**stack_env, MAX_BODY_BYTES="2000000"))
+    items = [{"type": "csm", "params": {"text": "x" * 4000}} for _ in range(100)]
+    with Client(create_app(ctx)) as client:
+        status, answer = post_batch(client, {"items": items})
+    assert status == 413 and answer["details"][0]["field"] == "items"
+    assert ctx.dynamodb.scan(TableName=ctx.settings.jobs_table)["Items"] == []
+
+
 def test_a_batch_whose_items_are_all_invalid_creates_nothing_and_says_why_per_item(ctx):
     items = [{"type": "tts", "params": {}}, {"type": "csm"}, {"type": "csm", "params": {"text": "a"}, "x": 1}]
     with Client(create_app(ctx)) as client:
