@@ -334,15 +334,19 @@ class BatchService:
         return out
 
     # -- completion ----------------------------------------------------------------------
-    def check(self, batch_id: str) -> str:
+    def check(self, batch_id: str, create_missing: bool = False) -> str:
         """Complete the batch if every member is final: one conditional write, whose winner
-        queues the batch.completed delivery. Returns what happened."""
+        queues the batch.completed delivery. Returns what happened. Members not created yet
+        are created only with ``create_missing`` (the reconciler, once the submission is due:
+        before that the API may still be creating them)."""
         batch = self.store.get(batch_id)
         if batch is None:
             return "missing"
         if batch.completed_at is not None:
             return "completed_before"
         if not batch.members_created:
+            if not create_missing:
+                return "pending"
             self._create_members(batch)
             batch = self.store.get(batch_id) or batch
         counts = counts_of(batch, self.store.statuses(batch.job_ids))
@@ -369,7 +373,7 @@ class BatchService:
 
     def resume(self, entry: dict[str, Any]) -> bool:
         """The reconciler's handling of a due batch: create what is missing, check completion."""
-        self.check(entry["id"])
+        self.check(entry["id"], create_missing=True)
         return True
 
     # -- GET /batch/{id} -------------------------------------------------------------------

@@ -172,3 +172,23 @@ def test_batch_completion_webhook_exactly_once_after_a_worker_is_sigkilled_mid_b
     finally:
         for p in workers:
             procs.stop(p)
+
+
+def test_the_reconciler_completes_a_batch_whose_members_finished_unseen(ctx, receiver):
+    """Members finished with no delivery checking the batch (their handler lost, or a member
+    replayed from another batch): the batch's outbox entry brings the check, once."""
+    app = create_app(ctx)
+    answer = app.batches.submit({"items": [{"type": "csm", "params": {"text": t}} for t in "ab"],
+                                 "notify_url": receiver.url}, "anonymous")
+    for item in answer["items"]:
+        ctx.store.claim(item["id"], "w1", 60)
+        ctx.store.transition(item["id"], JobStatus.SUCCESS, worker="w1")
+    later = create_app(Context(ctx.settings, clock=lambda: ctx.clock() + 120))
+    assert later.reconciler.run_once().resent.get("batch") == 1
+    assert app.batches.view(answer["id"], "anonymous")["completed"] is True
+    # Its webhook is owed and queued; delivering it twice POSTs once.
+    body = json.dumps({"id": answer["id"]})
+    assert app.delivery.handle(body) == "batch_delivered"
+    assert app.delivery.handle(body) == "batch_nothing_owed"
+    assert later.reconciler.run_once().resent.get("batch", 0) == 0  # out of the outbox: nothing left due
+    assert len(completed(receiver, answer["id"])) == 1
