@@ -58,7 +58,7 @@ class Context:
 
     @cached_property
     def queries(self) -> JobQueries:
-        return JobQueries(self.dynamodb, self.settings.jobs_table, self.clock, self.settings.outbox_queued_resend,
+        return JobQueries(self.dynamodb, self.settings.jobs_table, self.clock,
                           low_max_wait=self.settings.low_priority_max_wait)
 
     @cached_property

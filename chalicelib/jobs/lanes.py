@@ -7,7 +7,9 @@
             normal lane, delayed by that bound (SQS keeps it invisible until then), so
             the promotion is carried by SQS itself, not by a process that may die. The
             copy of a job already taken is dropped like any duplicate (claims are
-            conditional); the reconciler re-sends an overdue job to the lane it is in now.
+            conditional). A job whose sends did not all go out stays owed a dispatch
+            (the outbox); the reconciler sends it, with its promotion, to the lane it is
+            in now.
 
 A job's place in the take order (``take_key``) is what ``queue_position`` counts and
 what the worker's receiver (worker_runtime/receiver.py) follows."""
@@ -32,15 +34,14 @@ def lane_now(priority: str | None, created_at: float, now: float, low_max_wait: 
     return lane
 
 
-def take_key(priority: str | None, created_at: float, due_at: float, now: float,
-             low_max_wait: float, grace: float) -> tuple[int, float]:
+def take_key(priority: str | None, created_at: float, now: float, low_max_wait: float) -> tuple[int, float]:
     """(lane rank, place in the lane) of a queued job: lanes highest first, within a lane
-    the order of the outbox index (``outbox_at`` = queued + grace). A promoted low job
-    joined the normal lane when its delayed copy became visible."""
+    submission order. A promoted low job joined the normal lane when its delayed copy
+    became visible, behind the normal jobs submitted before that."""
     lane = lane_now(priority, created_at, now, low_max_wait)
     if lane == NORMAL and priority == LOW:
-        return _RANK[NORMAL], created_at + low_max_wait + grace
-    return _RANK[lane], due_at
+        return _RANK[NORMAL], created_at + low_max_wait
+    return _RANK[lane], created_at
 
 
 class LaneQueues:

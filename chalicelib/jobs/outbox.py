@@ -79,16 +79,19 @@ class Outbox:
         return lane_now(priority, created_at, now, self.low_max_wait)
 
     def dispatch(self, job: Job) -> bool:
-        """A queued job's message, to its lane; a low job also gets its promotion: a copy
-        in the normal lane, delayed until LOW_PRIORITY_MAX_WAIT after its submission.
-        True when the job message went out (a lost promotion copy is healed by the
-        reconciler, which re-sends an overdue low job to the normal lane)."""
-        lane = self.lane_of(job.priority, job.created_at)
-        sent = self.try_send(DISPATCH, job, lane=lane)
+        return self.dispatch_queued(job.id, job.priority, job.created_at)
+
+    def dispatch_queued(self, job_id: str, priority: str | None, created_at: float) -> bool:
+        """A queued job's message, to the lane it is in now; a low job not yet promoted also
+        gets its promotion: a copy in the normal lane, delayed until LOW_PRIORITY_MAX_WAIT
+        after its submission. True only when every send went out: otherwise the job stays
+        owed a dispatch and the reconciler sends both again."""
+        lane = self.lane_of(priority, created_at)
+        sent = self.try_send(DISPATCH, job_id, lane=lane)
         if lane == LOW and self.lanes is not None:
-            now = self.clock() if self.clock is not None else job.created_at
-            wait = max(1, math.ceil(job.created_at + self.low_max_wait - now))
-            self.try_send(DISPATCH, job, lane=NORMAL, delay=wait)
+            now = self.clock() if self.clock is not None else created_at
+            wait = max(1, math.ceil(created_at + self.low_max_wait - now))
+            sent = self.try_send(DISPATCH, job_id, lane=NORMAL, delay=wait) and sent
         return sent
 
     def notify(self, job: Job) -> bool:
@@ -144,9 +147,13 @@ class Reconciler:
                 return False
             report.resent[kind] = report.resent.get(kind, 0) + 1
             return ok
-        lane = self.outbox.lane_of(entry.get("priority"), float(entry.get("created_at") or 0)) \
-            if kind == DISPATCH else None
-        ok = self.outbox.try_send(kind, job_id, lane=lane)
+        created_at = float(entry.get("created_at") or 0)
+        if kind == DISPATCH and entry.get("status") == JobStatus.QUEUED.value:
+            ok = self.outbox.dispatch_queued(job_id, entry.get("priority"), created_at)
+        elif kind == DISPATCH:  # running, its holder silent: a copy to the lane it is in now
+            ok = self.outbox.try_send(kind, job_id, lane=self.outbox.lane_of(entry.get("priority"), created_at))
+        else:
+            ok = self.outbox.try_send(kind, job_id)
         if ok:
             report.resent[kind] += 1
             log.warning("outbox.resent", job_id=job_id, kind=kind, status=entry.get("status"),

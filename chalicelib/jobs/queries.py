@@ -46,12 +46,10 @@ def decode_cursor(cursor: str, owner: str) -> dict[str, Any]:
 
 
 class JobQueries:
-    def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float], queued_resend: float = 86400.0,
-                 low_max_wait: float = 600.0):
+    def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float], low_max_wait: float = 600.0):
         self._ddb = dynamodb
         self._table = table
         self._clock = clock
-        self._queued_resend = queued_resend
         self.low_max_wait = low_max_wait  # the lanes' take order (chalicelib/jobs/lanes.py)
 
     def list(self, owner: str, status: JobStatus | None = None, job_type: JobType | None = None,
@@ -94,21 +92,20 @@ class JobQueries:
 
     def queue_position(self, job: Job) -> Count:
         """Queued jobs ahead of ``job`` in the order workers take them: every job of a higher
-        lane, then the jobs of its own lane due before it in the outbox index (a low job
-        queued LOW_PRIORITY_MAX_WAIT is in the normal lane since then; chalicelib/jobs/lanes.py)."""
+        lane, then the jobs of its own lane submitted before it (a low job queued
+        LOW_PRIORITY_MAX_WAIT is in the normal lane since then; chalicelib/jobs/lanes.py)."""
         if job.status is not JobStatus.QUEUED or job.outbox_at is None:
             return Count(0, False)
         now = self._clock()
-        mine = take_key(job.priority, job.created_at, job.outbox_at, now, self.low_max_wait, self.grace)
+        mine = take_key(job.priority, job.created_at, now, self.low_max_wait)
         entries, approximate = self.queued_entries()
         ahead = sum(1 for e in entries if e["id"] != job.id and take_key(
-            e.get("priority"), float(e.get("created_at") or 0), float(e["outbox_at"]), now,
-            self.low_max_wait, self.grace) < mine)
+            e.get("priority"), float(e.get("created_at") or 0), now, self.low_max_wait) < mine)
         return Count(ahead, approximate)
 
     def queued_entries(self) -> tuple[list[dict[str, Any]], bool]:
         """The queued jobs' outbox entries (id, outbox_at, priority, created_at), from the
-        index; True when the read bound was hit (there may be more)."""
+        index (every queued job is there); True when the read bound was hit (there may be more)."""
         query: dict[str, Any] = {
             "TableName": self._table, "IndexName": OUTBOX_INDEX, "KeyConditionExpression": "#k = :k",
             "FilterExpression": "#s = :s", "ProjectionExpression": "#id, #at, #p, #c",

@@ -158,3 +158,31 @@ def test_the_gpu_pools_demand_counts_every_lane(ctx):
     # Three jobs queued, one per lane (the low job's promotion copy is delayed: not demand yet).
     assert read_demand(ctx.lanes, None, ctx.queries).queued == 3
     assert read_demand(ctx.jobs_queue, None, ctx.queries).queued == 1  # the normal lane alone undercounts
+
+
+def test_a_lost_promotion_copy_is_sent_again_by_the_reconciler(stack_env):
+    from botocore.exceptions import EndpointConnectionError
+
+    now = [1_000_000.0]
+    ctx = Context(Settings(**stack_env, LOW_PRIORITY_MAX_WAIT="300"), clock=lambda: now[0])
+    normal_lane = ctx.lanes["normal"].url
+    lost = [True]
+
+    def down(params, **_):  # the normal lane refuses sends (over the wire), the low lane takes them
+        if lost[0] and params.get("QueueUrl") == normal_lane:
+            raise EndpointConnectionError(endpoint_url=normal_lane)
+
+    ctx.sqs.meta.events.register("before-parameter-build.sqs.SendMessage", down)
+    low = submit(ctx, "l", "low")
+    lost[0] = False
+    job = ctx.store.get(low)
+    assert job.outbox_at == job.created_at + ctx.settings.outbox_grace  # still owed: not marked sent
+    now[0] += ctx.settings.outbox_grace + 1
+    create_app(ctx).reconciler.run_once()
+    # Both again: the low lane's message and the promotion, delayed to the bound.
+    assert visible(ctx, "low") == 2 and ctx.lanes["normal"].depth()["delayed"] == 1
+    assert ctx.store.get(low).outbox_at > job.created_at + 3600  # marked sent: no more copies owed
+
+
+def visible(ctx: Context, lane: str) -> int:
+    return ctx.lanes[lane].depth()["messages"]
