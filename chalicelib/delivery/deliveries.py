@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from chalicelib.delivery.batch import partial_batch
+from chalicelib.delivery.batch_hooks import BatchHooks
 from chalicelib.delivery.events import EventPublisher
 from chalicelib.delivery.webhooks import WebhookSender, webhook_payload
+from chalicelib.jobs.batches import BatchService
 from chalicelib.jobs.links import ResultLinks
 from chalicelib.jobs.outbox import Outbox
 from chalicelib.jobs.record import Job
@@ -44,8 +46,8 @@ HOLD_SLACK = 5.0
 class DeliveryHandler:
     def __init__(self, store: JobStore, outbox: Outbox, events: EventPublisher | None,
                  webhooks: WebhookSender, results: ResultStore, clock: Callable[[], float],
-                 grace: float, links: ResultLinks | None = None, batches: Any = None,
-                 batch_hooks: Any = None):
+                 grace: float, links: ResultLinks | None = None, batches: BatchService | None = None,
+                 batch_hooks: BatchHooks | None = None):
         self.store = store
         self.outbox = outbox
         self.events = events
