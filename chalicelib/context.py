@@ -9,6 +9,7 @@ from typing import Callable
 
 from chalicelib.fleet.beacons import WorkerBeacons
 from chalicelib.fleet.registry import GpuRegistry
+from chalicelib.jobs.lanes import NORMAL, LaneQueues
 from chalicelib.jobs.links import ResultLinks
 from chalicelib.jobs.outbox import Outbox
 from chalicelib.jobs.queries import JobQueries
@@ -51,12 +52,19 @@ class Context:
         return JobQueue(self.sqs, self.settings.jobs_queue)
 
     @cached_property
+    def lanes(self) -> LaneQueues:
+        """The job queues, one per priority lane (JOBS_QUEUE is the normal lane)."""
+        return LaneQueues({lane: self.jobs_queue if lane == NORMAL else JobQueue(self.sqs, name)
+                           for lane, name in self.settings.lane_queues.items()})
+
+    @cached_property
     def webhooks_queue(self) -> JobQueue:
         return JobQueue(self.sqs, self.settings.webhooks_queue)
 
     @cached_property
     def queries(self) -> JobQueries:
-        return JobQueries(self.dynamodb, self.settings.jobs_table, self.clock, self.settings.outbox_queued_resend)
+        return JobQueries(self.dynamodb, self.settings.jobs_table, self.clock,
+                          low_max_wait=self.settings.low_priority_max_wait)
 
     @cached_property
     def registry(self) -> GpuRegistry:
@@ -76,7 +84,8 @@ class Context:
 
     @cached_property
     def outbox(self) -> Outbox:
-        return Outbox(self.jobs_queue, self.webhooks_queue)
+        return Outbox(self.jobs_queue, self.webhooks_queue, self.lanes, self.clock,
+                      self.settings.low_priority_max_wait)
 
     @cached_property
     def dlq(self) -> Queue:

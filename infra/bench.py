@@ -12,8 +12,10 @@ Reports medians of several runs (this machine is small and noisy):
 - the API features (infra/bench_api.py): Prefer: wait overhead, GET /jobs latency with 10,000 jobs.
 - the reconciler on a backlog (infra/bench_backlog.py): re-sends for 200 queued jobs and no worker
   over one simulated hour, before and after issue 21.
+- priority lanes and batches (infra/bench_lanes.py): dispatch latency of an idle receiver with three
+  lanes vs one queue; submissions/s of one batch of 100 vs 100 single requests.
 
-BENCH_SECTIONS=api,dispatch,features,gpu,backlog (default: all) picks what runs.
+BENCH_SECTIONS=api,dispatch,features,gpu,backlog,lanes (default: all) picks what runs.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 SUBMISSIONS = int(os.environ.get("BENCH_SUBMISSIONS", "300"))
 DISPATCH_JOBS = int(os.environ.get("BENCH_DISPATCH_JOBS", "20"))
 MEMORY_JOBS = int(os.environ.get("BENCH_MEMORY_JOBS", "300"))
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "api,dispatch,features,gpu,backlog").split(","))
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "api,dispatch,features,gpu,backlog,lanes").split(","))
 
 
 def submissions_per_second(base: str, clients: int) -> float:
@@ -123,6 +125,10 @@ def main() -> int:
             from infra.bench_backlog import backlog_report
 
             report["backlog"] = backlog_report()
+        if "lanes" in SECTIONS:
+            from infra.bench_lanes import lanes_report
+
+            report["lanes"] = lanes_report(work)
         if "gpu" in SECTIONS:
             from infra.bench_gpu import gpu_report
 

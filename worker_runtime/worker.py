@@ -33,6 +33,7 @@ from .gpu.task import GpuTask
 from .isolation import TaskProcess
 from .lease import Lease, LeaseLost
 from .phases import PhaseReporter
+from .receiver import LaneReceiver
 from .settings import WorkerSettings
 from .stops import RULES
 from .stops import Message as MessageFate
@@ -65,6 +66,7 @@ class Worker:
         self.supervisor = Supervisor(settings.heartbeat_interval, settings.max_render_time, clock,
                                      wind_down=settings.task_wind_down)
         self.log = get_logger("c3.worker", worker=settings.worker_id)
+        self.receiver = LaneReceiver(ctx.lanes, settings.receive_wait_seconds, settings.lease_seconds, self.log)
         self.jobs_done = 0
         self.current_job: str | None = None  # shown with the worker's beacon (the operators' page)
 
@@ -89,10 +91,7 @@ class Worker:
     def receive(self) -> list[Message]:
         self.idle.set()
         try:
-            return self.ctx.jobs_queue.receive(
-                wait_seconds=self.settings.receive_wait_seconds,
-                visibility=self.settings.lease_seconds,
-            )
+            return self.receiver.receive()  # the highest non-empty lane's message
         except Exception:  # noqa: BLE001 - SQS unreachable: back off, keep the worker alive
             self.log.error("queue.receive_failed", exc_info=True, reason="retrying in 1 s")
             self.stopping.wait(1.0)
@@ -145,7 +144,7 @@ class Worker:
 
     # -- one message ----------------------------------------------------------
     def process(self, message: Message) -> None:
-        queue = self.ctx.jobs_queue
+        queue = message.origin or self.ctx.jobs_queue  # the lane it came from
         job_id = message.job_id()
         if job_id is None:
             self.log.warning("message.malformed", body=message.body[:200],

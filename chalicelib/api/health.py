@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from chalicelib.fleet.beacons import BEAT_EVERY, WorkerBeacons
 from chalicelib.fleet.registry import RUNNING, GpuRecord, GpuRegistry
+from chalicelib.jobs.lanes import LaneQueues, total
 from chalicelib.jobs.models import JobStatus
 from chalicelib.jobs.queries import JobQueries
 from chalicelib.jobs.store import JobStore
@@ -17,9 +18,9 @@ ALIVE_SECONDS = 3 * BEAT_EVERY  # a worker silent longer is not counted alive
 
 
 class HealthReport:
-    def __init__(self, jobs_queue: Queue, dlq: Queue, store: JobStore, queries: JobQueries,
+    def __init__(self, lanes: LaneQueues, dlq: Queue, store: JobStore, queries: JobQueries,
                  registry: GpuRegistry, beacons: WorkerBeacons, clock: Callable[[], float]):
-        self.jobs_queue = jobs_queue
+        self.lanes = lanes
         self.dlq = dlq
         self.store = store
         self.queries = queries
@@ -29,7 +30,8 @@ class HealthReport:
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
-        queue = self.jobs_queue.depth()
+        lanes = self.lanes.depths()  # each priority lane's queue; the totals sum them
+        queue = total(lanes.values())
         queued = self.queries.in_dispatch(JobStatus.QUEUED)
         running = self.queries.in_dispatch(JobStatus.RUNNING)
         oldest_id = self.queries.oldest_queued()
@@ -41,7 +43,8 @@ class HealthReport:
         return {
             "status": "ok",
             "queue": {**queue, "dead_letters": self.dlq.depth()["messages"],
-                      "oldest_queued_seconds": round(now - oldest.created_at, 1) if oldest else None},
+                      "oldest_queued_seconds": round(now - oldest.created_at, 1) if oldest else None,
+                      "lanes": lanes},
             "jobs": {"queued": queued.value, "running": running.value,
                      "approximate": queued.approximate or running.approximate},
             "workers": {"alive": sum(1 for w in workers if w["last_beat_seconds"] <= ALIVE_SECONDS),

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from chalicelib.jobs.batches import MAX_ITEMS, BatchRequest
 from chalicelib.jobs.models import PHASES, REQUEST_MODELS, StatusUpdate
 from chalicelib.jobs.queries import CURSOR_PATTERN
 
@@ -70,7 +71,7 @@ UI_PATHS = {
 
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
-    models = [(m, "validation") for m in (*REQUEST_MODELS.values(), StatusUpdate)]
+    models = [(m, "validation") for m in (*REQUEST_MODELS.values(), StatusUpdate, BatchRequest)]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))
     schemas["Error"] = _ERROR
@@ -98,6 +99,8 @@ def openapi_document() -> dict[str, Any]:
             "queue_position": {"type": "integer", "description": "queued jobs ahead of this one"},
             "queue_position_approximate": {"type": "boolean"},
             "retry_of": {"type": "string", "format": "uuid"},
+            "priority": {"enum": ["high", "normal", "low"], "description": "the job's lane"},
+            "batch_id": {"type": "string", "format": "uuid", "description": "the batch it came in"},
             "phase": {"enum": list(PHASES),
                       "description": "where the job is; absent once final and every webhook is settled"},
             "phases": {"type": "object", "additionalProperties": {"type": "string", "format": "date-time"},
@@ -153,6 +156,32 @@ def openapi_document() -> dict[str, Any]:
               "properties": {"count": {"type": "integer"}, "items": {"type": "array", "items": {"type": "object"}}}}
     schemas["Incidents"] = {"type": "object", "required": ["dead_letters", "intake_rejections"],
                             "properties": {"dead_letters": listed, "intake_rejections": listed}}
+    schemas["BatchItemAnswer"] = {
+        "type": "object", "required": ["index"],
+        "properties": {"index": {"type": "integer", "minimum": 0, "maximum": MAX_ITEMS - 1},
+                       "id": {"type": "string", "format": "uuid", "description": "the job, when accepted"},
+                       "status": {"enum": ["queued", "running", "success", "failed", "cancelled", "timed_out"],
+                                  "description": "the job's status, when accepted"},
+                       "error": {"type": "string", "description": "why the item was refused"},
+                       "code": {"enum": [409, 422, 429], "description": "the HTTP status its route would answer"},
+                       "details": _ERROR["properties"]["details"]}}
+    schemas["BatchSubmitted"] = {
+        "type": "object", "required": ["id", "accepted", "rejected", "items"],
+        "properties": {"id": {"type": ["string", "null"], "format": "uuid",
+                              "description": "null when no item was accepted (no batch was created)"},
+                       "accepted": {"type": "integer"}, "rejected": {"type": "integer"},
+                       "items": {"type": "array", "items": _ref("BatchItemAnswer"),
+                                 "description": "one answer per item, in order"}}}
+    schemas["Batch"] = {
+        "type": "object", "required": ["id", "created_at", "total", "counts", "completed", "jobs"],
+        "properties": {"id": {"type": "string", "format": "uuid"},
+                       "created_at": {"type": "string", "format": "date-time"},
+                       "completed_at": {"type": "string", "format": "date-time"},
+                       "total": {"type": "integer"}, "completed": {"type": "boolean"},
+                       "counts": {"type": "object", "additionalProperties": {"type": "integer"},
+                                  "description": "members by status (removed: its data was removed)"},
+                       "jobs": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+                       "webhook": _ref("WebhookState")}}
     schemas["Result"] = {
         "oneOf": [
             {"type": "object", "required": ["result_url"], "additionalProperties": False,
@@ -220,6 +249,19 @@ def openapi_document() -> dict[str, Any]:
                               **_errors(400, 401, 409, 413, 415, 422, 429, 503)},
             }
         }
+    paths["/batch"] = {"post": {
+        "summary": f"Submit up to {MAX_ITEMS} jobs of any types; each item is answered on its own",
+        "operationId": "submitBatch",
+        "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "the same key and body return the same batch and jobs"}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchRequest")}}},
+        "responses": {"200": _json(_ref("BatchSubmitted"), "Each item's job id or error, in order"),
+                      **_errors(400, 401, 409, 413, 415, 422, 503)}}}
+    paths["/batch/{id}"] = {"get": {"summary": "A batch: its members' counts by status and ids",
+                                    "operationId": "getBatch", "parameters": [job_id],
+                                    "responses": {"200": _json(_ref("Batch"), "The batch"),
+                                                  **_errors(400, 401, 404)}}}
     paths["/status/{id}"] = {"get": {"summary": "Job status", "operationId": "getStatus",
                                      "parameters": [job_id, prefer],
                                      "responses": {"200": _json(_ref("JobStatus"), "Job status"),

@@ -14,12 +14,14 @@ from chalicelib.api.openapi import openapi_document
 from chalicelib.api.ui import register_ui
 from chalicelib.api.waiting import preferred_wait, wait_final
 from chalicelib.context import Context
+from chalicelib.delivery.batch_hooks import BatchHooks
 from chalicelib.delivery.dead_letters import handle_dead_letters
 from chalicelib.delivery.deliveries import DeliveryHandler
 from chalicelib.delivery.events import EventPublisher
 from chalicelib.delivery.intake import IntakeHandler
 from chalicelib.delivery.webhooks import WebhookSender
 from chalicelib.fleet.reaper import reap_gpus
+from chalicelib.jobs.batches import BATCH, BatchService, BatchStore
 from chalicelib.jobs.models import KNOWN_FIELDS, JobStatus, JobType
 from chalicelib.jobs.outbox import Reconciler
 from chalicelib.jobs.record import Job
@@ -78,7 +80,10 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         events = EventPublisher(ctx.sqs, settings.events_queue, ctx.results, ctx.clock)
     service = JobService(ctx.store, ctx.outbox, ctx.results, ctx.clock, settings.job_ttl_days,
                          ctx.queries, settings.max_in_flight_per_key)
-    health_report = HealthReport(ctx.jobs_queue, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
+    batch_store = BatchStore(ctx.dynamodb, settings.jobs_table, ctx.store)
+    batches = BatchService(service, batch_store, ctx.outbox, ctx.clock, settings.outbox_grace,
+                           settings.job_ttl_days)
+    health_report = HealthReport(ctx.lanes, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
                                  ctx.beacons, ctx.clock)
     keys, operator_keys = settings.api_key_list, settings.operator_key_list
     if not keys:
@@ -188,6 +193,17 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     for job_type in JobType:
         submit_route(job_type)
 
+    @app.route("/batch", methods=["POST"], content_types=JSON_TYPES)
+    @handled
+    def submit_batch() -> dict[str, Any]:
+        who = owner()
+        return batches.submit(body(), who, app.current_request.headers.get("idempotency-key"))
+
+    @app.route("/batch/{batch_id}")
+    @handled
+    def batch_status(batch_id: str) -> dict[str, Any]:
+        return batches.view(batch_id, owner())
+
     @app.route("/status/{job_id}")
     @handled
     def status(job_id: str) -> Response:
@@ -267,10 +283,11 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         settings.webhook_attempts, settings.webhook_interval, settings.webhook_timeout,
         settings.webhook_secret, allow_private=settings.allow_private_urls,
     )
+    batch_hooks = BatchHooks(batch_store, ctx.outbox, webhooks, ctx.clock, settings.outbox_grace)
     delivery = DeliveryHandler(ctx.store, ctx.outbox, events, webhooks, ctx.results, ctx.clock,
-                               settings.outbox_grace, ctx.links)
+                               settings.outbox_grace, ctx.links, batches, batch_hooks)
     reconciler = Reconciler(ctx.store, ctx.outbox, ctx.clock, settings.outbox_grace,
-                            settings.outbox_max_backoff)
+                            settings.outbox_max_backoff, handlers={BATCH: batches.resume})
 
     # Every SQS handler answers with a partial batch response: only the messages listed
     # are redelivered (the event source mappings have ReportBatchItemFailures on, see infra/aws).
@@ -289,10 +306,10 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
 
     # Orphaned, idle-expired, surplus and past-lifetime GPU instances are stopped here too,
     # not only by the workers: the worker service scales to zero, and what it leaves must
-    # still be stopped. The jobs queue's depth is the pool's demand (chalicelib/fleet/pool.py).
+    # still be stopped. The job queues' depth, every lane summed, is the pool's demand (chalicelib/fleet/pool.py).
     @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
     def gpu_reaper(event: Any) -> dict[str, Any]:
-        report = reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.jobs_queue, beacons=ctx.beacons,
+        report = reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.lanes, beacons=ctx.beacons,
                            queries=ctx.queries)
         sample_gpus()
         return report
@@ -314,6 +331,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     app.service = service  # type: ignore[attr-defined]
     app.sample_gpus = sample_gpus  # type: ignore[attr-defined]
     app.intake_handler = intake_handler  # type: ignore[attr-defined]
+    app.batches = batches  # type: ignore[attr-defined]
     app.delivery = delivery  # type: ignore[attr-defined]
     app.reconciler = reconciler  # type: ignore[attr-defined]
     return app

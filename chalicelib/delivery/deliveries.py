@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from chalicelib.delivery.batch import partial_batch
+from chalicelib.delivery.batch_hooks import BatchHooks
 from chalicelib.delivery.events import EventPublisher
 from chalicelib.delivery.webhooks import WebhookSender, webhook_payload
+from chalicelib.jobs.batches import BatchService
 from chalicelib.jobs.links import ResultLinks
 from chalicelib.jobs.outbox import Outbox
 from chalicelib.jobs.record import Job
@@ -44,7 +46,8 @@ HOLD_SLACK = 5.0
 class DeliveryHandler:
     def __init__(self, store: JobStore, outbox: Outbox, events: EventPublisher | None,
                  webhooks: WebhookSender, results: ResultStore, clock: Callable[[], float],
-                 grace: float, links: ResultLinks | None = None):
+                 grace: float, links: ResultLinks | None = None, batches: BatchService | None = None,
+                 batch_hooks: BatchHooks | None = None):
         self.store = store
         self.outbox = outbox
         self.events = events
@@ -53,6 +56,10 @@ class DeliveryHandler:
         self.clock = clock
         self.grace = grace
         self.links = links
+        # Batches (chalicelib/jobs/batches.py): a member's final delivery checks its batch's
+        # completion; a message naming a batch delivers its batch.completed webhook.
+        self.batches = batches
+        self.batch_hooks = batch_hooks
 
     def handle_batch(self, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         """Lambda SQS records in (delivered concurrently: one slow receiver must not hold
@@ -67,6 +74,10 @@ class DeliveryHandler:
             log.warning("delivery.malformed", body=body[:200], reason="no job id; dropped")
             return "malformed"
         job = self.store.get(job_id)
+        if job is None and self.batch_hooks is not None:
+            outcome = self.batch_hooks.handle(job_id)
+            if outcome is not None:
+                return f"batch_{outcome}"
         if job is not None and job.start_webhook == "pending":
             started = self._attempt(job, START, {}, True)
             job = self.store.get(job_id)
@@ -76,6 +87,8 @@ class DeliveryHandler:
             return "nothing_owed"
         if job.counted_at is None:
             self.store.count_finished(job.id)
+        if job.batch_id and self.batches is not None:
+            self.batches.check(job.batch_id)
         fields: dict[str, Any] = {}
         event_done = job.event_sent_at is not None
         if not event_done and self.events is not None:

@@ -86,7 +86,7 @@ class IntakeHandler:
         self.owner = intake_owner(settings)
         # Events must never be sent into the system's own work queues.
         self._own_queues = {_queue_name(q) for q in
-                            (settings.jobs_queue, settings.jobs_dlq, settings.intake_queue,
+                            (*settings.lane_queues.values(), settings.jobs_dlq, settings.intake_queue,
                               settings.webhooks_queue)}
 
     # -- a Lambda batch ----------------------------------------------------------

@@ -33,7 +33,8 @@ from chalicelib.jobs.models import JobStatus
 
 @dataclass(frozen=True)
 class Demand:
-    """Jobs that need an instance, from the jobs queue's attributes (``Queue.depth``)."""
+    """Jobs that need an instance, from the job queues' attributes (``LaneQueues.depth``:
+    every priority lane summed)."""
 
     queued: int  # visible messages: jobs no worker holds yet
     running: int  # in flight: jobs a worker holds (running, or about to)
@@ -49,8 +50,8 @@ class Demand:
 
 
 def read_demand(queue: Any, beacons: Any | None = None, queries: Any | None = None) -> Demand:
-    """The queue's depth, its visible messages checked against the jobs table's queued jobs
-    (``queries``): copies of finished jobs' messages (a killed worker's, the reconciler's)
+    """The queue's depth (``queue``: the lanes, whose depth sums every lane), its visible
+    messages checked against the jobs table's queued jobs (``queries``): copies of finished jobs' messages (a killed worker's, the reconciler's)
     wait in the queue too, and must not make the pool rent instances for no job."""
     depth = queue.depth()
     queued = depth["messages"]

@@ -162,6 +162,11 @@ class _Request(BaseModel):
         le=86400,
         description="Seconds from submission by which the job must finish (default 3600).",
     )
+    priority: Literal["high", "normal", "low"] = Field(
+        "normal",
+        description="The job's lane: workers take high before normal before low; a low job "
+                    "queued LOW_PRIORITY_MAX_WAIT seconds is served as normal.",
+    )
 
 
 class CsmRequest(_Request):

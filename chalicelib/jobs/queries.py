@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from chalicelib.jobs.lanes import take_key
 from chalicelib.jobs.models import JobStatus, JobType
 from chalicelib.jobs.record import Job, created_day
 from chalicelib.jobs.store import DAY_INDEX, DISPATCH, INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX
@@ -46,11 +47,11 @@ def decode_cursor(cursor: str, owner: str) -> dict[str, Any]:
 
 
 class JobQueries:
-    def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float], queued_resend: float = 86400.0):
+    def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float], low_max_wait: float = 600.0):
         self._ddb = dynamodb
         self._table = table
         self._clock = clock
-        self._queued_resend = queued_resend
+        self.low_max_wait = low_max_wait  # the lanes' take order (chalicelib/jobs/lanes.py)
 
     def list(self, owner: str, status: JobStatus | None = None, job_type: JobType | None = None,
              limit: int = 20, cursor: str | None = None) -> tuple[list[Job], str | None]:
@@ -139,17 +140,36 @@ class JobQueries:
         return jobs, encode_cursor(start) if start else None
 
     def queue_position(self, job: Job) -> Count:
-        """Queued jobs submitted before ``job``. A queued job with its message sent is in
-        the outbox index at creation + ``queued_resend`` (store.sent_due), so the jobs
-        ahead are those below this job's own creation + ``queued_resend``; a job whose
-        send is not yet recorded (for a moment, or until the reconciler's re-send) sits
-        lower and counts as ahead."""
+        """Queued jobs ahead of ``job`` in the order workers take them: every job of a higher
+        lane, then the jobs of its own lane submitted before it (a low job queued
+        LOW_PRIORITY_MAX_WAIT is in the normal lane since then; chalicelib/jobs/lanes.py)."""
         if job.status is not JobStatus.QUEUED or job.outbox_at is None:
             return Count(0, False)
-        ahead_of = job.created_at + self._queued_resend
-        return self._count(OUTBOX_INDEX, "#k = :k AND #at < :at", {"#k": "outbox", "#at": "outbox_at"},
-                           {":k": {"S": DISPATCH}, ":at": {"N": repr(ahead_of)}},
-                           status=JobStatus.QUEUED)
+        now = self._clock()
+        mine = take_key(job.priority, job.created_at, now, self.low_max_wait)
+        entries, approximate = self.queued_entries()
+        ahead = sum(1 for e in entries if e["id"] != job.id and take_key(
+            e.get("priority"), float(e.get("created_at") or 0), now, self.low_max_wait) < mine)
+        return Count(ahead, approximate)
+
+    def queued_entries(self) -> tuple[list[dict[str, Any]], bool]:
+        """The queued jobs' outbox entries (id, outbox_at, priority, created_at), from the
+        index (every queued job is there); True when the read bound was hit (there may be more)."""
+        query: dict[str, Any] = {
+            "TableName": self._table, "IndexName": OUTBOX_INDEX, "KeyConditionExpression": "#k = :k",
+            "FilterExpression": "#s = :s", "ProjectionExpression": "#id, #at, #p, #c",
+            "ExpressionAttributeNames": {"#k": "outbox", "#s": "status", "#id": "id", "#at": "outbox_at",
+                                         "#p": "priority", "#c": "created_at"},
+            "ExpressionAttributeValues": {":k": {"S": DISPATCH}, ":s": {"S": JobStatus.QUEUED.value}},
+        }
+        out: list[dict[str, Any]] = []
+        for _ in range(MAX_PAGES):
+            resp = self._ddb.query(**query)
+            out.extend(decode_item(item) for item in resp.get("Items", []))
+            if "LastEvaluatedKey" not in resp:
+                return out, False
+            query["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return out, True
 
     def in_flight(self, owner: str, up_to: int) -> int:
         """The owner's queued or running jobs, counted up to ``up_to`` (the cap)."""

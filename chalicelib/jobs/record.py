@@ -43,6 +43,8 @@ class Job:
     request_hash: str | None = None
     reply_to: str | None = None
     source: str = "http"
+    priority: str = "normal"  # the lane (chalicelib/jobs/lanes.py); also in params
+    batch_id: str | None = None  # the batch it was submitted in (chalicelib/jobs/batches.py)
     # The outbox (see chalicelib/jobs/outbox.py): which message this job is owed
     # ("dispatch" while queued or running, "notify" once final until delivered),
     # when the reconciler should re-send it, and how often it already did.
@@ -114,6 +116,9 @@ class Job:
                 "max_time": self.max_time,
             }
         )
+        view["priority"] = self.priority
+        if self.batch_id:
+            view["batch_id"] = self.batch_id
         if self.retry_of:
             view["retry_of"] = self.retry_of
         view.update(self._where())

@@ -42,6 +42,11 @@ def parse_job_id(raw: str) -> str:
         ) from None
 
 
+def idempotency_job_id(owner: str, key: str) -> str:
+    """The job id an Idempotency-Key stands for (the same for a route and a batch item)."""
+    return str(uuid.uuid5(_IDEMPOTENCY_NS, f"{owner}\n{key}"))
+
+
 def request_hash(job_type: JobType, params: dict[str, Any]) -> str:
     canonical = json.dumps({"type": job_type.value, "params": params}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -76,12 +81,16 @@ class JobService:
         reply_to: str | None = None,
         source: str = "http",
         retry_of: str | None = None,
+        job_id: str | None = None,
+        batch_id: str | None = None,
+        check_cap: bool = True,
     ) -> tuple[Job, bool]:
         """Validate, write the record (one conditional put), enqueue (one send).
 
         The record is the commitment: if the send fails, or this process dies before
         it, the job is still owed its message (the outbox) and the reconciler sends
-        it. Returns (job, created); created is False for an idempotent replay."""
+        it. Returns (job, created); created is False for an idempotent replay. A batch
+        passes its member's ``job_id`` (derived from the batch) and checks the cap itself."""
         request = parse_job_request(job_type, body)
         params = request.model_dump(exclude_none=True)
         now = self.clock()
@@ -92,10 +101,11 @@ class JobService:
                     "Invalid Idempotency-Key",
                     [{"field": "Idempotency-Key", "message": "must be 1-255 characters"}],
                 )
-            job_id = str(uuid.uuid5(_IDEMPOTENCY_NS, f"{owner}\n{idempotency_key}"))
-        else:
+            job_id = idempotency_job_id(owner, idempotency_key)
+        elif job_id is None:
             job_id = str(uuid.uuid4())
-        self._check_fair_use(owner, job_id if idempotency_key is not None else None)
+        if check_cap:
+            self._check_fair_use(owner, job_id if idempotency_key is not None else None)
         job = Job(
             id=job_id,
             type=job_type,
@@ -113,6 +123,8 @@ class JobService:
             reply_to=reply_to,
             source=source,
             retry_of=retry_of,
+            priority=request.priority,
+            batch_id=batch_id,
         )
         try:
             self.store.create(job)
@@ -126,14 +138,14 @@ class JobService:
             if existing.status is JobStatus.QUEUED:
                 # The first try may have died between the record and the send: an
                 # extra message is harmless (claims are conditional).
-                self.outbox.try_send(DISPATCH, existing)
+                self.outbox.dispatch(existing)
             log.info("job.submit_replayed", job_id=existing.id, type=job_type.value)
             return existing, False
-        sent = self.outbox.try_send(DISPATCH, job)
-        if sent:  # its message is in the queue: no copy is owed while it waits there
+        sent = self.outbox.dispatch(job)
+        if sent:  # its message is in the queue (and a low job's promotion): no copy is owed while it waits
             self.store.mark_dispatched(job.id, job.outbox_at, job.created_at)
         log.info("job.submitted", job_id=job.id, type=job_type.value, source=source,
-                 dispatched=sent)
+                 priority=job.priority, dispatched=sent)
         return job, True
 
     def _check_fair_use(self, owner: str, replay_id: str | None) -> None:

@@ -64,7 +64,9 @@ class JobStore:
             TableName=self._table, Key={"id": {"S": job_id}}, ConsistentRead=True
         )
         item = resp.get("Item")
-        return Job.from_item(decode_item(item)) if item else None
+        if not item or "record" in item:  # a batch's record (chalicelib/jobs/batches.py) is no job
+            return None
+        return Job.from_item(decode_item(item))
 
     def create(self, job: Job) -> None:
         """Put a new record; raises JobExists (with the existing record) on an id clash.
@@ -291,7 +293,19 @@ class JobStore:
         expr.set("outbox_at", next_at)
         sends = expr.name("outbox_sends")
         expr.sets.append(f"{sends} = if_not_exists({sends}, {expr.value('zero', 0)}) + {expr.value('one', 1)}")
-        return self._try_update(job_id, expr) is not None
+        return self.update_raw(job_id, expr) is not None
+
+    def update_raw(self, item_id: str, expr: Expr) -> dict[str, Any] | None:
+        """A conditional update of any record of the table (a job's or a batch's): the
+        item as written, or None when the condition failed."""
+        try:
+            resp = self._ddb.update_item(TableName=self._table, Key={"id": {"S": item_id}},
+                                         ReturnValues="ALL_NEW", **expr.kwargs())
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return None
+            raise
+        return decode_item(resp["Attributes"])
 
     def settle(self, job_id: str, fields: dict[str, Any], *, done: bool, next_at: float | None = None,
                remove: Iterable[str] = (), lease: tuple[str, float] | None = None) -> Job | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -25,6 +25,8 @@ class Message:
     message_id: str
     receive_count: int
     sent_at: float | None
+    # The queue it was received from (the worker acks and renews it there).
+    origin: "Queue | None" = field(default=None, compare=False, repr=False)
 
     def job_id(self) -> str | None:
         """The job id in the body, or None if the body is malformed."""
@@ -52,8 +54,11 @@ class Queue:
         return self._url
 
     def send_json(self, payload: dict[str, Any], delay: int = 0) -> str:
+        return self.send_body(json.dumps(payload), delay)
+
+    def send_body(self, body: str, delay: int = 0) -> str:
         extra = {"DelaySeconds": max(0, min(int(delay), 900))} if delay else {}
-        resp = self._sqs.send_message(QueueUrl=self.url, MessageBody=json.dumps(payload), **extra)
+        resp = self._sqs.send_message(QueueUrl=self.url, MessageBody=body, **extra)
         return resp["MessageId"]
 
     def receive(self, wait_seconds: int, visibility: int, max_messages: int = 1) -> list[Message]:
@@ -75,6 +80,7 @@ class Queue:
                     message_id=m["MessageId"],
                     receive_count=int(attrs.get("ApproximateReceiveCount", "1")),
                     sent_at=int(sent) / 1000 if sent else None,
+                    origin=self,
                 )
             )
         return out

@@ -34,6 +34,14 @@ class Settings(EgressSettings):
     stats_table: str = Field("c3-render-stats", validation_alias="STATS_TABLE")
     jobs_queue: str = Field("c3-render-jobs", validation_alias="JOBS_QUEUE")
     jobs_dlq: str = Field("c3-render-jobs-dlq", validation_alias="JOBS_DLQ")
+    # The priority lanes (chalicelib/jobs/lanes.py): JOBS_QUEUE is the normal lane; the high and
+    # low lanes are queues of their own (unset: JOBS_QUEUE's name + "-high" / "-low"), each
+    # redriving to JOBS_DLQ.
+    jobs_queue_high: str | None = Field(None, validation_alias="JOBS_QUEUE_HIGH")
+    jobs_queue_low: str | None = Field(None, validation_alias="JOBS_QUEUE_LOW")
+    # A low job queued this long is served as normal: a copy of its message, sent delayed by
+    # this much at submit, waits in the normal lane (SQS delays up to 900 s).
+    low_priority_max_wait: int = Field(600, ge=1, le=900, validation_alias="LOW_PRIORITY_MAX_WAIT")
     intake_queue: str = Field("c3-render-intake", validation_alias="INTAKE_QUEUE")
     events_queue: str = Field("c3-render-events", validation_alias="EVENTS_QUEUE")
     # Final-state deliveries (webhook + job event), one message per terminal job.
@@ -81,6 +89,12 @@ class Settings(EgressSettings):
     max_in_flight_per_key: int = Field(0, ge=0, validation_alias="MAX_IN_FLIGHT_PER_KEY")
 
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+
+    @property
+    def lane_queues(self) -> dict[str, str]:
+        """Queue name (or URL) of each lane, highest first."""
+        return {"high": self.jobs_queue_high or f"{self.jobs_queue}-high", "normal": self.jobs_queue,
+                "low": self.jobs_queue_low or f"{self.jobs_queue}-low"}
 
     @property
     def link_secret(self) -> str | None:

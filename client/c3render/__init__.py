@@ -21,10 +21,22 @@ from .errors import (  # noqa: E402
     WaitTimeout,
     WebhookVerificationError,
 )
-from .models import Health, Job, JobPage, JobStatus, JobType, Message, Result, WebhookState  # noqa: E402
+from .models import (  # noqa: E402
+    Batch,
+    BatchItemAnswer,
+    BatchSubmitted,
+    Health,
+    Job,
+    JobPage,
+    JobStatus,
+    JobType,
+    Message,
+    Result,
+    WebhookState,
+)
 
 __all__ = [
-    "APIError", "C3RenderError", "Client", "Conflict", "ConnectionFailed", "DownloadFailed", "FieldError",
+    "APIError", "Batch", "BatchItemAnswer", "BatchSubmitted", "C3RenderError", "Client", "Conflict", "ConnectionFailed", "DownloadFailed", "FieldError",
     "Health", "InvalidRequest", "Job", "JobPage", "JobStatus", "JobType", "Message", "NO_RETRIES",
     "NotFound", "RateLimited", "Result", "RetryPolicy", "ServerError", "Unauthorized", "ValidationFailed",
     "WaitTimeout", "WebhookState", "WebhookVerificationError", "__version__",

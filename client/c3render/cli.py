@@ -20,6 +20,7 @@ import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress_bar import ProgressBar
 from rich.spinner import Spinner
 from rich.table import Table
@@ -28,7 +29,7 @@ from rich.text import Text
 from . import __version__
 from .client import DEFAULT_URL, Client
 from .errors import C3RenderError, ConnectionFailed, InvalidRequest, Unauthorized
-from .models import Job, JobType
+from .models import Batch, BatchSubmitted, Job, JobType
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
@@ -273,6 +274,8 @@ def _shared_options(
     webhook_event: Annotated[Optional[list[str]], typer.Option(
         help="Webhook event to receive: start | completed (repeatable) (default completed).")] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(help="Same key and body: the same job.")] = None,
+    priority: Annotated[Optional[str], typer.Option(
+        help="high | normal | low: the lane workers take it from (default normal).")] = None,
     wait: Wait = False,
     output: Output = None,
     timeout: Timeout = 1800.0,
@@ -299,7 +302,7 @@ def submit_command(job_type: JobType) -> Callable[[Callable[..., dict[str, Any]]
                 job = client.submit(job_type, params, notify_url=shared["notify_url"],
                                     max_time=shared["max_time"], complete_in=shared["complete_in"],
                                     webhook_events_filter=shared["webhook_event"],
-                                    idempotency_key=shared["idempotency_key"])
+                                    idempotency_key=shared["idempotency_key"], priority=shared["priority"])
                 started(client, job, f"{job_type.value} job", shared["wait"], shared["output"], shared["timeout"],
                         json_out)
 
@@ -479,6 +482,89 @@ def print_jobs(found: list[Job]) -> None:
             if len(text) > stdout.width:
                 text = text[:stdout.width - 1] + "…"
             stdout.print(Text(text, style="red"), highlight=False)
+# -- batches ---------------------------------------------------------------------------------
+BATCH_SIZE = 100  # the most items POST /batch takes: a longer file goes as several batches
+
+
+def read_items(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, item): one item per line, as POST /batch takes it: {"type", "params",
+    "idempotency_key"?}; blank lines and lines starting with # are skipped. A line that is no
+    JSON object is a usage error."""
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise typer.BadParameter(f"line {number}: not JSON ({exc})", param_hint="FILE") from None
+        if not isinstance(item, dict):
+            raise typer.BadParameter(f"line {number}: must be a JSON object {{type, params}}", param_hint="FILE")
+        items.append((number, item))
+    if not items:
+        raise typer.BadParameter("has no items", param_hint="FILE")
+    return items
+
+
+@app.command()
+def batch(ctx: typer.Context,
+          file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", exists=True, dir_okay=False,
+                                               help="One job per line: {\"type\", \"params\", \"idempotency_key\"?}.")],
+          priority: Annotated[Optional[str], typer.Option(help="Every item's priority unless it sets one.")] = None,
+          notify_url: Annotated[Optional[str], typer.Option(
+              help="Every item's webhook URL unless it sets one; also gets batch.completed.")] = None,
+          wait: Annotated[bool, typer.Option("--wait", help="Follow the batch until every job is final "
+                                                            "(a progress bar on stderr).")] = False,
+          timeout: Timeout = 3600.0,
+          json_out: JsonOut = False) -> None:
+    """Submit the jobs of a JSON Lines file as batches of up to 100; print each line's job id or
+    why it was refused. Exit 2 when a line was refused; with --wait, 1 when a job did not succeed."""
+    numbered = read_items(file)
+    lines, items = [n for n, _ in numbered], [item for _, item in numbered]
+    with reporting(json_out), ctx.obj.client() as client:
+        answers: list[BatchSubmitted] = []
+        for start in range(0, len(items), BATCH_SIZE):
+            answers.append(client.submit_batch(items[start:start + BATCH_SIZE], priority=priority,
+                                               notify_url=notify_url))
+        refused = sum(a.rejected for a in answers)
+        final: list[Batch] = []
+        if wait:
+            final = _follow_batches(client, [a.id for a in answers if a.id], timeout, not json_out)
+        if json_out:
+            _print_json({"batches": [_dump(a) for a in answers], "final": [_dump(b) for b in final]})
+        else:
+            for chunk, answer in enumerate(answers):
+                for item in answer.items:
+                    line = lines[chunk * BATCH_SIZE + item.index]  # the file's line number
+                    if item.accepted:
+                        typer.echo(f"{line}\t{item.id}")
+                    else:
+                        why = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in item.details)
+                        stderr.print(Text(f"line {line}: refused ({item.code}) {item.error}: {why}", style="red"))
+            for done in final:
+                stderr.print(f"batch {done.id}: " + ", ".join(f"{k}={v}" for k, v in sorted(done.counts.items())),
+                             highlight=False)
+        if refused:
+            raise typer.Exit(EXIT_USAGE)
+        if wait and any(status != "success" for done in final for status in done.counts):
+            raise typer.Exit(EXIT_FAILED)
+
+
+def _follow_batches(client: Client, batch_ids: list[str], timeout: float, live: bool) -> list[Batch]:
+    """Wait for every batch; a progress bar of final jobs over all of them on stderr."""
+    seen: dict[str, Batch] = {}
+    columns = (TextColumn("jobs final"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, disable=not live, transient=False) as progress:
+        task = progress.add_task("batch", total=None)
+
+        def update(view: Batch) -> None:
+            seen[view.id] = view
+            progress.update(task, total=sum(b.total for b in seen.values()),
+                            completed=sum(b.finished for b in seen.values()))
+
+        deadline = time.monotonic() + timeout
+        return [client.wait_batch(batch_id, max(1.0, deadline - time.monotonic()), on_update=update)
+                for batch_id in batch_ids]
 
 
 @app.command()

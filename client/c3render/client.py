@@ -14,7 +14,7 @@ import httpx
 from . import __version__
 from ._http import RetryPolicy, Retrying, raise_for_status
 from .errors import DownloadFailed, WaitTimeout
-from .models import Health, Job, JobPage, JobType, Message, Result
+from .models import Batch, BatchSubmitted, Health, Job, JobPage, JobType, Message, Result
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -30,6 +30,7 @@ class SubmitOptions(TypedDict, total=False):
     max_time: int
     complete_in: int
     webhook_events_filter: list[str]
+    priority: str  # high | normal (the default) | low
     idempotency_key: str  # default: a fresh one per call, so the client's retries are safe
     wait: int  # seconds (1..25) the server may hold the answer until the job is final
 
@@ -97,12 +98,12 @@ class Client:
     def submit(self, job_type: JobType | str, params: dict[str, Any], *, notify_url: str | None = None,
                max_time: int | None = None, complete_in: int | None = None,
                webhook_events_filter: list[str] | None = None, idempotency_key: str | None = None,
-               wait: int | None = None) -> Job:
+               wait: int | None = None, priority: str | None = None) -> Job:
         """Submit a job of any type. Parameters left as None are not sent (the server's defaults
         apply). With ``wait`` the server may hold the answer up to that many seconds and answer
         the full status view; otherwise the Job has only ``id`` and ``status``."""
         body = {**params, "notify_url": notify_url, "max_time": max_time, "complete_in": complete_in,
-                "webhook_events_filter": webhook_events_filter}
+                "webhook_events_filter": webhook_events_filter, "priority": priority}
         body = {k: v for k, v in body.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         if wait is not None:
@@ -135,6 +136,47 @@ class Client:
     def analyze(self, *, image_url: str, **options: Unpack[SubmitOptions]) -> Job:
         """A text description of the image."""
         return self.submit(JobType.ANALYZE, {"image_url": image_url}, **options)
+
+    # -- batches -------------------------------------------------------------------------
+    def submit_batch(self, items: list[dict[str, Any]], *, priority: str | None = None,
+                     notify_url: str | None = None, idempotency_key: str | None = None) -> BatchSubmitted:
+        """Submit up to 100 jobs in one request: each item ``{"type", "params",
+        "idempotency_key"?}``. Every item is answered on its own, in order (a job id, or the
+        error naming ``items.<index>.<field>``); the valid ones are accepted even when others
+        are not. ``priority`` and ``notify_url`` are every item's defaults; ``notify_url`` also
+        receives one ``batch.completed`` webhook. An Idempotency-Key is always sent (a fresh
+        one unless given), so the client's retries make one batch."""
+        body: dict[str, Any] = {"items": items}
+        if priority is not None:
+            body["priority"] = priority
+        if notify_url is not None:
+            body["notify_url"] = notify_url
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        return BatchSubmitted.model_validate(self._call("POST", "/batch", json=body, headers=headers).json())
+
+    def batch(self, batch_id: str) -> Batch:
+        """The batch's members: counts by status and their ids."""
+        return Batch.model_validate(self._call("GET", _job_path("batch", batch_id)).json())
+
+    def wait_batch(self, batch_id: str, timeout: float = 3600.0, *,
+                   on_update: Callable[[Batch], None] | None = None, poll_interval: float = 1.0,
+                   max_poll_interval: float = 5.0) -> Batch:
+        """Block until every member of the batch is final and return it; raise WaitTimeout
+        after ``timeout`` seconds. Polls with a growing pause; ``on_update`` sees every view."""
+        deadline = self._clock() + timeout
+        pause = poll_interval
+        while True:
+            batch = self.batch(batch_id)
+            if on_update is not None:
+                on_update(batch)
+            if batch.completed:
+                return batch
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise WaitTimeout(f"Batch {batch_id} has {batch.finished} of {batch.total} jobs final "
+                                  f"after {timeout:g}s", last=batch)
+            self._sleep(min(pause, remaining))
+            pause = min(pause * 1.5, max_poll_interval)
 
     # -- one job -------------------------------------------------------------------------
     def _status(self, job_id: str, wait: int | None) -> tuple[Job, bool]:

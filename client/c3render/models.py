@@ -59,6 +59,8 @@ class Job(_Model):
     queue_position: int | None = None
     queue_position_approximate: bool | None = None
     retry_of: str | None = None
+    priority: str | None = None
+    batch_id: str | None = None
     phase: str | None = None
     phases: dict[str, datetime] | None = None
     progress: float | None = Field(None, ge=0, le=1)
@@ -102,3 +104,47 @@ class Health(_Model):
     jobs: dict[str, Any] = {}
     workers: dict[str, Any] = {}
     gpus: dict[str, Any] = {}
+
+
+class BatchItemAnswer(_Model):
+    """One item's answer to ``POST /batch``: its job ``id`` (and ``status``), or the ``error``,
+    HTTP ``code`` and ``details`` (the field named as ``items.<index>.<field>``) that refused it."""
+
+    index: int
+    id: str | None = None
+    status: JobStatus | None = None
+    error: str | None = None
+    code: int | None = None
+    details: list[dict[str, Any]] = []
+
+    @property
+    def accepted(self) -> bool:
+        return self.id is not None
+
+
+class BatchSubmitted(_Model):
+    """``POST /batch``: the batch's ``id`` (None when no item was accepted) and every item's
+    answer, in order."""
+
+    id: str | None = None
+    accepted: int = 0
+    rejected: int = 0
+    items: list[BatchItemAnswer] = []
+
+
+class Batch(_Model):
+    """``GET /batch/{id}``: its members' counts by status and their ids."""
+
+    id: str
+    total: int = 0
+    counts: dict[str, int] = {}
+    completed: bool = False
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
+    jobs: list[str] = []
+    webhook: WebhookState | None = None
+
+    @property
+    def finished(self) -> int:
+        """Members that are final (removed ones included)."""
+        return sum(n for status, n in self.counts.items() if status not in ("queued", "running"))

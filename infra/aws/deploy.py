@@ -58,8 +58,8 @@ CHALICE_CONFIG = ROOT / ".chalice" / "config.json"
 APP_CAPABILITIES = ("CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND")
 # data.yaml outputs -> the settings' environment variables, for pointing the app at them.
 OUTPUT_ENV = {
-    "JobsTableName": "JOBS_TABLE", "GpuTableName": "GPU_TABLE", "StatsTableName": "STATS_TABLE",
-    "JobsQueueName": "JOBS_QUEUE",
+    "JobsTableName": "JOBS_TABLE", "GpuTableName": "GPU_TABLE", "StatsTableName": "STATS_TABLE", "JobsQueueName": "JOBS_QUEUE",
+    "JobsHighQueueName": "JOBS_QUEUE_HIGH", "JobsLowQueueName": "JOBS_QUEUE_LOW",
     "JobsDeadLetterQueueName": "JOBS_DLQ", "IntakeQueueName": "INTAKE_QUEUE",
     "EventsQueueName": "EVENTS_QUEUE", "ResultsBucketName": "RESULTS_BUCKET",
 }

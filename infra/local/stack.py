@@ -25,7 +25,7 @@ OUTBOX_GSI = {
     "IndexName": OUTBOX_INDEX,
     "KeySchema": [{"AttributeName": "outbox", "KeyType": "HASH"},
                   {"AttributeName": "outbox_at", "KeyType": "RANGE"}],
-    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["outbox_sends", "status"]},
+    "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["outbox_sends", "status", "priority", "created_at"]},
 }
 # A key's jobs, newest first (GET /jobs), and its jobs in flight (the per-key cap; sparse).
 OWNER_GSI = {
@@ -165,15 +165,16 @@ def create_stack(settings: Settings, visibility: int = JOBS_VISIBILITY,
     ensure_table(ddb, settings.stats_table)  # the operators' per-minute counters (chalicelib/jobs/stats.py)
     dlq_url = ensure_queue(sqs, settings.jobs_dlq, {"MessageRetentionPeriod": "1209600"})
     redrive = json.dumps({"deadLetterTargetArn": queue_arn(sqs, dlq_url), "maxReceiveCount": str(max_receive_count)})
-    jobs_url = ensure_queue(
-        sqs, settings.jobs_queue,
-        {"VisibilityTimeout": str(visibility), "ReceiveMessageWaitTimeSeconds": "20", "RedrivePolicy": redrive},
-    )
+    # One queue per priority lane (chalicelib/jobs/lanes.py), each redriving to the jobs DLQ.
+    lanes = {lane: ensure_queue(sqs, name, {"VisibilityTimeout": str(visibility),
+                                            "ReceiveMessageWaitTimeSeconds": "20", "RedrivePolicy": redrive})
+             for lane, name in settings.lane_queues.items()}
+    jobs_url = lanes["normal"]
     intake_url = ensure_queue(sqs, settings.intake_queue)
     events_url = ensure_queue(sqs, settings.events_queue)
     webhooks_url = ensure_queue(sqs, settings.webhooks_queue, {"VisibilityTimeout": str(visibility)})
     ensure_bucket(s3, settings.results_bucket, region)
-    return {"jobs": jobs_url, "dlq": dlq_url, "intake": intake_url, "events": events_url,
+    return {"jobs": jobs_url, "jobs_high": lanes["high"], "jobs_low": lanes["low"], "dlq": dlq_url, "intake": intake_url, "events": events_url,
             "webhooks": webhooks_url}
 
 

@@ -298,6 +298,7 @@ def test_health_shows_workers_queue_and_gpus(stack, jobs, driver) -> None:
     until(driver, lambda c: css(c, '[data-stat="workers.alive"]'))
     assert shown("workers.alive") == str(health["workers"]["alive"]) == "1"
     assert shown("queue.messages") == "0" and shown("queue.dead_letters") == "0"
+    assert shown("queue.lanes") == "high 0/0 · normal 0/0 · low 0/0"  # each priority lane: waiting / in flight
     assert shown("jobs.queued") == "0" and shown("jobs.running") == "0"
     assert int(shown("gpus.instances")) >= 1
     # Each instance on a line of its own, with its billed time (what /health says).

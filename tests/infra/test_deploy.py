@@ -126,8 +126,14 @@ def test_app_template_wiring():
     service = res["WorkerService"]["Properties"]
     assert service["DesiredCount"] == 0 and service["LaunchType"] == "FARGATE"
     assert res["WorkerScalableTarget"]["Properties"]["MinCapacity"] == 0
-    alarm = res["WorkerScaleOutAlarm"]["Properties"]
-    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    # Scaling counts every priority lane: the alarms sum the three job queues.
+    for name, metrics in (("WorkerScaleOutAlarm", {"ApproximateNumberOfMessagesVisible"}),
+                          ("WorkerScaleInAlarm", {"ApproximateNumberOfMessagesVisible",
+                                                  "ApproximateNumberOfMessagesNotVisible"})):
+        stats = [m["MetricStat"]["Metric"] for m in res[name]["Properties"]["Metrics"] if "MetricStat" in m]
+        queues = {d["Value"]["Fn::Sub"] for m in stats for d in m["Dimensions"]}
+        assert queues == {"c3-render-${Stage}-jobs", "c3-render-${Stage}-jobs-high", "c3-render-${Stage}-jobs-low"}
+        assert {m["MetricName"] for m in stats} == metrics and len(stats) == 3 * len(metrics)
     container = res["WorkerTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
     # SIGTERM budget: job grace + webhook drain grace + GPU stop must fit the stop timeout.
     grace_max = t["Parameters"]["ShutdownGrace"]["MaxValue"]
@@ -148,7 +154,7 @@ def test_policy_files_name_only_their_stage():
     actions = {a for s in prod["Statement"] for a in s["Action"]}
     assert actions == {
         "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
-        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
+        "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
         "sqs:GetQueueUrl", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
         "sqs:GetQueueAttributes", "s3:GetObject", "s3:DeleteObject", "ssm:GetParameters",
         "dynamodb:Query", "s3:ListBucket", "dynamodb:BatchGetItem",
@@ -272,7 +278,7 @@ def test_data_stack_through_cloudformation_on_moto(moto, stage):
     lines: list[str] = []
     deploy_stack(cfn, name, {"Stage": stage}, body=DATA_TEMPLATE.read_text(), poll=0.1, out=lines.append)
     assert stack_status(cfn, name) == "CREATE_COMPLETE"
-    assert lines[0] == f"{name}: creating (14 changes)" and f"  {name}: CREATE_COMPLETE" in lines
+    assert lines[0] == f"{name}: creating (16 changes)" and f"  {name}: CREATE_COMPLETE" in lines
     jobs_url = sqs.get_queue_url(QueueName=f"c3-render-{stage}-jobs")["QueueUrl"]
     dlq_url = sqs.get_queue_url(QueueName=f"c3-render-{stage}-jobs-dlq")["QueueUrl"]
     redrive = json.loads(sqs.get_queue_attributes(QueueUrl=jobs_url, AttributeNames=["All"])["Attributes"]["RedrivePolicy"])

@@ -242,11 +242,14 @@ def test_alarms_watch_the_catalog_and_the_queues_with_parameter_thresholds(app):
 
     # 6. Jobs waiting with no worker heartbeat, NoHeartbeatAlarmMinutes one-minute periods in a row.
     s = stats(resolved["WorkerHeartbeatAlarm"])
-    assert s == {"queued": {"Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesVisible",
-                            "Dimensions": {"QueueName": jobs}, "Stat": "Maximum", "Period": 60},
+    # Jobs waiting in any priority lane count.
+    assert s == {**{f"queued{lane}": {"Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesVisible",
+                                      "Dimensions": {"QueueName": jobs + suffix}, "Stat": "Maximum", "Period": 60}
+                    for lane, suffix in (("high", "-high"), ("normal", ""), ("low", "-low"))},
                  "heartbeats": {"Namespace": "C3Render", "MetricName": "WorkerHeartbeats", "Dimensions": {},
                                 "Stat": "Sum", "Period": 60}}
-    assert expression(resolved["WorkerHeartbeatAlarm"]) == "IF(FILL(queued, 0) > 0 AND FILL(heartbeats, 0) == 0, 1, 0)"
+    assert expression(resolved["WorkerHeartbeatAlarm"]) == (
+        "IF(FILL(queuedhigh, 0) + FILL(queuednormal, 0) + FILL(queuedlow, 0) > 0 AND FILL(heartbeats, 0) == 0, 1, 0)")
     heartbeat = raw["WorkerHeartbeatAlarm"]
     assert heartbeat["EvaluationPeriods"] == heartbeat["DatapointsToAlarm"] == {"Ref": "NoHeartbeatAlarmMinutes"}
     assert (heartbeat["Threshold"], heartbeat["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")

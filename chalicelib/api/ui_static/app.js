@@ -410,6 +410,7 @@
         delayed: "delayed",
         dead_letters: "dead letters",
         oldest_queued_seconds: "oldest queued",
+        lanes: "by lane: waiting / in flight",
       },
     },
     jobs: { title: "Jobs", fields: { queued: "queued", running: "running" } },
@@ -447,6 +448,10 @@
       return Array.isArray(value) ? (value.length ? value.map(duration).join(", ") : "—") : duration(value);
     }
     if (Array.isArray(value)) return value.length ? value.map((v) => formatValue("", v)).join(", ") : "—";
+    if (name === "lanes" && typeof value === "object") {
+      // The priority lanes' queues, highest first: "high 1/0 · normal 4/1 · low 2/0".
+      return Object.entries(value).map(([lane, d]) => `${lane} ${d.messages}/${d.in_flight}`).join(" · ");
+    }
     if (typeof value === "object") {
       const parts = Object.entries(value).map(([k, v]) => `${words(k)} ${formatValue(k, v)}`);
       return parts.length ? parts.join(", ") : "none";
