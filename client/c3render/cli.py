@@ -521,7 +521,7 @@ def batch(ctx: typer.Context,
     why it was refused. Exit 2 when a line was refused; with --wait, 1 when a job did not succeed."""
     numbered = read_items(file)
     lines, items = [n for n, _ in numbered], [item for _, item in numbered]
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         answers: list[BatchSubmitted] = []
         for start in range(0, len(items), BATCH_SIZE):
             answers.append(client.submit_batch(items[start:start + BATCH_SIZE], priority=priority,
