@@ -16,6 +16,7 @@ from chalicelib.jobs.queries import JobQueries
 from chalicelib.jobs.results import ResultStore
 from chalicelib.jobs.stats import Stats
 from chalicelib.jobs.store import JobStore
+from chalicelib.jobs.usage import UsageBook
 from chalicelib.platform import aws
 from chalicelib.platform.queue import JobQueue, Queue
 from chalicelib.platform.settings import Settings, get_settings
@@ -46,6 +47,10 @@ class Context:
     @cached_property
     def stats(self) -> Stats:
         return Stats(self.dynamodb, self.settings.stats_table, self.clock)
+
+    @cached_property
+    def usage(self) -> UsageBook:
+        return UsageBook(self.dynamodb, self.settings.jobs_table, self.clock)
 
     @cached_property
     def jobs_queue(self) -> JobQueue:

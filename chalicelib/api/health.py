@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from chalicelib.fleet.beacons import BEAT_EVERY, WorkerBeacons
+from chalicelib.fleet.books import FleetBooks, live_idle, rental_billed
 from chalicelib.fleet.registry import RUNNING, GpuRecord, GpuRegistry
 from chalicelib.jobs.lanes import LaneQueues, total
 from chalicelib.jobs.models import JobStatus
@@ -19,7 +20,8 @@ ALIVE_SECONDS = 3 * BEAT_EVERY  # a worker silent longer is not counted alive
 
 class HealthReport:
     def __init__(self, lanes: LaneQueues, dlq: Queue, store: JobStore, queries: JobQueries,
-                 registry: GpuRegistry, beacons: WorkerBeacons, clock: Callable[[], float]):
+                 registry: GpuRegistry, beacons: WorkerBeacons, clock: Callable[[], float],
+                 price: Callable[[str], float | None] = lambda _: None):
         self.lanes = lanes
         self.dlq = dlq
         self.store = store
@@ -27,6 +29,8 @@ class HealthReport:
         self.registry = registry
         self.beacons = beacons
         self.clock = clock
+        self.price = price
+        self.books = FleetBooks(registry.dynamodb, registry.table, clock)
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
@@ -58,8 +62,29 @@ class HealthReport:
                      "fleet": [{"slot": g.id, "state": g.state, "busy": g.busy, "ahead": g.ahead,
                                 "billed_seconds": round(_rented(g, now), 1),
                                 "idle_seconds": _idle(g, now) if g.idle else None}
-                               for g in sorted(gpus, key=lambda g: g.id)]},
+                               for g in sorted(gpus, key=lambda g: g.id)],
+                     "fleets": self._fleets(gpus, now)},
         }
+
+    def _fleets(self, gpus: list[GpuRecord], now: float) -> dict[str, Any]:
+        """Per instance type, since the books began: seconds billed (stopped instances, and the
+        running ones so far), the part no job was charged (idle), and its price."""
+        fleets = {name: {"billed_seconds": book["billed_seconds"], "idle_seconds": book["idle_seconds"],
+                         "stopped": int(book["instances"]), "running": 0}
+                  for name, book in self.books.closed().items()}
+        for g in gpus:
+            if g.state == RUNNING and g.launched_at and g.workload:
+                fleet = fleets.setdefault(g.type, {"billed_seconds": 0.0, "idle_seconds": 0.0, "stopped": 0,
+                                                   "running": 0})
+                fleet["running"] += 1
+                fleet["billed_seconds"] += rental_billed(g, now)
+                fleet["idle_seconds"] += live_idle(g, now)
+        for name, fleet in fleets.items():
+            fleet["billed_seconds"] = round(fleet["billed_seconds"], 3)
+            fleet["idle_seconds"] = round(fleet["idle_seconds"], 3)
+            price = self.price(name)
+            fleet["idle_usd"] = None if price is None else round(fleet["idle_seconds"] * price / 3600, 6)
+        return fleets
 
 
 def _rented(record: GpuRecord, now: float) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from chalicelib.jobs.batches import MAX_ITEMS, BatchRequest
-from chalicelib.jobs.models import PHASES, REQUEST_MODELS, StatusUpdate
+from chalicelib.jobs.models import PHASES, REQUEST_MODELS, RedeliverRequest, StatusUpdate
 from chalicelib.jobs.queries import CURSOR_PATTERN
 
 _ERROR = {
@@ -71,7 +71,7 @@ UI_PATHS = {
 
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
-    models = [(m, "validation") for m in (*REQUEST_MODELS.values(), StatusUpdate, BatchRequest)]
+    models = [(m, "validation") for m in (*REQUEST_MODELS.values(), StatusUpdate, BatchRequest, RedeliverRequest)]
     _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))
     schemas["Error"] = _ERROR
@@ -109,6 +109,7 @@ def openapi_document() -> dict[str, Any]:
                          "description": "the node's progress while rendering, where the node reports it"},
             "webhook": _ref("WebhookState"),
             "start_webhook": _ref("WebhookState"),
+            "cost": _ref("Cost"),
             "params": {"type": "object", "description": "the job's parameters as submitted, defaults "
                                                         "filled in (GET /status only, not GET /jobs)"},
             "tenant": {"type": "string", "description": "operator keys only: the job's owner, the first 12 "
@@ -130,6 +131,54 @@ def openapi_document() -> dict[str, Any]:
         "properties": {"id": {"type": "string", "format": "uuid"}, "status": {"const": "queued"},
                        "retry_of": {"type": "string", "format": "uuid"}},
     }
+    schemas["Cost"] = {
+        "type": "object", "description": "A finished job's receipt (README, \"What a job cost\")",
+        "required": ["queued_seconds", "cold_start", "cold_start_seconds", "gpu_seconds", "billed_gpu_seconds",
+                     "instance_type", "usd"],
+        "properties": {
+            "queued_seconds": {"type": "number", "description": "from submission to the first start"},
+            "cold_start": {"type": "boolean", "description": "it waited for a GPU launch to boot"},
+            "cold_start_seconds": {"type": "number", "description": "how long it waited for that launch and boot"},
+            "gpu_seconds": {"type": "number", "description": "its own work on the instance"},
+            "billed_gpu_seconds": {"type": "number", "description": "its work plus the boot of the launch it caused"},
+            "instance_type": {"type": ["string", "null"], "description": "null: it used no GPU"},
+            "usd": {"type": ["number", "null"], "description": "billed_gpu_seconds at GPU_PRICE_PER_HOUR "
+                                                                "(null when no price is configured)"},
+        },
+    }
+    schemas["UsageLine"] = {"type": "object", "required": ["day", "type", "jobs", "gpu_seconds",
+                                                           "billed_gpu_seconds", "usd"],
+                            "properties": {"day": {"type": "string", "format": "date"}, "type": {"type": "string"},
+                                           "jobs": {"type": "integer"}, "gpu_seconds": {"type": "number"},
+                                           "billed_gpu_seconds": {"type": "number"}, "usd": {"type": "number"}}}
+    schemas["Usage"] = {"type": "object", "required": ["from", "to", "usage", "total"], "properties": {
+        "from": {"type": "string", "format": "date"}, "to": {"type": "string", "format": "date"},
+        "next_from": {"type": "string", "format": "date", "description": "the range goes on: ask again from here"},
+        "usage": {"type": "array", "items": _ref("UsageLine")},
+        "total": {"type": "object", "properties": {"jobs": {"type": "integer"}, "gpu_seconds": {"type": "number"},
+                                                   "billed_gpu_seconds": {"type": "number"},
+                                                   "usd": {"type": "number"}}}}}
+    schemas["DeliveryAttempt"] = {
+        "type": "object", "required": ["at", "event", "attempt", "webhook_id", "seconds", "outcome"],
+        "properties": {
+            "at": {"type": "string", "format": "date-time", "description": "when the answer (or error) came"},
+            "event": {"enum": ["start", "completed"]},
+            "attempt": {"type": "integer", "minimum": 1, "description": "the hook's attempt number, across redeliveries"},
+            "webhook_id": {"type": "string", "description": "the webhook-id header sent (the same for every "
+                                                            "attempt of one event)"},
+            "seconds": {"type": "number", "description": "latency: from the request to its answer or error"},
+            "status": {"type": "integer", "description": "the receiver's HTTP status"},
+            "error": {"type": "string", "description": "the error class when no HTTP answer came (e.g. ReadTimeout)"},
+            "outcome": {"enum": ["delivered", "retrying", "failed", "gone"]},
+            "next_attempt_at": {"type": "string", "format": "date-time", "description": "when retrying"},
+        },
+    }
+    schemas["DeliveryList"] = {"type": "object", "required": ["id", "deliveries"], "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "deliveries": {"type": "array", "items": _ref("DeliveryAttempt")}}}
+    schemas["Redelivery"] = {"type": "object", "required": ["id", "event", "status", "webhook_id"], "properties": {
+        "id": {"type": "string", "format": "uuid"}, "event": {"enum": ["start", "completed"]},
+        "status": {"const": "pending"}, "webhook_id": {"type": "string"}}}
     schemas["Health"] = {"type": "object", "required": ["status", "queue", "jobs", "workers", "gpus"],
                          "properties": {"status": {"const": "ok"}, "queue": {"type": "object"},
                                         "jobs": {"type": "object"}, "workers": {"type": "object"},
@@ -221,6 +270,23 @@ def openapi_document() -> dict[str, Any]:
                                       "parameters": [job_id], "responses": {
                                           "200": _json(_ref("Retried"), "The new job"),
                                           **_errors(400, 401, 404, 409, 415, 429)}}},
+        "/usage": {"get": {"summary": "The key's jobs, GPU seconds and USD by day (UTC) and job type", "parameters": [
+            {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"},
+             "description": "first day, YYYY-MM-DD (default: 29 days before to)"},
+            {"name": "to", "in": "query", "schema": {"type": "string", "format": "date"},
+             "description": "last day, YYYY-MM-DD (default: today); a from after it is an empty range. "
+                            "One answer covers 366 days; next_from continues"}],
+            "responses": {"200": _json(_ref("Usage"), "The key's usage"), **_errors(400, 401)}}},
+        "/jobs/{id}/deliveries": {"get": {"summary": "Every webhook attempt of the job, oldest first",
+                                          "operationId": "getDeliveries", "parameters": [job_id], "responses": {
+                                              "200": _json(_ref("DeliveryList"), "The job's delivery log"),
+                                              **_errors(400, 401, 404)}}},
+        "/jobs/{id}/redeliver": {"post": {
+            "summary": "Queue one more delivery of a final job's webhook (same webhook-id)",
+            "operationId": "redeliver", "parameters": [job_id],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("RedeliverRequest")}}},
+            "responses": {"202": _json(_ref("Redelivery"), "The delivery is queued"),
+                          **_errors(400, 401, 404, 409, 413, 415, 422)}}},
         "/results/{id}": {"get": {"summary": "A durable result link: 302 to a fresh presigned URL",
                                   **open_route, "parameters": [
                                       job_id, {"name": "expires", "in": "query", "required": True,

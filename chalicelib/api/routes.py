@@ -84,7 +84,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     batches = BatchService(service, batch_store, ctx.outbox, ctx.clock, settings.outbox_grace,
                            settings.job_ttl_days)
     health_report = HealthReport(ctx.lanes, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
-                                 ctx.beacons, ctx.clock)
+                                 ctx.beacons, ctx.clock, settings.price_per_hour)
     keys, operator_keys = settings.api_key_list, settings.operator_key_list
     if not keys:
         log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
@@ -256,6 +256,23 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         job = service.retry(job_id, who.scope, header("Idempotency-Key"))
         return {"id": job.id, "status": job.status.value, "retry_of": job.retry_of}
 
+    @app.route("/jobs/{job_id}/deliveries")
+    @handled
+    def job_deliveries(job_id: str) -> dict[str, Any]:
+        return service.deliveries(job_id, owner())
+
+    @app.route("/jobs/{job_id}/redeliver", methods=["POST"], content_types=JSON_TYPES)
+    @handled
+    def redeliver(job_id: str) -> Response:
+        who = owner()
+        raw = app.current_request.raw_body or b""
+        return _json_response(service.redeliver(job_id, who, body() if raw.strip() else None), 202)
+
+    @app.route("/usage")
+    @handled
+    def usage() -> dict[str, Any]:
+        return ctx.usage.report(owner(), dict(app.current_request.query_params or {}))
+
     @app.route("/health")
     @handled
     def service_health() -> dict[str, Any]:
@@ -285,7 +302,8 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     )
     batch_hooks = BatchHooks(batch_store, ctx.outbox, webhooks, ctx.clock, settings.outbox_grace)
     delivery = DeliveryHandler(ctx.store, ctx.outbox, events, webhooks, ctx.results, ctx.clock,
-                               settings.outbox_grace, ctx.links, batches, batch_hooks)
+                               settings.outbox_grace, ctx.links, batches, batch_hooks,
+                               schedule=settings.retry_schedule, usage=ctx.usage)
     reconciler = Reconciler(ctx.store, ctx.outbox, ctx.clock, settings.outbox_grace,
                             settings.outbox_max_backoff, handlers={BATCH: batches.resume})
 

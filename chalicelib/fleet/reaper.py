@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from chalicelib.fleet.books import FleetBooks, refund_of, rental_billed
 from chalicelib.fleet.comput3 import Comput3Client, Comput3Error, WorkloadNotFound
 from chalicelib.fleet.meter import meter_pass, meter_stopped, meter_unrecorded
 from chalicelib.fleet.pool import Demand, demand_reader, idle_to_stop, read_demand
@@ -46,6 +47,7 @@ class Reaper:
         self.clock = clock
         self.log = log
         self.live_ids = live_ids  # records this worker is using right now (never reaped)
+        self.books = FleetBooks(registry.dynamodb, registry.table, clock)
 
     # -- stopping one record ----------------------------------------------------
     def claim(self, record: GpuRecord, reason: str) -> GpuRecord | None:
@@ -63,16 +65,22 @@ class Reaper:
         ``stopping`` under us and the next reap pass (ours or, once we are silent, anyone's)
         tries again."""
         unrecorded: list[str] = []
+        refund = None
         try:
             if record.workload:
                 try:
-                    self.client.stop(record.workload)
+                    refund = refund_of(self.client.stop(record.workload))
                 except WorkloadNotFound:
                     self.log.info("gpu.already_gone", workload=record.workload,
                                   reason="Comput3 no longer knows the workload (stopped or expired)")
             else:
                 unrecorded = self.sweep(record.expires, exclude_id=record.id, since=record.created_at)
-            meter_stopped(self.registry.delete(record), self.clock())
+            deleted = self.registry.delete(record)
+            now = self.clock()
+            meter_stopped(deleted, now)
+            if deleted.workload is not None:
+                billed = rental_billed(deleted, now, refund)
+                self._book(deleted.type, billed, billed - deleted.charged, workload=deleted.workload, refund=refund)
         except RecordLost as exc:
             self.log.info("gpu.stop_handed_over", record=record.id, reason=str(exc))
             return False
@@ -88,6 +96,15 @@ class Reaper:
                       rented_seconds=round(self.clock() - (record.launched_at or record.created_at), 1),
                       reason=record.reason)
         return True
+
+    def _book(self, fleet: str, billed: float, idle: float, **meta: object) -> None:
+        """Close an instance's rental in the fleet's books; a failure is logged (the metrics
+        still carry it), never a reason to keep a stopped instance's record."""
+        try:
+            self.books.close(fleet, billed, idle, **meta)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must not undo a stop
+            self.log.error("gpu.books_failed", fleet=fleet, billed=round(billed, 3), idle=round(idle, 3),
+                           reason=f"{type(exc).__name__}: {exc}; /health's idle figure misses this instance")
 
     def stop(self, record: GpuRecord, reason: str) -> bool:
         claimed = self.claim(record, reason)
@@ -172,6 +189,8 @@ class Reaper:
                              reason="running at Comput3 but never recorded: its launch outlived the launcher")
             if since is not None:  # no record ever metered it: bill it from the launch's intent
                 meter_unrecorded(w.workload, since, self.clock())
+                billed = max(0.0, self.clock() - since)
+                self._book(w.type or "unknown", billed, billed, workload=w.workload, unrecorded=True)
             stopped.append(w.workload)
         return stopped
 

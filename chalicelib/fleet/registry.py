@@ -58,6 +58,7 @@ class GpuRecord:
     serial: str = ""  # unique per record, while its id (the slot) is reused
     ahead: bool = False  # launched by the pool ahead of the queue; no job has taken it yet
     metered_at: float | None = None  # billed time up to here is counted in GpuBilledSeconds
+    charged: float = 0.0  # seconds of its rental charged to jobs (chalicelib/fleet/books.py)
 
     @property
     def slot(self) -> int | None:
@@ -97,6 +98,7 @@ class SlotTaken(Exception):
 class GpuRegistry:
     def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float]):
         self._ddb = dynamodb
+        self.dynamodb = dynamodb
         self.table = table
         self._clock = clock
 

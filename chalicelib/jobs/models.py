@@ -251,13 +251,22 @@ class StatusUpdate(BaseModel):
     )
 
 
+class RedeliverRequest(BaseModel):
+    """Body of POST /jobs/{id}/redeliver (optional: the final webhook by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["completed", "start"] = Field(
+        "completed", description="completed: the final webhook; start: the start webhook")
+
+
 # Every name a bad-input error may blame: the request models' fields plus the headers,
 # query parameters and intake fields the API checks. The BadInputRejections metric's
 # "field" dimension keeps to these (anything else counts as "other").
 KNOWN_FIELDS: frozenset[str] = frozenset(
-    {name for model in (*REQUEST_MODELS.values(), StatusUpdate) for name in model.model_fields}
+    {name for model in (*REQUEST_MODELS.values(), StatusUpdate, RedeliverRequest) for name in model.model_fields}
     | {"body", "params", "id", "type", "status", "limit", "cursor", "token", "method", "Content-Type",
-       "Prefer", "Idempotency-Key", "X-C3-RENDER-KEY", "idempotency_key", "reply_to"}
+       "Prefer", "Idempotency-Key", "X-C3-RENDER-KEY", "idempotency_key", "reply_to", "from", "to"}
 )
 
 

@@ -62,6 +62,12 @@ class Job:
     start_webhook_attempts: int = 0
     start_webhook_error: str | None = None
     start_webhook_lease: float | None = None
+    # Every webhook attempt, oldest first (chalicelib/delivery/deliveries.py; GET /jobs/{id}/deliveries),
+    # and, per hook, the attempts made before the current round (a redelivery starts a round).
+    deliveries: list[dict[str, Any]] | None = None
+    webhook_base: int | None = None
+    start_webhook_base: int | None = None
+    webhook_gone_at: float | None = None  # the receiver answered 410 Gone: no more attempts
     # Where the job is (worker_runtime/phases.py): the current phase of the running job,
     # when each phase was entered (epoch seconds) and the node's progress (0-1).
     phase: str | None = None
@@ -71,6 +77,9 @@ class Job:
     counted_at: float | None = None  # when the JobsFinished metric counted it (chalicelib/platform/metrics.py)
     inflight_owner: str | None = None  # the owner while queued or running (the per-key cap's index)
     retry_of: str | None = None
+    # What the job's GPU use cost, written with its final state by the worker (worker_runtime/
+    # worker.py): instance_type, gpu_seconds, launch_seconds, cold_start(_seconds), usd, price_per_hour.
+    cost: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -121,6 +130,8 @@ class Job:
             view["batch_id"] = self.batch_id
         if self.retry_of:
             view["retry_of"] = self.retry_of
+        if self.status.is_terminal:
+            view["cost"] = self.cost_view()
         view.update(self._where())
         for hook in HOOKS:
             state = getattr(self, hook)
@@ -130,6 +141,35 @@ class Job:
                     shown["last_error"] = getattr(self, f"{hook}_error")
                 view[hook] = shown
         return {k: v for k, v in view.items() if v is not None}
+
+    def cost_view(self) -> dict[str, Any]:
+        """A finished job's receipt (README, "What a job cost"): seconds queued, the cold start
+        it waited for, its own GPU seconds, the GPU seconds billed to it (its work plus the boot
+        of the launch it caused) and their price. A job that used no GPU costs nothing."""
+        cost = self.cost or {}
+        left_queue = self.first_started_at if self.first_started_at is not None else self.finished_at
+        work, launch = float(cost.get("gpu_seconds", 0.0)), float(cost.get("launch_seconds", 0.0))
+        instance_type = cost.get("instance_type")
+        return {
+            "queued_seconds": round(max(0.0, (left_queue or self.created_at) - self.created_at), 3),
+            "cold_start": bool(cost.get("cold_start", False)),
+            "cold_start_seconds": round(float(cost.get("cold_start_seconds", 0.0)), 3),
+            "gpu_seconds": round(work, 3),
+            "billed_gpu_seconds": round(work + launch, 3),
+            "instance_type": instance_type,
+            "usd": cost.get("usd") if instance_type else 0.0,
+        }
+
+    def deliveries_view(self) -> list[dict[str, Any]]:
+        """``GET /jobs/{id}/deliveries``: every webhook attempt, oldest first."""
+        out = []
+        for entry in self.deliveries or []:
+            shown = dict(entry)
+            shown["at"] = iso(entry.get("at"))
+            if entry.get("next_attempt_at") is not None:
+                shown["next_attempt_at"] = iso(entry["next_attempt_at"])
+            out.append(shown)
+        return out
 
     def _where(self) -> dict[str, Any]:
         """``phase``, ``phases`` and ``progress``: queued, then what the worker reported
@@ -146,6 +186,12 @@ class Job:
         elif "pending" in (self.webhook, self.start_webhook):
             where["phase"] = "delivering"
         return where
+
+
+def webhook_id(payload: dict[str, Any]) -> str:
+    """The ``webhook-id`` of a webhook payload (``id`` and ``status``): the same across
+    attempts and redeliveries of one event, so a receiver can deduplicate."""
+    return f"msg_{payload['id']}_{payload['status']}"
 
 
 # The webhooks a job may owe (chalicelib/delivery/deliveries.py): each has <name>, <name>_attempts,

@@ -11,12 +11,13 @@ import uuid
 from typing import Any, Callable, NamedTuple
 
 from chalicelib.jobs.links import ResultLinks
-from chalicelib.jobs.models import CLIENT_STATES, JobStatus, JobType, StatusUpdate, parse_job_request, parse_model
+from chalicelib.jobs.models import (CLIENT_STATES, JobStatus, JobType, RedeliverRequest, StatusUpdate,
+                                    parse_job_request, parse_model)
 from chalicelib.jobs.outbox import Outbox
 from chalicelib.jobs.queries import JobQueries
-from chalicelib.jobs.record import Job
+from chalicelib.jobs.record import Job, webhook_id
 from chalicelib.jobs.results import ResultStore, result_fields
-from chalicelib.jobs.store import DISPATCH, JobExists, JobStore, TransitionConflict
+from chalicelib.jobs.store import DISPATCH, NOTIFY, JobExists, JobStore, TransitionConflict
 from chalicelib.platform.auth import tenant_label
 from chalicelib.platform.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from chalicelib.platform.logs import get_logger
@@ -212,6 +213,43 @@ class JobService:
         log.info("job.retried", job_id=job.id, retry_of=old.id)
         return job
 
+    def deliveries(self, job_id: str, owner: str | None) -> dict[str, Any]:
+        """``GET /jobs/{id}/deliveries``: each webhook attempt of the key's job."""
+        job = self.get(job_id, owner)
+        return {"id": job.id, "deliveries": job.deliveries_view()}
+
+    def redeliver(self, job_id: str, owner: str | None, body: Any) -> dict[str, Any]:
+        """Queue one more delivery of a final job's webhook (``event``: completed or start),
+        with the same webhook-id, through the outbox like the first one."""
+        request: RedeliverRequest = parse_model(RedeliverRequest, body if body is not None else {})
+        job = self.get(job_id, owner)
+        hook = "webhook" if request.event == "completed" else "start_webhook"
+        if not job.status.is_terminal:
+            raise Conflict(f"Job {job.id} is {job.status.value}: only a final job's webhooks can be redelivered",
+                           status=job.status.value)
+        if not job.notify_url:
+            raise Conflict(f"Job {job.id} has no notify_url: it has no webhooks to redeliver",
+                           [{"field": "notify_url", "message": "the job was submitted without one"}])
+        if request.event == "start" and job.start_webhook is None:
+            raise Conflict(f"Job {job.id} never owed a start webhook (\"start\" was not in its webhook_events_filter)",
+                           [{"field": "event", "message": "this job has no start webhook"}])
+        if len(job.deliveries or []) >= MAX_LOGGED_DELIVERIES:
+            raise Conflict(f"Job {job.id} has {MAX_LOGGED_DELIVERIES} recorded delivery attempts, the most kept "
+                           "for one job", [{"field": "event", "message": "no more redeliveries of this job"}])
+        try:
+            job = self.store.redeliver(job.id, owner, hook)
+        except TransitionConflict as exc:
+            if exc.current is None or (owner is not None and exc.current.owner != owner):
+                raise NotFound(f"Job {job_id} not found") from None
+            raise Conflict(f"A delivery of job {job.id}'s {request.event} webhook is already in progress",
+                           [{"field": "event", "message": "wait until it is delivered or failed"}],
+                           status=exc.current.status.value) from None
+        self.outbox.try_send(NOTIFY, job)
+        log.info("job.redelivery", job_id=job.id, hook=request.event, attempts_so_far=getattr(job, f"{hook}_attempts"))
+        return {"id": job.id, "event": request.event, "status": "pending",
+                "webhook_id": webhook_id({"id": job.id,
+                                          "status": "running" if hook == "start_webhook" else job.status.value})}
+
     def get(self, job_id: str, owner: str | None) -> Job:
         """The job, if ``owner``'s (any tenant's when None: an operator)."""
         job = self.store.get(parse_job_id(job_id))
@@ -270,6 +308,8 @@ class JobService:
         return result_fields(job, self.results, links, base_url)
 
 
+# Each attempt is kept on the job record (400 KB at most): redeliveries stop at this many.
+MAX_LOGGED_DELIVERIES = 200
 RETRYABLE = (JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED)
 
 

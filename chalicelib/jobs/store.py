@@ -225,6 +225,17 @@ class JobStore:
         self._owe(expr, NOTIFY, now + self.outbox_grace)
         return self._update(job_id, JobStatus.FAILED, expr)
 
+    def add_cost(self, job_id: str, cost: dict[str, Any]) -> Job | None:
+        """Put ``cost`` on a job that became final without it (the client cancelled it while
+        a worker ran it: the worker's own final write lost). None if it has one, or is gone."""
+        expr = Expr()
+        status = expr.name("status")
+        expr.conditions.append(f"attribute_not_exists({expr.name('cost')})")
+        expr.conditions.append(" OR ".join(
+            f"{status} = {expr.value('final_' + s.value, s.value)}" for s in JobStatus if s.is_terminal))
+        expr.set("cost", cost)
+        return self._try_update(job_id, expr)
+
     def count_finished(self, job_id: str) -> bool:
         """Count a final job in the JobsFinished metric (and its run time, attempts and
         phases), once: a conditional mark first, then the metric lines. Called on the
@@ -308,18 +319,21 @@ class JobStore:
         return decode_item(resp["Attributes"])
 
     def settle(self, job_id: str, fields: dict[str, Any], *, done: bool, next_at: float | None = None,
-               remove: Iterable[str] = (), lease: tuple[str, float] | None = None) -> Job | None:
+               remove: Iterable[str] = (), lease: tuple[str, float] | None = None,
+               attempt: dict[str, Any] | None = None) -> Job | None:
         """Record a notification step of a final job: ``done`` takes it out of the
-        outbox, otherwise it is due again at ``next_at``. With ``lease`` (the hook's
-        attribute and the lease the deliverer took), only while that lease is still the
-        hook's: a deliverer whose lease was taken over records nothing. None if the job
-        is gone or the lease is not its own."""
+        outbox, otherwise it is due again at ``next_at``; ``attempt`` is appended to the
+        job's delivery log. With ``lease`` (the hook's attribute and the lease the
+        deliverer took), only while that lease is still the hook's: a deliverer whose
+        lease was taken over records nothing. None if the job is gone or the lease is not
+        its own."""
         expr = Expr()
         expr.conditions.append(f"{expr.name('outbox')} = {expr.value('kind', NOTIFY)}")
         self._held(expr, lease)
         for attr, value in fields.items():
             expr.set(attr, value)
         expr.removes.extend(remove)
+        self._log_attempt(expr, attempt)
         if done:
             expr.removes.extend(["outbox", "outbox_at"])
         elif next_at is not None:
@@ -327,7 +341,7 @@ class JobStore:
         return self._try_update(job_id, expr)
 
     def record_hook(self, job_id: str, fields: dict[str, Any], remove: Iterable[str] = (),
-                    lease: tuple[str, float] | None = None) -> Job | None:
+                    lease: tuple[str, float] | None = None, attempt: dict[str, Any] | None = None) -> Job | None:
         """Record a step of a webhook owed outside the outbox (the start webhook of a job
         that may still be running); ``lease`` as for ``settle``. None if the job is gone."""
         expr = Expr()
@@ -336,6 +350,7 @@ class JobStore:
         for attr, value in fields.items():
             expr.set(attr, value)
         expr.removes.extend(remove)
+        self._log_attempt(expr, attempt)
         return self._try_update(job_id, expr)
 
     @staticmethod
@@ -343,6 +358,33 @@ class JobStore:
         if lease is not None:
             hook, until = lease
             expr.conditions.append(f"{expr.name(f'{hook}_lease')} = {expr.value('held_lease', until)}")
+
+    @staticmethod
+    def _log_attempt(expr: Expr, attempt: dict[str, Any] | None) -> None:
+        if attempt is not None:
+            log = expr.name("deliveries")
+            expr.sets.append(f"{log} = list_append(if_not_exists({log}, {expr.value('no_log', [])}), "
+                             f"{expr.value('attempt_log', [attempt])})")
+
+    def redeliver(self, job_id: str, owner: str, hook: str) -> Job:
+        """Owe ``hook`` ("webhook" or "start_webhook") of a final job once more: pending
+        again with a fresh round of attempts (``<hook>_base``: the attempts before it), and
+        the job back in the outbox as "notify", so the delivery takes the same durable path
+        as the first one. TransitionConflict (with the record) when the job is not final,
+        not ``owner``'s, or that hook is pending already."""
+        now = self._clock()
+        expr = Expr()
+        status, state = expr.name("status"), expr.name(hook)
+        expr.conditions.append(" OR ".join(
+            f"{status} = {expr.value('final_' + s.value, s.value)}" for s in JobStatus if s.is_terminal))
+        expr.conditions.append(f"{expr.name('owner')} = {expr.value('owner', owner)}")
+        expr.conditions.append(f"attribute_not_exists({state}) OR {state} <> {expr.value('pending', 'pending')}")
+        expr.set(hook, "pending")
+        attempts = expr.name(f"{hook}_attempts")
+        expr.sets.append(f"{expr.name(f'{hook}_base')} = if_not_exists({attempts}, {expr.value('zero', 0)})")
+        self._owe(expr, NOTIFY, now + self.outbox_grace)
+        expr.removes.extend([f"{hook}_lease", f"{hook}_error", "webhook_gone_at"])
+        return self._update(job_id, JobStatus.SUCCESS, expr)
 
     def take_webhook_lease(self, job_id: str, hold: float, hook: str = "webhook") -> Job | None:
         """Claim the next attempt of a webhook (``hook``: "webhook", the final one, or

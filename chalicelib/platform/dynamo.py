@@ -17,6 +17,8 @@ def _decimals(value: Any) -> Any:
         return Decimal(repr(value))
     if isinstance(value, dict):
         return {k: _decimals(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decimals(v) for v in value]
     return value
 
 
@@ -29,6 +31,8 @@ def _numbers(value: Any) -> Any:
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
         return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
     return value
 
 

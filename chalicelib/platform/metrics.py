@@ -55,6 +55,11 @@ CATALOG: dict[str, tuple[MetricUnit, list[list[str]]]] = {
     "GpuLaunchFailures": (COUNT, [[]]),
     "GpuBilledSeconds": (SECONDS, [[]]),
     "GpuIdleSeconds": (SECONDS, [[]]),
+    # Per instance type (chalicelib/fleet/books.py): a stopped instance's billed seconds and the
+    # part no job was charged; the jobs' billed seconds as they finish. Billed = jobs + idle.
+    "FleetBilledSeconds": (SECONDS, [["fleet"]]),
+    "FleetIdleSeconds": (SECONDS, [["fleet"]]),
+    "JobBilledGpuSeconds": (SECONDS, [["fleet"]]),
     "BadInputRejections": (COUNT, [[], ["field"]]),
     "WorkerHeartbeats": (COUNT, [[]]),
 }
@@ -111,6 +116,14 @@ class Metrics:
         if idle > 0:
             values["GpuIdleSeconds"] = idle
         self.put(values, **meta)
+
+    def fleet_closed(self, fleet: str, billed: float, idle: float, **meta: Any) -> None:
+        """An instance stopped: its rental's billed seconds and the part no job was charged."""
+        self.put({"FleetBilledSeconds": billed, "FleetIdleSeconds": idle}, split={"fleet": fleet}, **meta)
+
+    def job_billed(self, fleet: str, seconds: float, job_id: str) -> None:
+        """A finished job's billed GPU seconds on an instance of type ``fleet``."""
+        self.put({"JobBilledGpuSeconds": seconds}, split={"fleet": fleet}, job_id=job_id)
 
     def bad_input(self, fields: Iterable[str], source: str, known: Iterable[str] = ()) -> None:
         """A request refused for bad input, once per field it names. A field outside

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chalicelib.platform.retry_schedule import RetrySchedule
 
 
 class EgressSettings(BaseSettings):
@@ -66,6 +68,16 @@ class Settings(EgressSettings):
     webhook_interval: float = Field(5.0, ge=0, validation_alias="WEBHOOK_INTERVAL")
     webhook_timeout: float = Field(10.0, gt=0, validation_alias="WEBHOOK_TIMEOUT")
     webhook_secret: str | None = Field(None, validation_alias="WEBHOOK_SECRET")
+    # When a refused webhook is tried again (chalicelib/platform/retry_schedule.py): "seed"
+    # (WEBHOOK_ATTEMPTS attempts WEBHOOK_INTERVAL apart), "standard" (Standard Webhooks'
+    # schedule, over about three days) or comma-separated delays in seconds.
+    webhook_schedule: str = Field("seed", validation_alias="WEBHOOK_SCHEDULE")
+
+    @field_validator("webhook_schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        RetrySchedule.parse(value, 2, 1.0)  # raises naming the rule
+        return value
 
     # The outbox: how long a job may sit queued with no message taken, or running
     # past its lease, or finished with its notification undelivered, before the
@@ -88,7 +100,27 @@ class Settings(EgressSettings):
     # template sets 100 (one small indexed count per submission there; moto scans for it).
     max_in_flight_per_key: int = Field(0, ge=0, validation_alias="MAX_IN_FLIGHT_PER_KEY")
 
+    # What a GPU hour costs, in USD, per instance type: "1.2" (every type) or
+    # "media:fast=1.2,media:slow=2.5" (a bare number is the default for the others). The
+    # Comput3 launch answer carries no price; empty: costs are shown in seconds, usd null.
+    gpu_price_per_hour: str = Field("", validation_alias="GPU_PRICE_PER_HOUR")
+
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+
+    @field_validator("gpu_price_per_hour")
+    @classmethod
+    def _readable_prices(cls, value: str) -> str:
+        parse_prices(value)  # raises naming the rule
+        return value
+
+    def price_per_hour(self, instance_type: str | None) -> float | None:
+        """USD per hour of ``instance_type`` (GPU_PRICE_PER_HOUR), None when not configured."""
+        prices = parse_prices(self.gpu_price_per_hour)
+        return prices.get(instance_type or "", prices.get(""))
+
+    @property
+    def retry_schedule(self) -> RetrySchedule:
+        return RetrySchedule.parse(self.webhook_schedule, self.webhook_attempts, self.webhook_interval)
 
     @property
     def lane_queues(self) -> dict[str, str]:
@@ -107,6 +139,23 @@ class Settings(EgressSettings):
     @property
     def operator_key_list(self) -> list[str]:
         return [k.strip() for k in self.operator_keys.split(",") if k.strip()]
+
+
+def parse_prices(spec: str) -> dict[str, float]:
+    """GPU_PRICE_PER_HOUR as {instance type: USD per hour}; "" is the default type."""
+    prices: dict[str, float] = {}
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        name, _, price = part.rpartition("=")
+        try:
+            value = float(price)
+        except ValueError:
+            raise ValueError(f"GPU_PRICE_PER_HOUR: {part!r} must be a price or TYPE=PRICE (USD per hour)") from None
+        if not 0 <= value < 10_000:
+            raise ValueError(f"GPU_PRICE_PER_HOUR: {part!r} must be a price from 0 to 10000 USD per hour")
+        prices[name.strip()] = value
+    return prices
 
 
 @lru_cache(maxsize=1)

@@ -239,6 +239,8 @@ def finish(client: Client, job: Job, output: Optional[Path], timeout: float, jso
             _print_json(_dump(final))
         else:
             stderr.print(Text(f"job {final.id} {final.status.value}: {error}", style="bold red"))
+            if _cost_line(final):
+                stderr.print(_cost_line(final), highlight=False, markup=False)
         raise typer.Exit(EXIT_FAILED)
     result = client.result(final.id)
     path = client.download(final.id, output) if output else None
@@ -246,6 +248,8 @@ def finish(client: Client, job: Job, output: Optional[Path], timeout: float, jso
         _print_json({**_dump(final), "result": _dump(result), **({"output": str(path)} if path else {})})
         return
     stderr.print(Text(f"job {final.id} {final.status.value}", style="bold green"))
+    if _cost_line(final):
+        stderr.print(_cost_line(final), highlight=False, markup=False)
     if path:
         stdout.print(str(path), highlight=False)
     else:
@@ -429,6 +433,54 @@ def result(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID
                          markup=False)
 
 
+@app.command()
+def deliveries(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
+               json_out: JsonOut = False) -> None:
+    """Every webhook attempt of a job: time, event, HTTP status or error, latency, webhook-id."""
+    with reporting(json_out), ctx.obj.client() as client:
+        log = client.deliveries(job_id)
+        if json_out:
+            _print_json(_dump(log))
+            return
+        if not log.deliveries:
+            stderr.print(f"job {log.id}: no webhook attempts", highlight=False)
+            return
+        table = Table(box=None, pad_edge=False)
+        for name in ("#", "at", "event", "answer", "seconds", "outcome", "webhook-id"):
+            table.add_column(name, no_wrap=True)
+        for d in log.deliveries:
+            answer = f"HTTP {d.status}" if d.status is not None else (d.error or "")
+            outcome = d.outcome + (f" (next {d.next_attempt_at:%H:%M:%S})" if d.next_attempt_at else "")
+            table.add_row(str(d.attempt), d.at.strftime("%m-%d %H:%M:%S"), d.event, answer, f"{d.seconds:.3f}",
+                          outcome, d.webhook_id)
+        stdout.print(table)
+
+
+@app.command()
+def redeliver(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
+              event: Annotated[Optional[str], typer.Option(
+                  help="completed (the final webhook, default) | start.")] = None,
+              json_out: JsonOut = False) -> None:
+    """Send a final job's webhook once more (same webhook-id); see it with `deliveries ID`."""
+    with reporting(json_out), ctx.obj.client() as client:
+        answer = client.redeliver(job_id, event)
+        if json_out:
+            _print_json(_dump(answer))
+        else:
+            stderr.print(f"job {answer.id}: {answer.event} webhook queued again ({answer.webhook_id})",
+                         highlight=False)
+
+
+def _cost_line(job: Job) -> str | None:
+    cost = job.cost
+    if cost is None:
+        return None
+    cold = f", cold start {cost.cold_start_seconds:.1f}s" if cost.cold_start else ""
+    where = f" on {cost.instance_type}" if cost.instance_type else ""
+    return (f"cost: ${cost.usd:.4f} · {cost.billed_gpu_seconds:.1f} GPU s billed ({cost.gpu_seconds:.1f} s work"
+            f"{cold}){where} · queued {cost.queued_seconds:.1f}s")
+
+
 # -- many jobs, the service ------------------------------------------------------------------
 @app.command()
 def jobs(ctx: typer.Context,
@@ -565,6 +617,31 @@ def _follow_batches(client: Client, batch_ids: list[str], timeout: float, live: 
         deadline = time.monotonic() + timeout
         return [client.wait_batch(batch_id, max(1.0, deadline - time.monotonic()), on_update=update)
                 for batch_id in batch_ids]
+
+
+@app.command()
+def usage(ctx: typer.Context,
+          from_: Annotated[Optional[str], typer.Option("--from", help="First day, YYYY-MM-DD (UTC; default: "
+                                                       "29 days before --to).")] = None,
+          to: Annotated[Optional[str], typer.Option(help="Last day, YYYY-MM-DD (default today).")] = None,
+          json_out: JsonOut = False) -> None:
+    """This key's jobs, GPU seconds and USD by day and job type."""
+    with reporting(json_out), ctx.obj.client() as client:
+        report = client.usage(from_, to)
+        if json_out:
+            _print_json(report.model_dump(mode="json", by_alias=True, exclude_none=True))
+            return
+        table = Table(box=None, pad_edge=False)
+        for name in ("day", "type", "jobs", "GPU s", "billed GPU s", "USD"):
+            table.add_column(name, no_wrap=True)
+        for line in report.usage:
+            table.add_row(line.day, line.type, str(line.jobs), f"{line.gpu_seconds:.1f}",
+                          f"{line.billed_gpu_seconds:.1f}", f"{line.usd:.4f}")
+        stdout.print(table)
+        total = report.total
+        stderr.print(f"{report.from_} to {report.to}: {total.get('jobs', 0)} jobs, "
+                     f"{total.get('billed_gpu_seconds', 0):.1f} GPU s billed, ${total.get('usd', 0):.4f}",
+                     highlight=False)
 
 
 @app.command()

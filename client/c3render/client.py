@@ -14,7 +14,8 @@ import httpx
 from . import __version__
 from ._http import RetryPolicy, Retrying, raise_for_status
 from .errors import DownloadFailed, WaitTimeout
-from .models import Batch, BatchSubmitted, Health, Job, JobPage, JobType, Message, Result
+from .models import (Batch, BatchSubmitted, Deliveries, Health, Job, JobPage, JobType, Message, Redelivery,
+                     Result, Usage)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -232,6 +233,18 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
         return Job.model_validate(self._call("POST", _job_path("jobs", job_id, "/retry"), headers=headers).json())
 
+    def deliveries(self, job_id: str) -> Deliveries:
+        """Every webhook attempt of the job, oldest first: time, event, HTTP status or error
+        class, latency and webhook-id."""
+        return Deliveries.model_validate(self._call("GET", _job_path("jobs", job_id, "/deliveries")).json())
+
+    def redeliver(self, job_id: str, event: str | None = None) -> Redelivery:
+        """Queue one more delivery of a final job's webhook (``event``: "completed", the
+        default, or "start"), with the same webhook-id. Conflict while the job is not final."""
+        body = {"event": event} if event else {}
+        return Redelivery.model_validate(self._call("POST", _job_path("jobs", job_id, "/redeliver"),
+                                                    json=body).json())
+
     def result(self, job_id: str) -> Result:
         """A successful job's result; Conflict (with ``job_status``) while it has none."""
         return Result.model_validate(self._call("GET", _job_path("result", job_id)).json())
@@ -286,6 +299,11 @@ class Client:
             if not cursor or cursor in seen:
                 return
             seen.add(cursor)
+
+    def usage(self, from_: str | None = None, to: str | None = None) -> Usage:
+        """This key's jobs, GPU seconds and USD by day (UTC, YYYY-MM-DD) and job type."""
+        params = {"from": from_, "to": to}
+        return Usage.model_validate(self._call("GET", "/usage", params=params).json())
 
     def health(self) -> Health:
         return Health.model_validate(self._call("GET", "/health").json())

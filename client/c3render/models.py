@@ -41,6 +41,18 @@ class WebhookState(_Model):
     last_error: str | None = None
 
 
+class Cost(_Model):
+    """A finished job's cost receipt (``cost`` in its status view)."""
+
+    queued_seconds: float = 0.0
+    cold_start: bool = False
+    cold_start_seconds: float = 0.0
+    gpu_seconds: float = 0.0
+    billed_gpu_seconds: float = 0.0
+    instance_type: str | None = None
+    usd: float = 0.0
+
+
 class Job(_Model):
     """A job's status view (``GET /status/{id}``). A submission without ``wait`` answers
     only ``id`` and ``status``; every other field is then None."""
@@ -64,6 +76,7 @@ class Job(_Model):
     phase: str | None = None
     phases: dict[str, datetime] | None = None
     progress: float | None = Field(None, ge=0, le=1)
+    cost: Cost | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -92,6 +105,52 @@ class Result(_Model):
     @property
     def is_media(self) -> bool:
         return self.result_url is not None or self.result_link is not None
+
+
+class DeliveryAttempt(_Model):
+    """One webhook attempt (``GET /jobs/{id}/deliveries``)."""
+
+    at: datetime
+    event: str
+    attempt: int
+    webhook_id: str
+    seconds: float
+    outcome: str
+    status: int | None = None
+    error: str | None = None
+    next_attempt_at: datetime | None = None
+
+
+class Deliveries(_Model):
+    id: str
+    deliveries: list[DeliveryAttempt] = []
+
+
+class Redelivery(_Model):
+    """``POST /jobs/{id}/redeliver``: the webhook queued again, with its webhook-id."""
+
+    id: str
+    event: str
+    status: str
+    webhook_id: str
+
+
+class UsageLine(_Model):
+    day: str
+    type: str
+    jobs: int = 0
+    gpu_seconds: float = 0.0
+    billed_gpu_seconds: float = 0.0
+    usd: float = 0.0
+
+
+class Usage(_Model):
+    """``GET /usage``: this key's jobs, GPU seconds and USD by day and job type."""
+
+    from_: str = Field(alias="from")
+    to: str
+    usage: list[UsageLine] = []
+    total: dict[str, Any] = {}
 
 
 class Message(_Model):

@@ -36,6 +36,7 @@ class Receiver:
     script: list[int] = field(default_factory=list)  # answered first, one per request
     refuse_ratio: float = 0.0  # this share of the other requests gets a 503
     seed: int | None = None
+    retry_after: str | None = None  # sent as Retry-After with a 429 or 503
     requests: list[Received] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -71,6 +72,8 @@ class Receiver:
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 self.send_response(status)
+                if receiver.retry_after is not None and status in (429, 503):
+                    self.send_header("Retry-After", receiver.retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -260,6 +260,8 @@ def test_the_tts_result_plays(stack, jobs, driver) -> None:
     assert audio.get_attribute("src").startswith("http://127.0.0.1:")  # the presigned URL on the local S3
     assert "Hello from c3-render." in detail.text  # the parameters
     assert [e.text for e in css(driver, "#detail .timeline .phase")][0] == "queued"
+    cost = until(driver, lambda c: css(c, "#detail .cost"))[0].text  # the job's receipt
+    assert "GPU billed" in cost and "Cold start" in cost and "Queued" in cost
     started = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "document.querySelector('#detail audio').play().then(() => done('playing'),"

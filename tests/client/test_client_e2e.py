@@ -245,3 +245,31 @@ def test_cli_messages_and_options_with_the_installed_binary(cli_venv, system):
     lines = run(cli_venv, system, "jobs", "--status", "failed").stdout.splitlines()
     [line] = [line for line in lines if line.startswith(failed["id"])]
     assert line.endswith(failed["error"])
+
+def test_deliveries_redeliver_cost_and_usage_from_the_cli_and_the_sdk(cli_venv, system):
+    receiver = system["receiver"]
+    res = run(cli_venv, system, "analyze", "--image-url", system["inputs"].url("portrait.jpg"), "--notify-url",
+              receiver.url, "--wait")
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert "cost: $" in res.stderr and "GPU s billed" in res.stderr  # the --wait summary
+    job_id = json.loads(run(cli_venv, system, "jobs", "--limit", "1", "--json").stdout)["jobs"][0]["id"]
+    wait_until(lambda: receiver.accepted_for(job_id), timeout=30)
+    with Client(system["api"]) as sdk:
+        wait_until(lambda: sdk.status(job_id).webhook.status == "delivered", timeout=30)
+        res = run(cli_venv, system, "redeliver", job_id)
+        assert res.returncode == 0 and f"msg_{job_id}_success" in res.stderr, (res.stdout, res.stderr)
+        hooks = wait_until(lambda: len(found := receiver.accepted_for(job_id)) == 2 and found, timeout=30)
+        assert {h.headers["webhook-id"] for h in hooks} == {f"msg_{job_id}_success"}
+        log = wait_until(lambda: len((d := sdk.deliveries(job_id)).deliveries) == 2 and d, timeout=30)
+        assert [d.outcome for d in log.deliveries] == ["delivered", "delivered"]
+        job = sdk.status(job_id)
+        assert job.cost is not None and job.cost.billed_gpu_seconds > 0 and job.cost.instance_type
+        assert sdk.usage().total["jobs"] >= 1
+    res = run(cli_venv, system, "deliveries", job_id)
+    assert res.returncode == 0 and res.stdout.count("HTTP 200") == 2 and f"msg_{job_id}_success" in res.stdout
+    res = run(cli_venv, system, "status", job_id)
+    assert "cost" in res.stdout and "billed_gpu_seconds" in res.stdout
+    res = run(cli_venv, system, "usage", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["total"]["jobs"] >= 1
+    res = run(cli_venv, system, "redeliver", "0b6e2f9c-4e8a-4c39-9a43-6f4d6c1d2e11")
+    assert res.returncode == 1 and "HTTP 404" in res.stderr

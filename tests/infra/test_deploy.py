@@ -157,7 +157,7 @@ def test_policy_files_name_only_their_stage():
         "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
         "sqs:GetQueueUrl", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
         "sqs:GetQueueAttributes", "s3:GetObject", "s3:DeleteObject", "ssm:GetParameters",
-        "dynamodb:Query", "s3:ListBucket", "dynamodb:BatchGetItem",
+        "dynamodb:Query", "s3:ListBucket", "dynamodb:BatchGetItem",  # GET /usage's day items
     }
     text = json.dumps(prod)
     assert "c3-render-dev" not in text and "c3-render-prod" in text

@@ -57,6 +57,8 @@ def test_every_line_is_emf_with_the_catalog_units_and_dimension_sets():
     metrics.gpu_launch(True)
     metrics.gpu_launch(False)
     metrics.gpu_billed(60, 20)
+    metrics.fleet_closed("media:fast", 60, 20)
+    metrics.job_billed("media:fast", 40, "j1")
     metrics.bad_input(["params.voice_url"], "http", KNOWN_FIELDS)
     metrics.heartbeat("w1")
     seen = points(out)

@@ -20,6 +20,12 @@ from worker_runtime.worker import ATTEMPTS_ERROR, EXPIRED_ERROR
 pytestmark = pytest.mark.integration
 
 
+def seed_fields(payload: dict) -> dict:
+    """A final webhook's seed fields: everything but the cost receipt it also carries."""
+    assert "cost" in payload
+    return {k: v for k, v in payload.items() if k != "cost"}
+
+
 @pytest.fixture
 def wenv(stack_env, tmp_path, monkeypatch):
     log = tmp_path / "tasks.log"
@@ -41,7 +47,8 @@ def test_media_job_end_to_end(wenv, receiver, tmp_path):
         assert head["ContentType"] == "audio/mpeg"
         hooks = receiver.wait_for(1)
         payload = hooks[0].json()
-        assert set(payload) == {"id", "status", "result_url"} and payload["status"] == "success"
+        assert set(payload) == {"id", "status", "result_url", "cost"} and payload["status"] == "success"
+        assert payload["cost"] == tw.ctx.store.get(job_id).cost_view()  # the job's receipt
         assert requests.get(payload["result_url"], timeout=5).content == f"FAKE-MP3 {job_id}".encode()
         assert not list((tmp_path / "out").glob(f"{job_id}*"))
         # The message was deleted after the final write.
@@ -55,8 +62,8 @@ def test_text_job_and_temp_files_removed(wenv, receiver, tmp_path):
         job_id = submit(tw.ctx, "whisper", {"audio_url": "https://x.org/a.mp3", "notify_url": receiver.url})
         job = final(tw.ctx, job_id)
         assert job.result_text == "transcript of https://x.org/a.mp3"
-        assert receiver.wait_for(1)[0].json() == {"id": job_id, "status": "success",
-                                                 "text": "transcript of https://x.org/a.mp3"}
+        assert seed_fields(receiver.wait_for(1)[0].json()) == {"id": job_id, "status": "success",
+                                                              "text": "transcript of https://x.org/a.mp3"}
         assert not list((tmp_path / "out").glob(f"{job_id}*"))
 
 
@@ -66,7 +73,7 @@ def test_task_failure_and_crash_fail_the_job_readably(wenv, receiver):
         b = submit(tw.ctx, "csm", {"text": "crash"})
         assert final(tw.ctx, a).error == "node said no"
         assert final(tw.ctx, b).error == "Task failed: RuntimeError: boom"
-        assert receiver.wait_for(1)[0].json() == {"id": a, "status": "failed", "error": "node said no"}
+        assert seed_fields(receiver.wait_for(1)[0].json()) == {"id": a, "status": "failed", "error": "node said no"}
 
 
 def test_malformed_and_unknown_messages_are_deleted(wenv):
@@ -115,7 +122,9 @@ def test_expired_before_start_is_skipped(wenv, receiver, tmp_path):
         job = final(tw.ctx, job_id)
         assert (job.status, job.error, job.attempts) == (JobStatus.FAILED, EXPIRED_ERROR, 0)
         assert task_events(tmp_path / "tasks.log", job_id) == []
-        assert receiver.wait_for(1)[0].json() == {"id": job_id, "status": "failed", "error": EXPIRED_ERROR}
+        hook = receiver.wait_for(1)[0].json()
+        assert seed_fields(hook) == {"id": job_id, "status": "failed", "error": EXPIRED_ERROR}
+        assert hook["cost"]["gpu_seconds"] == 0 and hook["cost"]["usd"] == 0  # it never ran
 
 
 def test_max_time_exceeded_stops_the_task(wenv, receiver, tmp_path):
@@ -158,7 +167,7 @@ def test_client_cancel_mid_run(wenv, receiver, tmp_path):
         keys = tw.ctx.s3.list_objects_v2(Bucket=tw.settings.results_bucket).get("Contents", [])
         assert keys == []
         # Every final state gets its one webhook, whoever set it.
-        assert [h.json() for h in receiver.for_job(job_id)] == [
+        assert [seed_fields(h.json()) for h in receiver.for_job(job_id)] == [
             {"id": job_id, "status": "cancelled", "error": "user gave up"}]
 
 

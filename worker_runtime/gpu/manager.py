@@ -10,7 +10,11 @@
                                   cancels the job ("node_failed") and stops the instance
     unwatch(job_id)
     release(job_id, node_fault)   the job's task has ended: idle again; stopped when the
-                                  node failed it or the instance is past GPU_REFRESH_AFTER
+                                  node failed it or the instance is past GPU_REFRESH_AFTER.
+                                  The job's GPU seconds (its work, plus the boot of a launch
+                                  it waited for) are charged to the instance's record
+                                  (chalicelib/fleet/books.py) and kept for ``job_cost``
+    job_cost(job_id)              what release charged the job (for its final write), once
     maintain()                    starts the keeper thread (the pool's scale-in and
                                   scale-out, keeper.py, every second or when a job asks for
                                   an instance) and the heartbeat thread (heartbeat.py);
@@ -27,7 +31,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
@@ -53,6 +58,23 @@ from .threads import start_daemon
 
 class GpuError(TaskError):
     """No usable GPU instance; the message becomes the job's error verbatim."""
+
+
+@dataclass(frozen=True)
+class JobUsage:
+    """A job's hold on an instance, from acquire: when it was handed over, and whether the
+    job waited for a launch to boot (a cold start) and for how long."""
+
+    instance_type: str
+    handed: float
+    cold_start_seconds: float = 0.0  # acquire to hand-over, when the job waited for a launch
+    launch_seconds: float = 0.0  # of that wait, the seconds the new instance was already billed
+
+    def cost(self, released: float) -> dict[str, Any]:
+        work = max(0.0, released - self.handed)
+        return {"instance_type": self.instance_type, "gpu_seconds": round(work, 3),
+                "launch_seconds": round(self.launch_seconds, 3), "cold_start": self.cold_start_seconds > 0,
+                "cold_start_seconds": round(self.cold_start_seconds, 3)}
 
 
 class GpuManager:
@@ -81,6 +103,8 @@ class GpuManager:
         self.heartbeat = Heartbeat(self.held, settings.heartbeat_interval, clock, self._closed, self.log)
         self._monitors: dict[str, Monitor] = {}  # by job id
         self._bound: dict[str, str] = {}  # job id -> workload, from acquire to release
+        self._usage: dict[str, JobUsage] = {}  # job id -> its hold, from acquire to release
+        self._costs: dict[str, dict[str, Any]] = {}  # job id -> what release charged it, until job_cost
         self._listing = Listing(lambda: [w.workload for w in client.workloads()], settings.health_interval)
         self._keeper: threading.Thread | None = None
 
@@ -106,11 +130,26 @@ class GpuManager:
         if held:
             raise GpuError(f"this worker's GPU instance is still bound to job {held[0]}, whose task "
                            "has not ended; no instance is shared with a live task")
-        node = self._reuse(token, log)
-        node = node if node is not None else self._launch(token, log, on_phase or _no_phase)
+        asked = self.clock()
+        node, cold = self._reuse(token, log), False
+        if node is None:
+            node, cold = self._launch(token, log, on_phase or _no_phase)
+        handed = self.clock()
         with self._lock:
             self._bound[job_id] = node.workload
+            record = self.held.current
+            launched = record.launched_at if record is not None and record.workload == node.workload else None
+            self._usage[job_id] = JobUsage(
+                record.type if record is not None else self.settings.workload_type, handed,
+                cold_start_seconds=max(0.0, handed - asked) if cold else 0.0,
+                launch_seconds=max(0.0, handed - max(launched, asked)) if cold and launched else 0.0)
         return node
+
+    def job_cost(self, job_id: str) -> dict[str, Any] | None:
+        """What ``release`` charged ``job_id`` (None: no instance was charged for it, e.g.
+        one that failed under the job was stopped before its release)."""
+        with self._lock:
+            return self._costs.pop(job_id, None)
 
     def watch(self, job_id: str, node: Node, token: CancelToken) -> None:
         with self._lock:
@@ -136,20 +175,26 @@ class GpuManager:
         self.unwatch(job_id)
         with self._lock:
             workload = self._bound.pop(job_id, None)
+            usage = self._usage.pop(job_id, None)
             if workload is None:
                 return False  # never bound, or released already
             record = self.held.current
             if record is None or record.workload != workload:
-                return True  # already stopped (monitor, shutdown) or taken over
+                return True  # already stopped (monitor, shutdown) or taken over: nothing charged
             now = self.clock()
+            cost = usage.cost(now) if usage is not None else None
+            charged = record.charged + (cost["gpu_seconds"] + cost["launch_seconds"] if cost else 0.0)
             if node_fault is not None:
                 reason = f"the node failed job {job_id}: {node_fault}"
             elif record.age(now) >= self.settings.refresh_after:
                 reason = (f"up for {record.age(now):.0f} s, past GPU_REFRESH_AFTER="
                           f"{self.settings.refresh_after:g}: the next job gets a fresh instance")
             else:
-                self.held.write_current(busy=False, last_used=now, heartbeat=now)
+                if self.held.write_current(busy=False, last_used=now, heartbeat=now, charged=charged) and cost:
+                    self._costs[job_id] = cost
                 return False
+            if self.held.write_current(charged=charged) and cost:  # charged before it stops
+                self._costs[job_id] = cost
         self._retire(workload, reason)
         return True
 
@@ -237,10 +282,13 @@ class GpuManager:
             return self.launches.node(adopted)
         return None
 
-    def _launch(self, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> Node:
+    def _launch(self, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> tuple[Node, bool]:
+        """A new instance, or one that came free meanwhile; True when the job waited for a
+        launch to boot (its own, or the pool's)."""
         s = self.settings
         records = self.registry.all()
         booting = self.keeper.booting_for_pool(records)
+        waited_for_boot = bool(booting)
         intent = None if booting else self._claim_slot(records)
         while intent is None:  # a pool launch is booting, or all MAX_GPUS slots are in use
             on_phase("launching_gpu" if booting else "waiting_for_gpu")
@@ -257,8 +305,9 @@ class GpuManager:
             records = self.registry.all()
             node = self._adopt(records, token, log)
             if node is not None:
-                return node
+                return node, waited_for_boot
             booting = self.keeper.booting_for_pool(records)
+            waited_for_boot = waited_for_boot or bool(booting)
             intent = None if booting else self._claim_slot(records)
         on_phase("launching_gpu")
         log.info("gpu.launching", record=intent.id, workload_type=s.workload_type, expires=intent.expires,
@@ -290,7 +339,7 @@ class GpuManager:
                            f"after launch ({problem}); it was stopped")
         log.info("gpu.ready", workload=record.workload, node=record.node,
                  boot_seconds=round(self.clock() - (record.launched_at or record.created_at), 2))
-        return self.launches.node(record)
+        return self.launches.node(record), True
 
     def _claim_slot(self, records: list[GpuRecord]) -> GpuRecord | None:
         """Create the "launching" record of a free slot (the intent, written before the

@@ -790,6 +790,7 @@
         el("p", { class: "hint" }, "Retry of ", el("a", { href: `#job/${encodeURIComponent(view.retry_of)}` }, view.retry_of)),
       );
     }
+    if (view.cost) more.push(el("section", { class: "cost" }, el("h3", {}, "Cost"), definitions(costFacts(view.cost))));
     more.push(el("section", {}, el("h3", {}, "Timeline"), timeline(view)));
     if (view.params && typeof view.params === "object") {
       more.push(el("section", { class: "params" }, el("h3", {}, "Parameters"), params(view.params)));
@@ -897,6 +898,18 @@
     result.hidden = false;
     renderActions(open, view);
     schedule(0);
+  }
+
+  function costFacts(cost) {
+    const seconds = (value) => `${Number(value || 0).toFixed(1)} s`;
+    return [
+      ["Queued", seconds(cost.queued_seconds)],
+      ["Cold start", cost.cold_start ? `yes, waited ${seconds(cost.cold_start_seconds)}` : "no (warm instance)"],
+      ["GPU work", seconds(cost.gpu_seconds)],
+      ["GPU billed", seconds(cost.billed_gpu_seconds)],
+      ["Instance", cost.instance_type || "none (no GPU used)"],
+      ["USD", cost.usd === null || cost.usd === undefined ? "no price configured" : `$${Number(cost.usd).toFixed(4)}`],
+    ];
   }
 
   function hookDetail(hook) {
