@@ -69,6 +69,8 @@ class Worker:
         self.receiver = LaneReceiver(ctx.lanes, settings.receive_wait_seconds, settings.lease_seconds, self.log)
         self.jobs_done = 0
         self.current_job: str | None = None  # shown with the worker's beacon (the operators' page)
+        if gpu is not None and hasattr(gpu, "on_charged"):
+            gpu.on_charged = self.charge_job  # each attempt's GPU seconds go on the job's cost
 
     # -- the loop -----------------------------------------------------------
     def run(self, max_jobs: int | None = None) -> None:
@@ -335,7 +337,6 @@ class Worker:
         """Conditional terminal write; only the winner queues the delivery. Returns True
         if won. The write puts the job in the outbox, so the delivery happens even if
         this process dies right after it."""
-        fields = {**fields, "cost": self.job_cost(job)}
         try:
             final = self.aws("final_write", self.ctx.store.transition, job.id, status,
                              from_states=[JobStatus.RUNNING], worker=self.settings.worker_id,
@@ -350,9 +351,6 @@ class Worker:
                 state = current.status.value if current else "missing"
                 log.info("job.final_write_lost", wanted=status.value, state=state,
                          reason="the record changed first (client status or takeover); not overwritten")
-                if current is not None and current.status.is_terminal and current.cost is None \
-                        and fields["cost"].get("instance_type"):
-                    self.ctx.store.add_cost(job.id, fields["cost"])  # the GPU seconds it did use
                 if current is None:
                     self.aws("ack", lease.ack)
                 elif current.status.is_terminal:
@@ -363,18 +361,15 @@ class Worker:
         self.settle_final(final, lease)
         return True
 
-    def job_cost(self, job: Job) -> dict[str, Any]:
-        """The job's GPU seconds as its instance was charged for them (the GPU manager's
-        ``job_cost``; none for a job that used no GPU), priced at GPU_PRICE_PER_HOUR."""
-        taken = getattr(self.gpu, "job_cost", None)
-        cost = (taken(job.id) if taken is not None else None) or {
-            "instance_type": None, "gpu_seconds": 0.0, "launch_seconds": 0.0, "cold_start": False,
-            "cold_start_seconds": 0.0}
-        price = self.settings.price_per_hour(cost["instance_type"]) if cost["instance_type"] else 0.0
-        billed = cost["gpu_seconds"] + cost["launch_seconds"]
-        cost["price_per_hour"] = price
-        cost["usd"] = None if price is None else round(billed * price / 3600, 6)
-        return {k: v for k, v in cost.items() if v is not None}
+    def charge_job(self, job_id: str, use: dict[str, Any]) -> None:
+        """The GPU manager charged an instance for ``use`` of one attempt of the job (its
+        ``on_charged``): priced at GPU_PRICE_PER_HOUR and added to the job's cost."""
+        price = self.settings.price_per_hour(use["instance_type"])
+        billed = use["gpu_seconds"] + use["launch_seconds"]
+        priced = {**use, "usd": None if price is None else round(billed * price / 3600, 6)}
+        job = self.aws("add_gpu_use", self.ctx.store.add_gpu_use, job_id, priced)
+        if job is not None and job.counted_at is not None:  # final and counted already (a client's cancel)
+            self.aws("usage_late_use", self.ctx.usage.record_late_use, job, priced)
 
     def release(self, job: Job, lease: Lease, log: Any) -> None:
         """Shutdown: hand the job back (queued, attempt already counted) and make the

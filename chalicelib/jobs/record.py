@@ -77,9 +77,14 @@ class Job:
     counted_at: float | None = None  # when the JobsFinished metric counted it (chalicelib/platform/metrics.py)
     inflight_owner: str | None = None  # the owner while queued or running (the per-key cap's index)
     retry_of: str | None = None
-    # What the job's GPU use cost, written with its final state by the worker (worker_runtime/
-    # worker.py): instance_type, gpu_seconds, launch_seconds, cold_start(_seconds), usd, price_per_hour.
-    cost: dict[str, Any] | None = None
+    # What the job's GPU use cost (JobStore.add_gpu_use): every attempt that held an instance adds
+    # the seconds it was charged for (its work, and the boot of a launch it waited for), priced.
+    cost_instance_type: str | None = None
+    cost_gpu_seconds: float | None = None
+    cost_launch_seconds: float | None = None
+    cost_cold_start: bool | None = None
+    cost_cold_start_seconds: float | None = None
+    cost_usd: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -146,18 +151,18 @@ class Job:
         """A finished job's receipt (README, "What a job cost"): seconds queued, the cold start
         it waited for, its own GPU seconds, the GPU seconds billed to it (its work plus the boot
         of the launch it caused) and their price. A job that used no GPU costs nothing."""
-        cost = self.cost or {}
         left_queue = self.first_started_at if self.first_started_at is not None else self.finished_at
-        work, launch = float(cost.get("gpu_seconds", 0.0)), float(cost.get("launch_seconds", 0.0))
-        instance_type = cost.get("instance_type")
+        work, launch = self.cost_gpu_seconds or 0.0, self.cost_launch_seconds or 0.0
+        instance_type = self.cost_instance_type
+        usd = (None if self.cost_usd is None else round(self.cost_usd, 6)) if instance_type else 0.0
         return {
             "queued_seconds": round(max(0.0, (left_queue or self.created_at) - self.created_at), 3),
-            "cold_start": bool(cost.get("cold_start", False)),
-            "cold_start_seconds": round(float(cost.get("cold_start_seconds", 0.0)), 3),
+            "cold_start": bool(self.cost_cold_start),
+            "cold_start_seconds": round(self.cost_cold_start_seconds or 0.0, 3),
             "gpu_seconds": round(work, 3),
             "billed_gpu_seconds": round(work + launch, 3),
             "instance_type": instance_type,
-            "usd": cost.get("usd") if instance_type else 0.0,
+            "usd": usd,
         }
 
     def deliveries_view(self) -> list[dict[str, Any]]:

@@ -225,15 +225,21 @@ class JobStore:
         self._owe(expr, NOTIFY, now + self.outbox_grace)
         return self._update(job_id, JobStatus.FAILED, expr)
 
-    def add_cost(self, job_id: str, cost: dict[str, Any]) -> Job | None:
-        """Put ``cost`` on a job that became final without it (the client cancelled it while
-        a worker ran it: the worker's own final write lost). None if it has one, or is gone."""
+    def add_gpu_use(self, job_id: str, use: dict[str, Any]) -> Job | None:
+        """Add one attempt's GPU use to the job's cost: ``instance_type``, ``gpu_seconds``,
+        ``launch_seconds``, ``cold_start(_seconds)`` and ``usd`` (None: no price). Called for
+        every attempt its instance was charged for, whatever became of the attempt, so the
+        jobs' costs and the instances' charges agree. None if the job is gone."""
         expr = Expr()
-        status = expr.name("status")
-        expr.conditions.append(f"attribute_not_exists({expr.name('cost')})")
-        expr.conditions.append(" OR ".join(
-            f"{status} = {expr.value('final_' + s.value, s.value)}" for s in JobStatus if s.is_terminal))
-        expr.set("cost", cost)
+        expr.conditions.append(f"attribute_exists({expr.name('id')})")
+        for field in ("gpu_seconds", "launch_seconds", "cold_start_seconds", "usd"):
+            if use.get(field) is not None:
+                attr = expr.name(f"cost_{field}")
+                expr.sets.append(f"{attr} = if_not_exists({attr}, {expr.value('zero', 0)}) + "
+                                 f"{expr.value(field, use[field])}")
+        expr.set("cost_instance_type", use["instance_type"])
+        if use.get("cold_start"):
+            expr.set("cost_cold_start", True)
         return self._try_update(job_id, expr)
 
     def count_finished(self, job_id: str) -> bool:

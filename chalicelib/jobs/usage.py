@@ -40,18 +40,26 @@ class UsageBook:
     def record(self, job: Job) -> None:
         """Add a finished job to its key's day."""
         cost = job.cost_view()
-        day = day_of(job.finished_at or self._clock())
+        self._add(job, {"jobs": 1, "gpu_seconds": cost["gpu_seconds"], "billed_gpu_seconds": cost["billed_gpu_seconds"],
+                        "usd": cost["usd"] or 0.0})
+
+    def record_late_use(self, job: Job, use: dict[str, Any]) -> None:
+        """GPU use added to a job already counted (its client cancelled it while a worker
+        still ran it): its seconds join the job's day, the job is not counted again."""
+        self._add(job, {"jobs": 0, "gpu_seconds": use["gpu_seconds"],
+                        "billed_gpu_seconds": use["gpu_seconds"] + use["launch_seconds"], "usd": use.get("usd") or 0.0})
+
+    def _add(self, job: Job, amounts: dict[str, float]) -> None:
+        finished = job.finished_at or self._clock()
         expr = Expr()
-        amounts = {"jobs": 1, "gpu_seconds": cost["gpu_seconds"], "billed_gpu_seconds": cost["billed_gpu_seconds"],
-                   "usd": cost["usd"] or 0.0}
         for n, field in enumerate(COUNTERS):
             attr = f"#c{n}"
             expr.names[attr] = f"{field}#{job.type.value}"
             expr.sets.append(f"{attr} = if_not_exists({attr}, {expr.value('zero', 0)}) + "
-                             f"{expr.value(field, amounts[field])}")
-        expr.set("expires_at", int((job.finished_at or self._clock()) + USAGE_RETENTION_DAYS * 86400))
-        self._ddb.update_item(TableName=self._table, Key={"id": {"S": f"{USAGE_PREFIX}{job.owner}#{day}"}},
-                              **expr.kwargs())
+                             f"{expr.value(field, round(amounts[field], 6))}")
+        expr.set("expires_at", int(finished + USAGE_RETENTION_DAYS * 86400))
+        self._ddb.update_item(TableName=self._table,
+                              Key={"id": {"S": f"{USAGE_PREFIX}{job.owner}#{day_of(finished)}"}}, **expr.kwargs())
 
     def report(self, owner: str, query: dict[str, str]) -> dict[str, Any]:
         """``owner``'s usage from ``from`` to ``to`` (UTC days, inclusive)."""

@@ -17,7 +17,7 @@ from chalicelib.fleet.registry import RUNNING, GpuRecord
 from chalicelib.jobs.models import JobStatus
 from chalicelib.platform.settings import Settings
 from tests.support.fake_gpu_tasks import GPU_FAST
-from tests.support.harness import FAST, ThreadWorker, submit, wait_until
+from tests.support.harness import FAST, ThreadWorker, service, submit, wait_until
 from worker_runtime.gpu import GpuSettings, build_gpu_manager
 
 pytestmark = pytest.mark.integration
@@ -50,6 +50,11 @@ def test_cold_and_warm_receipts_and_the_books_match_the_simulators_ledger(genv, 
         ctx = tw.ctx
         cold = settled(ctx, submit(ctx, "csm", {"text": "sleep:0.5"}, owner="o1"))
         warm = settled(ctx, submit(ctx, "csm", {"text": "sleep:0.3"}, owner="o1"))
+        # A job its client cancels mid-run pays for the GPU seconds it used.
+        cancelled = submit(ctx, "csm", {"text": "sleep:30"}, owner="o1")
+        wait_until(lambda: ctx.store.get(cancelled).phase == "rendering", 30)
+        service(ctx).update(cancelled, "o1", {"status": "cancelled"})
+        cancelled = wait_until(lambda: (j := ctx.store.get(cancelled)).cost_gpu_seconds and j.outbox is None and j, 60)
     # The worker stopped its instance on the way out: every rental is closed.
     ledger = wait_until(lambda: (led := c3_sim.ledger())["running"] == 0 and led, 30)
     assert (cold.status, warm.status, ledger["launches"]) == (JobStatus.SUCCESS, JobStatus.SUCCESS, 1)
@@ -65,12 +70,19 @@ def test_cold_and_warm_receipts_and_the_books_match_the_simulators_ledger(genv, 
     with Client(create_app(Context(Settings(**genv)))) as client:
         health = json.loads(client.http.get("/health").body)
         fleet = health["gpus"]["fleets"]["media:fast"]
-    jobs = c["billed_gpu_seconds"] + w["billed_gpu_seconds"]
+    x = cancelled.cost_view()
+    assert cancelled.status is JobStatus.CANCELLED and x["gpu_seconds"] > 0 and not x["cold_start"]
+    jobs = c["billed_gpu_seconds"] + w["billed_gpu_seconds"] + x["billed_gpu_seconds"]
     assert fleet["running"] == 0 and fleet["stopped"] == 1
     assert fleet["idle_seconds"] > 0 and fleet["idle_usd"] == pytest.approx(fleet["idle_seconds"] * 0.001, abs=1e-5)
     billed = ledger["billed_seconds"]
     assert abs(jobs + fleet["idle_seconds"] - billed) <= 0.01 * billed, (jobs, fleet, ledger)
     assert abs(fleet["billed_seconds"] - billed) <= 0.01 * billed
+    # The key's usage holds all three, the cancelled job's seconds too (added after its cancel).
+    usage = Context(Settings(**genv)).usage
+    total = wait_until(lambda: (t := usage.report("o1", {})["total"])["billed_gpu_seconds"] >= round(jobs, 3) - 0.01
+                       and t, 10)
+    assert total["jobs"] == 3 and total["usd"] == pytest.approx(jobs * 0.001, abs=1e-4)
 
 
 def test_the_final_webhook_and_status_carry_the_receipt(genv, c3_sim, receiver, private_urls):
@@ -96,10 +108,10 @@ def test_usage_sums_a_keys_jobs_by_day_and_type_and_no_other_keys(stack_env):
             ids[name] = json.loads(client.http.post("/csm", headers=headers, body=json.dumps({"text": text})).body)["id"]
         for name, seconds in (("a", 36.0), ("b", 10.0), ("c", 100.0)):
             ctx.store.claim(ids[name], "w1", 60)
-            cost = {"instance_type": "media:fast", "gpu_seconds": seconds, "launch_seconds": 2.0, "cold_start": True,
-                    "cold_start_seconds": 3.0, "price_per_hour": 3.6, "usd": round((seconds + 2) * 0.001, 6)}
-            job = ctx.store.transition(ids[name], JobStatus.SUCCESS, worker="w1",
-                                       fields={"result_text": "x", "cost": cost})
+            ctx.store.add_gpu_use(ids[name], {"instance_type": "media:fast", "gpu_seconds": seconds,
+                                              "launch_seconds": 2.0, "cold_start": True, "cold_start_seconds": 3.0,
+                                              "usd": round((seconds + 2) * 0.001, 6)})
+            job = ctx.store.transition(ids[name], JobStatus.SUCCESS, worker="w1", fields={"result_text": "x"})
             assert app.delivery.handle(json.dumps({"id": job.id})) == "settled"
             app.delivery.handle(json.dumps({"id": job.id}))  # a copy: counted once
         one = json.loads(client.http.get("/usage", headers=K1).body)

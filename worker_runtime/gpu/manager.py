@@ -13,8 +13,8 @@
                                   node failed it or the instance is past GPU_REFRESH_AFTER.
                                   The job's GPU seconds (its work, plus the boot of a launch
                                   it waited for) are charged to the instance's record
-                                  (chalicelib/fleet/books.py) and kept for ``job_cost``
-    job_cost(job_id)              what release charged the job (for its final write), once
+                                  (chalicelib/fleet/books.py), then handed to ``on_charged``
+                                  (the worker adds them to the job's cost)
     maintain()                    starts the keeper thread (the pool's scale-in and
                                   scale-out, keeper.py, every second or when a job asks for
                                   an instance) and the heartbeat thread (heartbeat.py);
@@ -104,7 +104,8 @@ class GpuManager:
         self._monitors: dict[str, Monitor] = {}  # by job id
         self._bound: dict[str, str] = {}  # job id -> workload, from acquire to release
         self._usage: dict[str, JobUsage] = {}  # job id -> its hold, from acquire to release
-        self._costs: dict[str, dict[str, Any]] = {}  # job id -> what release charged it, until job_cost
+        # Told each charge release made: (job id, its use); the worker adds it to the job's cost.
+        self.on_charged: Callable[[str, dict[str, Any]], None] | None = None
         self._listing = Listing(lambda: [w.workload for w in client.workloads()], settings.health_interval)
         self._keeper: threading.Thread | None = None
 
@@ -145,12 +146,6 @@ class GpuManager:
                 launch_seconds=max(0.0, handed - max(launched, asked)) if cold and launched else 0.0)
         return node
 
-    def job_cost(self, job_id: str) -> dict[str, Any] | None:
-        """What ``release`` charged ``job_id`` (None: no instance was charged for it, e.g.
-        one that failed under the job was stopped before its release)."""
-        with self._lock:
-            return self._costs.pop(job_id, None)
-
     def watch(self, job_id: str, node: Node, token: CancelToken) -> None:
         with self._lock:
             record = self.held.current
@@ -173,6 +168,7 @@ class GpuManager:
         (a bad input, the client's cancel, a max_time the node honoured) keeps it.
         Returns True when the job's instance is no longer running (stopped now or before)."""
         self.unwatch(job_id)
+        charged_use = None
         with self._lock:
             workload = self._bound.pop(job_id, None)
             usage = self._usage.pop(job_id, None)
@@ -182,21 +178,32 @@ class GpuManager:
             if record is None or record.workload != workload:
                 return True  # already stopped (monitor, shutdown) or taken over: nothing charged
             now = self.clock()
-            cost = usage.cost(now) if usage is not None else None
-            charged = record.charged + (cost["gpu_seconds"] + cost["launch_seconds"] if cost else 0.0)
+            use = usage.cost(now) if usage is not None else None
+            charged = record.charged + (use["gpu_seconds"] + use["launch_seconds"] if use else 0.0)
+            reason = None
             if node_fault is not None:
                 reason = f"the node failed job {job_id}: {node_fault}"
             elif record.age(now) >= self.settings.refresh_after:
                 reason = (f"up for {record.age(now):.0f} s, past GPU_REFRESH_AFTER="
                           f"{self.settings.refresh_after:g}: the next job gets a fresh instance")
-            else:
-                if self.held.write_current(busy=False, last_used=now, heartbeat=now, charged=charged) and cost:
-                    self._costs[job_id] = cost
-                return False
-            if self.held.write_current(charged=charged) and cost:  # charged before it stops
-                self._costs[job_id] = cost
+            if reason is None:
+                written = self.held.write_current(busy=False, last_used=now, heartbeat=now, charged=charged)
+                charged_use = use if written is not None else None
+            # A job whose node failed it is not charged: its seconds are the fleet's idle time.
+        self._report_charge(job_id, charged_use)
+        if reason is None:
+            return False
         self._retire(workload, reason)
         return True
+
+    def _report_charge(self, job_id: str, use: dict[str, Any] | None) -> None:
+        if use is None or self.on_charged is None:
+            return
+        try:
+            self.on_charged(job_id, use)
+        except Exception as exc:  # noqa: BLE001 - the job's receipt misses it; the fleet's books still add up
+            self.log.error("gpu.job_charge_unrecorded", job_id=job_id, use=use,
+                           reason=f"{type(exc).__name__}: {exc}; the seconds show as the fleet's idle time")
 
     def shutdown(self) -> None:
         if self._closed.is_set():
