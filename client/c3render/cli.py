@@ -477,7 +477,8 @@ def _cost_line(job: Job) -> str | None:
         return None
     cold = f", cold start {cost.cold_start_seconds:.1f}s" if cost.cold_start else ""
     where = f" on {cost.instance_type}" if cost.instance_type else ""
-    return (f"cost: ${cost.usd:.4f} · {cost.billed_gpu_seconds:.1f} GPU s billed ({cost.gpu_seconds:.1f} s work"
+    price = f"${cost.usd:.4f} · " if cost.usd is not None else ""
+    return (f"cost: {price}{cost.billed_gpu_seconds:.1f} GPU s billed ({cost.gpu_seconds:.1f} s work"
             f"{cold}){where} · queued {cost.queued_seconds:.1f}s")
 
 

@@ -50,7 +50,7 @@ class Cost(_Model):
     gpu_seconds: float = 0.0
     billed_gpu_seconds: float = 0.0
     instance_type: str | None = None
-    usd: float = 0.0
+    usd: float | None = None  # None: the server has no price configured
 
 
 class Job(_Model):

@@ -11,7 +11,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from c3render import Job
-from c3render.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobPanel, app
+from c3render.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, JobPanel, _cost_line, app
 from tests.support.fake_render_api import KEY, api_fixture  # noqa: F401  (the `api` fixture)
 
 
@@ -235,3 +235,14 @@ def test_the_live_display_shows_status_phase_queue_position_and_progress():
     second = console.export_text()
     assert "running" in second and "phase: render" in second and "42%" in second and "attempt 2" in second
     assert "queue position" not in second
+
+
+def test_the_cost_line_of_a_finished_job():
+    cost = {"queued_seconds": 1.25, "cold_start": True, "cold_start_seconds": 40.0, "gpu_seconds": 12.0,
+            "billed_gpu_seconds": 50.0, "instance_type": "media:fast", "usd": 0.0347}
+    line = _cost_line(Job(id="j", status="success", cost=cost))
+    assert line == ("cost: $0.0347 · 50.0 GPU s billed (12.0 s work, cold start 40.0s) on media:fast · "
+                    "queued 1.2s")
+    unpriced = _cost_line(Job(id="j", status="success", cost={**cost, "usd": None, "cold_start": False}))
+    assert unpriced.startswith("cost: 50.0 GPU s billed (12.0 s work) on") and "$" not in unpriced
+    assert _cost_line(Job(id="j", status="running")) is None

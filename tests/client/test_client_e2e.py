@@ -264,6 +264,7 @@ def test_deliveries_redeliver_cost_and_usage_from_the_cli_and_the_sdk(cli_venv, 
         assert [d.outcome for d in log.deliveries] == ["delivered", "delivered"]
         job = sdk.status(job_id)
         assert job.cost is not None and job.cost.billed_gpu_seconds > 0 and job.cost.instance_type
+        assert job.cost.usd == pytest.approx(job.cost.billed_gpu_seconds * 2.5 / 3600, abs=1e-5)
         assert sdk.usage().total["jobs"] >= 1
     res = run(cli_venv, system, "deliveries", job_id)
     assert res.returncode == 0 and res.stdout.count("HTTP 200") == 2 and f"msg_{job_id}_success" in res.stdout

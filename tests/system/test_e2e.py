@@ -39,6 +39,7 @@ def system(aws_endpoints, tmp_path_factory):
         "RENDER_POLLING_INTERVAL": "0.5", "LEASE_SECONDS": "20",
         "GPU_BOOT_POLL": "0.2",
         "GPU_HEALTH_INTERVAL": "2", "GRADIO_POLL_INTERVAL": "0.2", "COMFYUI_POLL_INTERVAL": "0.2",
+        "GPU_PRICE_PER_HOUR": "2.5",  # the cost receipts' USD
     }
     worker = start_worker_process(worker_env, work / "worker.log")
     # The app's SQS handlers (webhook deliveries, DLQ) and the reconciler, as `make run` runs them.

@@ -273,10 +273,8 @@ class GpuManager:
             with self._lock:
                 if self.held.current is not None or self._closed.is_set():
                     return None
-                try:
-                    adopted = self.registry.update(record, require_idle=True, owner=self.worker_id, busy=True,
-                                                   heartbeat=self.clock(), ahead=False)
-                except RecordLost:
+                adopted = self._take_idle(record)
+                if adopted is None:
                     continue  # another worker adopted or claimed it first
                 self.held.current = adopted
             problem = self._health(adopted, token.wait)
@@ -287,6 +285,21 @@ class GpuManager:
             log.info("gpu.adopted", workload=adopted.workload, node=adopted.node, previous_owner=record.owner,
                      age=round(adopted.age(now), 1), reason="an idle instance in the registry; no launch needed")
             return self.launches.node(adopted)
+        return None
+
+    def _take_idle(self, record: GpuRecord) -> GpuRecord | None:
+        """Adopt ``record`` by a conditional write (lock held). Its owner's heartbeat may bump
+        the version between the read and the write: while the instance is still idle, the
+        fresh record is tried again, rather than launching another instance for nothing."""
+        for _ in range(3):
+            try:
+                return self.registry.update(record, require_idle=True, owner=self.worker_id, busy=True,
+                                            heartbeat=self.clock(), ahead=False)
+            except RecordLost as exc:
+                fresh = exc.current
+                if fresh is None or not fresh.idle or fresh.serial != record.serial:
+                    return None
+                record = fresh
         return None
 
     def _launch(self, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> tuple[Node, bool]:
