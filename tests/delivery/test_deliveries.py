@@ -224,3 +224,17 @@ def test_the_start_webhook_can_be_redelivered_too(settings, client, receiver):
     assert hooks[2].headers["webhook-id"] == hooks[0].headers["webhook-id"] == f"msg_{job_id}_running"
     log = call(client, "get", f"/jobs/{job_id}/deliveries")[1]["deliveries"]
     assert [(d["event"], d["attempt"]) for d in log] == [("start", 1), ("completed", 1), ("start", 2)]
+
+
+def test_an_attempt_without_an_answer_logs_its_error_class(settings, client):
+    ctx = Context(settings)
+    resp, body = call(client, "post", "/csm", {"text": "hi", "notify_url": "http://127.0.0.1:9/closed"})
+    job_id = body["id"]
+    with Handlers(settings):
+        finish(ctx, job_id)
+        job = settled(ctx, job_id)
+    assert (job.webhook, job.webhook_attempts) == ("failed", 3)
+    log = call(client, "get", f"/jobs/{job_id}/deliveries")[1]["deliveries"]
+    assert [(d["error"], d["outcome"]) for d in log] == [("connection_failed", "retrying")] * 2 + [
+        ("connection_failed", "failed")]
+    assert all("status" not in d for d in log)
