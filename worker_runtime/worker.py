@@ -69,8 +69,13 @@ class Worker:
         self.receiver = LaneReceiver(ctx.lanes, settings.receive_wait_seconds, settings.lease_seconds, self.log)
         self.jobs_done = 0
         self.current_job: str | None = None  # shown with the worker's beacon (the operators' page)
+        # Each attempt's GPU use (the GPU manager's charges at release) goes on the job's cost:
+        # with its final write when this worker makes it, else by itself (charge_job).
+        self._uses: dict[str, list[dict[str, Any]]] = {}
+        self._active: set[str] = set()
+        self._uses_lock = threading.Lock()
         if gpu is not None and hasattr(gpu, "on_charged"):
-            gpu.on_charged = self.charge_job  # each attempt's GPU seconds go on the job's cost
+            gpu.on_charged = self.charge_job
 
     # -- the loop -----------------------------------------------------------
     def run(self, max_jobs: int | None = None) -> None:
@@ -197,10 +202,13 @@ class Worker:
             return
         self.current_job = job.id
         self.touch_health()  # the beacon names the job now, not at the next beat
+        with self._uses_lock:
+            self._active.add(job.id)
         try:
             self.perform(job, lease, log)
         finally:
             self.current_job = None
+            self.flush_uses(job.id)
             removed = remove_job_files(self.output_dir, job.id)
             log.debug("job.cleaned", files=removed)
             self.jobs_done += 1
@@ -337,10 +345,12 @@ class Worker:
         """Conditional terminal write; only the winner queues the delivery. Returns True
         if won. The write puts the job in the outbox, so the delivery happens even if
         this process dies right after it."""
+        uses = self.take_uses(job.id)
+        fields, add = {**fields, **cost_fields(uses)}, cost_counters(uses)
         try:
             final = self.aws("final_write", self.ctx.store.transition, job.id, status,
                              from_states=[JobStatus.RUNNING], worker=self.settings.worker_id,
-                             fields=fields)
+                             fields=fields, add=add)
         except TransitionConflict as exc:
             current = exc.current
             if current is not None and current.worker == self.settings.worker_id \
@@ -351,6 +361,8 @@ class Worker:
                 state = current.status.value if current else "missing"
                 log.info("job.final_write_lost", wanted=status.value, state=state,
                          reason="the record changed first (client status or takeover); not overwritten")
+                with self._uses_lock:  # the GPU seconds it used still go on the job (flush_uses)
+                    self._uses.setdefault(job.id, [])[:0] = uses
                 if current is None:
                     self.aws("ack", lease.ack)
                 elif current.status.is_terminal:
@@ -363,13 +375,37 @@ class Worker:
 
     def charge_job(self, job_id: str, use: dict[str, Any]) -> None:
         """The GPU manager charged an instance for ``use`` of one attempt of the job (its
-        ``on_charged``): priced at GPU_PRICE_PER_HOUR and added to the job's cost."""
+        ``on_charged``, at release): priced at GPU_PRICE_PER_HOUR, kept for the job's final
+        write, or written at once when this worker is done with the job (a late release)."""
         price = self.settings.price_per_hour(use["instance_type"])
         billed = use["gpu_seconds"] + use["launch_seconds"]
         priced = {**use, "usd": None if price is None else round(billed * price / 3600, 6)}
-        job = self.aws("add_gpu_use", self.ctx.store.add_gpu_use, job_id, priced)
+        with self._uses_lock:
+            if job_id in self._active:
+                self._uses.setdefault(job_id, []).append(priced)
+                return
+        self.write_use(job_id, priced)
+
+    def take_uses(self, job_id: str) -> list[dict[str, Any]]:
+        with self._uses_lock:
+            return self._uses.pop(job_id, [])
+
+    def flush_uses(self, job_id: str) -> None:
+        """The job is done here: what its final write did not carry (this worker did not make
+        it: a client's cancel, a takeover, a shutdown) goes on the record by itself."""
+        with self._uses_lock:
+            self._active.discard(job_id)
+            uses = self._uses.pop(job_id, [])
+        for use in uses:
+            try:
+                self.write_use(job_id, use)
+            except Exception:  # noqa: BLE001 - the receipt misses it; the fleet's books count it idle
+                self.log.error("job.cost_unrecorded", job_id=job_id, use=use, exc_info=True)
+
+    def write_use(self, job_id: str, use: dict[str, Any]) -> None:
+        job = self.aws("add_gpu_use", self.ctx.store.add_gpu_use, job_id, use)
         if job is not None and job.counted_at is not None:  # final and counted already (a client's cancel)
-            self.aws("usage_late_use", self.ctx.usage.record_late_use, job, priced)
+            self.aws("usage_late_use", self.ctx.usage.record_late_use, job, use)
 
     def release(self, job: Job, lease: Lease, log: Any) -> None:
         """Shutdown: hand the job back (queued, attempt already counted) and make the
@@ -385,3 +421,22 @@ class Worker:
         # Its message is back in the queue: the job is owed no copy while it waits there.
         self.aws("mark_dispatched", self.ctx.store.mark_dispatched, job.id, queued.outbox_at, queued.created_at)
         log.info("job.released", reason="worker shutting down; job requeued for another worker")
+
+
+def cost_counters(uses: list[dict[str, Any]]) -> dict[str, float]:
+    """The job record's cost counters that ``uses`` add to (JobStore.add_gpu_use's, in one write)."""
+    out: dict[str, float] = {}
+    for use in uses:
+        for field in ("gpu_seconds", "launch_seconds", "cold_start_seconds", "usd"):
+            if use.get(field) is not None:
+                out[f"cost_{field}"] = round(out.get(f"cost_{field}", 0.0) + use[field], 6)
+    return out
+
+
+def cost_fields(uses: list[dict[str, Any]]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if uses:
+        fields["cost_instance_type"] = uses[-1]["instance_type"]
+    if any(use.get("cold_start") for use in uses):
+        fields["cost_cold_start"] = True
+    return fields

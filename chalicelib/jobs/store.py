@@ -105,10 +105,11 @@ class JobStore:
         owner: str | None = None,
         fields: dict[str, Any] | None = None,
         remove: Iterable[str] = (),
+        add: dict[str, float] | None = None,
     ) -> Job:
         """Move a job to ``target`` if it is in one of ``from_states`` (default: every
         state the state machine allows) and, when given, held by ``worker`` / owned by
-        ``owner``. Returns the new record."""
+        ``owner``; ``add``: numeric attributes added to (created at 0). Returns the new record."""
         now = self._clock()
         allowed = [s for s in (from_states or sources_of(target)) if s in sources_of(target)]
         expr = Expr()
@@ -134,6 +135,10 @@ class JobStore:
             else:
                 expr.set(attr, value)
         expr.removes.extend(remove)
+        for n, (attr, amount) in enumerate((add or {}).items()):  # counters added to, in the same write
+            name = expr.name(attr)
+            expr.sets.append(f"{name} = if_not_exists({name}, {expr.value('add_zero', 0)}) + "
+                             f"{expr.value(f'add_{n}', amount)}")
         return self._update(job_id, target, expr)
 
     def claim(self, job_id: str, worker: str, lease_seconds: float, start_webhook: bool = False) -> Job:

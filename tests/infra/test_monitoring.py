@@ -42,6 +42,9 @@ CATALOG: dict[str, tuple[str, list[tuple[str, ...]]]] = {
     "GpuLaunchFailures": ("Count", [()]),
     "GpuBilledSeconds": ("Seconds", [()]),
     "GpuIdleSeconds": ("Seconds", [()]),
+    "FleetBilledSeconds": ("Seconds", [("fleet",)]),
+    "FleetIdleSeconds": ("Seconds", [("fleet",)]),
+    "JobBilledGpuSeconds": ("Seconds", [("fleet",)]),
     "BadInputRejections": ("Count", [(), ("field",)]),
     "WorkerHeartbeats": ("Count", [()]),
 }
@@ -50,6 +53,7 @@ JOB_OUTCOMES = ["success", "failed", "cancelled", "timed_out"]
 DELIVERY_OUTCOMES = ["delivered", "refused", "gave_up"]
 # The phases a worker passes through ("queued" and "delivering" are the API's, not a worker's).
 WORKER_PHASES = [p for p in PHASES if p not in ("queued", "delivering")]
+FLEETS = ["media:fast"]  # the instance type the worker rents (C3_WORKLOAD_TYPE's default)
 FIELDS = ["text", "audio_url"]  # open-ended; examples for the data pushed to moto
 
 
@@ -57,7 +61,7 @@ def dimension_values(metric: str, dimension: str) -> list[str] | None:
     """The values a dimension takes (None: any)."""
     if dimension == "outcome":
         return DELIVERY_OUTCOMES if metric == "WebhookDeliveries" else JOB_OUTCOMES
-    return {"type": TYPES, "phase": WORKER_PHASES, "field": None}[dimension]
+    return {"type": TYPES, "phase": WORKER_PHASES, "field": None, "fleet": FLEETS}[dimension]
 
 
 def in_catalog(metric: str, dimensions: dict[str, str]) -> bool:
