@@ -377,18 +377,19 @@ class JobStore:
             expr.sets.append(f"{log} = list_append(if_not_exists({log}, {expr.value('no_log', [])}), "
                              f"{expr.value('attempt_log', [attempt])})")
 
-    def redeliver(self, job_id: str, owner: str, hook: str) -> Job:
+    def redeliver(self, job_id: str, owner: str | None, hook: str) -> Job:
         """Owe ``hook`` ("webhook" or "start_webhook") of a final job once more: pending
         again with a fresh round of attempts (``<hook>_base``: the attempts before it), and
         the job back in the outbox as "notify", so the delivery takes the same durable path
         as the first one. TransitionConflict (with the record) when the job is not final,
-        not ``owner``'s, or that hook is pending already."""
+        not ``owner``'s (None: anyone's), or that hook is pending already."""
         now = self._clock()
         expr = Expr()
         status, state = expr.name("status"), expr.name(hook)
         expr.conditions.append(" OR ".join(
             f"{status} = {expr.value('final_' + s.value, s.value)}" for s in JobStatus if s.is_terminal))
-        expr.conditions.append(f"{expr.name('owner')} = {expr.value('owner', owner)}")
+        if owner is not None:  # None: an operator's redelivery
+            expr.conditions.append(f"{expr.name('owner')} = {expr.value('owner', owner)}")
         expr.conditions.append(f"attribute_not_exists({state}) OR {state} <> {expr.value('pending', 'pending')}")
         expr.set(hook, "pending")
         attempts = expr.name(f"{hook}_attempts")

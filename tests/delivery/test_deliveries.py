@@ -238,3 +238,20 @@ def test_an_attempt_without_an_answer_logs_its_error_class(settings, client):
     assert [(d["error"], d["outcome"]) for d in log] == [("connection_failed", "retrying")] * 2 + [
         ("connection_failed", "failed")]
     assert all("status" not in d for d in log)
+
+
+def test_an_operator_key_sees_and_redelivers_any_tenants_job(stack_env, private_urls, receiver):
+    private_urls(True)
+    settings = make_settings(stack_env, C3_RENDER_OPERATOR_KEYS="op-key")
+    ctx = Context(settings)
+    operator = {"X-C3-RENDER-KEY": "op-key", "Content-Type": "application/json"}
+    with Client(create_app(ctx)) as client:
+        job_id = submit(client, receiver)
+        finish(ctx, job_id)
+        ctx.store.settle(job_id, {"webhook": "failed"}, done=True)  # as if every attempt had failed
+        assert call(client, "get", f"/jobs/{job_id}/deliveries", headers=operator)[0].status_code == 200
+        assert call(client, "post", f"/jobs/{job_id}/redeliver", {}, K2)[0].status_code == 404  # another tenant
+        resp, body = call(client, "post", f"/jobs/{job_id}/redeliver", {}, operator)
+        assert resp.status_code == 202 and body["webhook_id"] == f"msg_{job_id}_success"
+    job = ctx.store.get(job_id)
+    assert (job.webhook, job.outbox) == ("pending", "notify")
