@@ -437,7 +437,7 @@ def result(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID
 def deliveries(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
                json_out: JsonOut = False) -> None:
     """Every webhook attempt of a job: time, event, HTTP status or error, latency, webhook-id."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         log = client.deliveries(job_id)
         if json_out:
             _print_json(_dump(log))
@@ -462,7 +462,7 @@ def redeliver(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar=
                   help="completed (the final webhook, default) | start.")] = None,
               json_out: JsonOut = False) -> None:
     """Send a final job's webhook once more (same webhook-id); see it with `deliveries ID`."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         answer = client.redeliver(job_id, event)
         if json_out:
             _print_json(_dump(answer))
@@ -627,7 +627,7 @@ def usage(ctx: typer.Context,
           to: Annotated[Optional[str], typer.Option(help="Last day, YYYY-MM-DD (default today).")] = None,
           json_out: JsonOut = False) -> None:
     """This key's jobs, GPU seconds and USD by day and job type."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         report = client.usage(from_, to)
         if json_out:
             _print_json(report.model_dump(mode="json", by_alias=True, exclude_none=True))
