@@ -16,8 +16,11 @@ from chalicelib.jobs.queries import JobQueries
 from chalicelib.jobs.results import ResultStore
 from chalicelib.jobs.store import JobStore
 from chalicelib.platform import aws
+from chalicelib.platform.logs import get_logger
 from chalicelib.platform.queue import JobQueue, Queue
 from chalicelib.platform.settings import Settings, get_settings
+
+log = get_logger("c3.context")
 
 
 @dataclass
@@ -71,9 +74,11 @@ class Context:
 
     @cached_property
     def links(self) -> ResultLinks | None:
-        """Result links, when a secret signs them (RESULT_LINK_SECRET or WEBHOOK_SECRET)."""
+        """Result links, when RESULT_LINK_SECRET signs them (never the webhook secret)."""
         secret = self.settings.link_secret
         if not secret:
+            log.warning("result_links.disabled", reason="RESULT_LINK_SECRET is not set: webhooks and "
+                        "GET /result carry no result_link, GET /results/{id} answers 404")
             return None
         return ResultLinks(secret, self.settings.public_api_url, self.settings.presign_expires, self.clock)
 

@@ -77,7 +77,8 @@ class Settings(EgressSettings):
 
     # The API's public base URL (result links in webhooks); unset: derived from each request.
     public_api_url: str | None = Field(None, validation_alias="PUBLIC_API_URL")
-    # Signs result links (GET /results/{id}); unset: WEBHOOK_SECRET; neither: no result links.
+    # Signs result links (GET /results/{id}); its own secret (every webhook receiver holds
+    # WEBHOOK_SECRET, so it must never sign links); unset: no result links.
     result_link_secret: str | None = Field(None, validation_alias="RESULT_LINK_SECRET")
     # Fair use: queued + running jobs one key may have (429 above); 0 = no cap. The AWS
     # template sets 100 (one small indexed count per submission there; moto scans for it).
@@ -93,7 +94,7 @@ class Settings(EgressSettings):
 
     @property
     def link_secret(self) -> str | None:
-        return self.result_link_secret or self.webhook_secret
+        return self.result_link_secret or None
 
     @property
     def api_key_list(self) -> list[str]:

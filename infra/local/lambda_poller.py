@@ -302,9 +302,12 @@ def main() -> int:
     parser.add_argument("--every", type=float, help="its schedule, in seconds")
     parser.add_argument("--wait", type=int, default=20, help="long-poll seconds")
     args = parser.parse_args()
+    # The Lambda entry point itself, so the handlers are the deployed ones; imported first, as
+    # Lambda does, so that the secrets it loads from SSM are in the settings read after it.
+    import app as module
+
     settings = get_settings()
     configure(settings.log_level)
-    import app as module  # the Lambda entry point itself, so the handlers are the deployed ones
 
     app = module.app
     stop = threading.Event()

@@ -77,6 +77,17 @@ def enable_resource_checks() -> None:
             original(self, one)
 
     ActionAuthenticatorMixin._authenticate_and_authorize_normal_action = checked  # type: ignore[method-assign]
+    s3_original = ActionAuthenticatorMixin._authenticate_and_authorize_s3_action
+
+    def s3_checked(self: Any, bucket_name: str | None = None, key_name: str | None = None) -> None:
+        # moto's access control cannot read a presigned URL (query-string signature; it fails
+        # on the missing Authorization header): the signer's permission is checked when it
+        # signs (infra/local/iam_guard.py sees generate_presigned_url).
+        if "Authorization" not in self.headers and "X-Amz-Credential" in (self.querystring or {}):
+            return
+        s3_original(self, bucket_name, key_name)
+
+    ActionAuthenticatorMixin._authenticate_and_authorize_s3_action = s3_checked  # type: ignore[method-assign]
     _bucket_policies_with_conditions()
 
 
