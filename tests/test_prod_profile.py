@@ -107,3 +107,38 @@ def test_four_job_types_end_to_end_with_result_links(prod: dict[str, Any], tmp_p
         opened = requests.get(link, allow_redirects=False, timeout=10)
         assert opened.status_code == 302, opened.text
         assert requests.get(opened.headers["Location"], timeout=10).status_code == 200
+
+
+def test_health_with_a_key_reads_the_queues_and_fleet_under_the_api_role(prod: dict[str, Any]) -> None:
+    resp = requests.get(f"{prod['api']}/health", headers=KEY, timeout=10)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["queue"]["dead_letters"] == 0 and "fleet" in body["gpus"]
+
+
+def test_a_removed_permission_is_caught_naming_role_action_and_resource(prod: dict[str, Any]) -> None:
+    """The API's role without sqs:GetQueueUrl on the DLQ: /health fails, and the denial names
+    the role, the action and the queue."""
+    profile: ProdProfile = prod["profile"]
+    policies = profile.templates.policies("ApiHandlerRole")
+    for policy in policies:
+        for statement in policy["Statement"]:
+            if "sqs:GetQueueUrl" in statement.get("Action", []):
+                statement["Resource"] = [r for r in statement["Resource"] if not r.endswith("-jobs-dlq")]
+    reduced, record = prod["work"] / "api-reduced.json", prod["work"] / "api-reduced-calls.jsonl"
+    reduced.write_text(json.dumps(policies))
+    port = processes.free_port()
+    proc = profile.start_api(port, reduced, record, log_name="api-reduced")
+    try:
+        processes.wait_http(f"http://127.0.0.1:{port}/", timeout=60, proc=proc)
+        resp = requests.get(f"http://127.0.0.1:{port}/health", headers=KEY, timeout=10)
+        assert resp.status_code == 503, resp.text
+        denied = [json.loads(line) for line in record.read_text().splitlines() if '"allowed": false' in line]
+        assert [(d["role"], d["action"], d["resource"]) for d in denied] == [
+            ("c3-render-prod-ApiHandlerRole", "sqs:GetQueueUrl",
+             "arn:aws:sqs:us-east-1:123456789012:c3-render-prod-jobs-dlq")]
+        log = (prod["work"] / "api-reduced.log").read_text()
+        assert ("role c3-render-prod-ApiHandlerRole is not allowed to perform sqs:GetQueueUrl on resource "
+                "arn:aws:sqs:us-east-1:123456789012:c3-render-prod-jobs-dlq") in log
+    finally:
+        processes.stop(proc)

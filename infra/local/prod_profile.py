@@ -288,18 +288,25 @@ class ProdProfile:
         """What Lambda's event source mapping knows (the queue itself, not through the role)."""
         return self.client("sqs").get_queue_url(QueueName=name)["QueueUrl"]
 
-    def guarded(self, role: str, module: list[str]) -> list[str]:
+    def guarded(self, role: str, module: list[str], policies: Path | None = None,
+                record: Path | None = None) -> list[str]:
         return [sys.executable, "-m", "infra.local.iam_guard", "--role", role_name(self.stage, role),
-                "--account", ACCOUNT, "--policies", str(self.work / "policies" / f"{role}.json"),
-                "--record", str(self.record), "--", "-m", *module]
+                "--account", ACCOUNT, "--policies", str(policies or self.work / "policies" / f"{role}.json"),
+                "--record", str(record or self.record), "--", "-m", *module]
+
+    def start_api(self, port: int, policies: Path | None = None, record: Path | None = None,
+                  log_name: str = "api") -> Any:
+        """The API function's process on ``port`` (another one: with other policy documents)."""
+        api = self.templates.api_function()
+        return processes.start(
+            self.guarded(api.role, ["infra.local.api_server", "--host", "127.0.0.1", "--port", str(port),
+                                    "--stage", self.stage], policies, record),
+            env=self.function_env(api), log_path=self.work / f"{log_name}.log", clean=True)
 
     def start(self, schedule_every: float = 2.0, workers: int = 1) -> None:
         """The API server, one process per event-triggered function, the worker(s)."""
         api = self.templates.api_function()
-        self.procs["api"] = processes.start(
-            self.guarded(api.role, ["infra.local.api_server", "--host", "127.0.0.1", "--port", str(self.api_port),
-                                    "--stage", self.stage]),
-            env=self.function_env(api), log_path=self.work / "api.log", clean=True)
+        self.procs["api"] = self.start_api(self.api_port)
         for function in self.templates.functions.values():
             if function is api:
                 continue
