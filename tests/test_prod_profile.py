@@ -142,3 +142,50 @@ def test_a_removed_permission_is_caught_naming_role_action_and_resource(prod: di
                 "arn:aws:sqs:us-east-1:123456789012:c3-render-prod-jobs-dlq") in log
     finally:
         processes.stop(proc)
+
+
+def read_events(sqs: Any, url: str, want: int, timeout: float = 90) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+
+    def more() -> bool:
+        for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            seen.append(json.loads(m["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return len(seen) >= want
+
+    wait_until(more, timeout, interval=0)
+    return seen
+
+
+def test_intake_job_and_its_events_reach_the_reply_queue(prod: dict[str, Any]) -> None:
+    profile: ProdProfile = prod["profile"]
+    sqs = profile.client("sqs")  # the integration, with its own (administrator) credentials
+    reply = sqs.create_queue(QueueName="c3-render-prod-reply-test")["QueueUrl"]
+    intake = sqs.get_queue_url(QueueName="c3-render-prod-intake")["QueueUrl"]
+    sqs.send_message(QueueUrl=intake, MessageBody=json.dumps({
+        "type": "analyze", "params": {"image_url": prod["inputs"].url("portrait.jpg")},
+        "reply_to": "c3-render-prod-reply-test"}))
+    events = read_events(sqs, reply, 2)
+    assert [e["type"] for e in events] == ["job.submitted", "job.success"], events
+    assert events[0]["id"] == events[1]["id"]
+
+
+def test_dead_lettered_job_fails_with_its_webhook(prod: dict[str, Any]) -> None:
+    """The DeadLetters function fails a job whose message was dead-lettered, and its webhook
+    goes out through the Webhooks function. (The worker is stopped meanwhile.)"""
+    profile: ProdProfile = prod["profile"]
+    processes.stop(profile.procs.pop("worker-1"), timeout=30)
+    try:
+        job_id = submit(prod, "/analyze", {"image_url": prod["inputs"].url("portrait.jpg")})
+        sqs = profile.client("sqs")
+        jobs = sqs.get_queue_url(QueueName="c3-render-prod-jobs")["QueueUrl"]
+        dlq = sqs.get_queue_url(QueueName="c3-render-prod-jobs-dlq")["QueueUrl"]
+        message = wait_until(lambda: sqs.receive_message(QueueUrl=jobs, WaitTimeSeconds=1).get("Messages"), 30)[0]
+        sqs.send_message(QueueUrl=dlq, MessageBody=message["Body"])
+        sqs.delete_message(QueueUrl=jobs, ReceiptHandle=message["ReceiptHandle"])
+        status = final(prod, job_id, timeout=60)
+        assert status["status"] == "failed", status
+        hook = wait_until(lambda: [h.json() for h in prod["receiver"].for_job(job_id)], 60)
+        assert hook[0]["status"] == "failed"
+    finally:
+        profile.start_worker(1)
