@@ -110,6 +110,8 @@ def test_four_job_types_end_to_end_with_result_links(prod: dict[str, Any], tmp_p
 
 
 def test_health_with_a_key_reads_the_queues_and_fleet_under_the_api_role(prod: dict[str, Any]) -> None:
+    anonymous = requests.get(f"{prod['api']}/health", timeout=10)
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok", "service": "c3-render"}
     resp = requests.get(f"{prod['api']}/health", headers=KEY, timeout=10)
     assert resp.status_code == 200, resp.text
     body = resp.json()

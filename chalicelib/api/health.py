@@ -1,8 +1,10 @@
 """``GET /health``: what the system is doing, from the queues' attributes and the
-tables' indexes (no key needed: counts only, no job data)."""
+tables' indexes (with a key; without one the route answers liveness only). A snapshot
+is reused for ``cache_seconds``, so callers cannot multiply the index reads."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any, Callable
 
@@ -17,7 +19,8 @@ from chalicelib.platform.queue import Queue
 
 class HealthReport:
     def __init__(self, lanes: LaneQueues, dlq: Queue, store: JobStore, queries: JobQueries,
-                 registry: GpuRegistry, beacons: WorkerBeacons, clock: Callable[[], float]):
+                 registry: GpuRegistry, beacons: WorkerBeacons, clock: Callable[[], float],
+                 cache_seconds: float = 0.0):
         self.lanes = lanes
         self.dlq = dlq
         self.store = store
@@ -25,9 +28,18 @@ class HealthReport:
         self.registry = registry
         self.beacons = beacons
         self.clock = clock
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
 
     def snapshot(self) -> dict[str, Any]:
-        now = self.clock()
+        with self._lock:
+            now = self.clock()
+            if self._cached is None or now - self._cached[0] >= self.cache_seconds or now < self._cached[0]:
+                self._cached = (now, self._compute(now))
+            return self._cached[1]
+
+    def _compute(self, now: float) -> dict[str, Any]:
         lanes = self.lanes.depths()  # each priority lane's queue; the totals sum them
         queue = total(lanes.values())
         queued = self.queries.in_dispatch(JobStatus.QUEUED)

@@ -126,10 +126,15 @@ def openapi_document() -> dict[str, Any]:
         "properties": {"id": {"type": "string", "format": "uuid"}, "status": {"const": "queued"},
                        "retry_of": {"type": "string", "format": "uuid"}},
     }
-    schemas["Health"] = {"type": "object", "required": ["status", "queue", "jobs", "workers", "gpus"],
-                         "properties": {"status": {"const": "ok"}, "queue": {"type": "object"},
-                                        "jobs": {"type": "object"}, "workers": {"type": "object"},
-                                        "gpus": {"type": "object"}}}
+    schemas["Health"] = {"oneOf": [
+        {"type": "object", "required": ["status", "queue", "jobs", "workers", "gpus"],
+         "properties": {"status": {"const": "ok"}, "queue": {"type": "object"},
+                        "jobs": {"type": "object"}, "workers": {"type": "object"},
+                        "gpus": {"type": "object"}}},
+        {"type": "object", "required": ["status", "service"], "additionalProperties": False,
+         "description": "liveness only: no valid key was sent (API keys configured)",
+         "properties": {"status": {"const": "ok"}, "service": {"const": "c3-render"}}},
+    ]}
     schemas["BatchItemAnswer"] = {
         "type": "object", "required": ["index"],
         "properties": {"index": {"type": "integer", "minimum": 0, "maximum": MAX_ITEMS - 1},
@@ -176,7 +181,8 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/": {"get": {"summary": "Up", "responses": {"200": {"description": "Service is up"}}, **open_route}},
         **UI_PATHS,
-        "/health": {"get": {"summary": "Queue, jobs, workers and GPU instances", **open_route,
+        "/health": {"get": {"summary": "Liveness; with a key: queue, jobs, workers and GPU instances",
+                            "security": [{}, {"renderKey": []}, {"bearer": []}],
                             "responses": {"200": _json(_ref("Health"), "Health")}}},
         "/jobs": {"get": {"summary": "The key's jobs, newest first", "parameters": [
             {"name": "status", "in": "query", "schema": {"enum": ["queued", "running", "success", "failed",

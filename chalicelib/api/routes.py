@@ -83,7 +83,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     batches = BatchService(service, batch_store, ctx.outbox, ctx.clock, settings.outbox_grace,
                            settings.job_ttl_days)
     health_report = HealthReport(ctx.lanes, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
-                                 ctx.beacons, ctx.clock)
+                                 ctx.beacons, ctx.clock, settings.health_cache_seconds)
     keys = settings.api_key_list
     if not keys:
         log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
@@ -250,6 +250,11 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/health")
     @handled
     def service_health() -> dict[str, Any]:
+        """Liveness for anyone; the details (queue, fleet, spend) for a valid key."""
+        try:
+            owner()
+        except C3RenderError:
+            return {"status": "ok", "service": "c3-render"}
         return health_report.snapshot()
 
     webhooks = WebhookSender(

@@ -84,6 +84,10 @@ class Settings(EgressSettings):
     # template sets 100 (one small indexed count per submission there; moto scans for it).
     max_in_flight_per_key: int = Field(0, ge=0, validation_alias="MAX_IN_FLIGHT_PER_KEY")
 
+    # GET /health computes its details at most once per this many seconds per process
+    # (its index reads are bounded however often it is called).
+    health_cache_seconds: float = Field(5.0, ge=0, validation_alias="HEALTH_CACHE_SECONDS")
+
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
 
     @property

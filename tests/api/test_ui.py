@@ -271,7 +271,7 @@ def test_a_failed_job_shows_its_error_as_text(stack, jobs, driver) -> None:
 @in_browser
 def test_health_shows_workers_queue_and_gpus(stack, jobs, driver) -> None:
     signed_in(driver, stack)
-    health = requests.get(f"{stack['api']}/health", timeout=10).json()
+    health = requests.get(f"{stack['api']}/health", headers={"X-C3-RENDER-KEY": KEY}, timeout=10).json()
 
     def shown(name: str) -> str:
         # Read in the page in one step: the panel is re-rendered every poll, so an element

@@ -312,12 +312,14 @@ def test_secrets_from_the_deploy_to_the_lambda(moto, stage):
     assert len(problems) == 2 and "C3_API_KEY" in problems[0] + problems[1]
     writes, problems = plan_secrets(ssm, stage, {"C3_API_KEY": "c3-secret", "C3_RENDER_API_KEY": "k1,k2"})
     assert problems == [] and writes["webhook-secret"].startswith("whsec_")
+    # Result links get their own secret, generated like the webhook secret, never derived from it.
+    assert len(writes["result-link-secret"]) >= 40 and writes["result-link-secret"] not in writes["webhook-secret"]
     store_secrets(ssm, stage, writes)
     assert plan_secrets(ssm, stage, {}) == ({}, [])  # stored: nothing to ask for or to write again
     param = ssm.get_parameter(Name=f"/c3-render/{stage}/api-keys")["Parameter"]
     assert param["Type"] == "SecureString"
     lambda_env = {"SECRETS_PATH": f"/c3-render/{stage}/", "AWS_LAMBDA_FUNCTION_NAME": "f"}
-    assert sorted(load_secrets(lambda_env, ssm)) == ["C3_RENDER_API_KEY", "WEBHOOK_SECRET"]
+    assert sorted(load_secrets(lambda_env, ssm)) == ["C3_RENDER_API_KEY", "RESULT_LINK_SECRET", "WEBHOOK_SECRET"]
     assert lambda_env["C3_RENDER_API_KEY"] == "k1,k2" and "C3_API_KEY" not in lambda_env  # not the API's
     assert load_secrets({"SECRETS_PATH": f"/c3-render/{stage}/"}, ssm) == []  # outside Lambda: nothing
     reaper_env = {"SECRETS_PATH": f"/c3-render/{stage}/", "AWS_LAMBDA_FUNCTION_NAME": "gpu_reaper"}
