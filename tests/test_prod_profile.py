@@ -146,6 +146,31 @@ def test_a_removed_permission_is_caught_naming_role_action_and_resource(prod: di
         processes.stop(proc)
 
 
+def logged(prod: dict[str, Any], name: str, event: str) -> bool:
+    path = prod["work"] / f"{name}.log"
+    return path.exists() and f'"event": "{event}"' in path.read_text()
+
+
+def test_pool_stops_the_surplus_with_the_template_roles(prod: dict[str, Any]) -> None:
+    """Two workers (WorkerMaxCount) rent two instances (MAX_GPUS 2); once idle, one is
+    stopped as surplus (GPU_WARM_SPARES 1, GPU_SURPLUS_IDLE 30): the pool reads the queue's
+    depth and the outbox index under the worker's and the reaper's roles (without them it
+    has no demand figure and keeps both until the idle timeout)."""
+    profile: ProdProfile = prod["profile"]
+    profile.start_worker(2)  # WorkerMaxCount: the service scales out to two tasks
+    try:
+        wait_until(lambda: (prod["work"] / "worker-2.health").exists(), 60)
+        jobs = [submit(prod, "/portrait", {"image_url": prod["inputs"].url("portrait.jpg"),
+                                           "audio_url": prod["inputs"].url("speech.wav")}) for _ in range(4)]
+        assert all(final(prod, j)["status"] == "success" for j in jobs)
+        assert prod["sim"].ledger()["launches"] >= 2
+        wait_until(lambda: prod["sim"].ledger()["running"] == 1, 120, interval=1)  # the spare stays
+    finally:
+        processes.stop(profile.procs.pop("worker-2"), timeout=30)
+    for name in ("worker-1", "worker-2", "GpuReaper"):
+        assert not logged(prod, name, "gpu.demand_unavailable"), name
+
+
 def read_events(sqs: Any, url: str, want: int, timeout: float = 90) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
 
