@@ -253,7 +253,8 @@ def test_per_service_endpoints_never_reach_aws(moto, stage, monkeypatch, capsys)
     # The app stack's alarms, topic and dashboard need CloudWatch and SNS endpoints too.
     assert skipped.pop("AlarmTopic").endswith("skipped no emulator endpoint for sns (AWS_ENDPOINT_URL_SNS "
                                               "is not set); not sent to AWS")
-    assert sorted(skipped) == ["Dashboard", "GpuSpendAlarm", "JobFailureRatioAlarm", "JobsDeadLetterAlarm",
+    assert sorted(skipped) == ["Dashboard", "GpuSpendAlarm", "IntakeDeadLetterAlarm", "JobFailureRatioAlarm",
+                               "JobsDeadLetterAlarm",
                                "JobsQueueAgeAlarm", "WebhookGiveUpAlarm", "WorkerHeartbeatAlarm"]
     assert all("depends on skipped" in line for line in skipped.values())
     assert f"RESULTS_BUCKET=c3-render-{stage}-results-000000000000" in out  # no STS: placeholder account

@@ -69,6 +69,7 @@ def in_catalog(metric: str, dimensions: dict[str, str]) -> bool:
 
 ALARMS = {  # logical id -> name suffix
     "JobsDeadLetterAlarm": "jobs-dead-lettered",
+    "IntakeDeadLetterAlarm": "intake-dead-lettered",
     "JobsQueueAgeAlarm": "jobs-queue-age",
     "JobFailureRatioAlarm": "job-failure-ratio",
     "WebhookGiveUpAlarm": "webhook-give-ups",
