@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import boto3
 import requests
 
-from chalicelib.aws import client_config
+from chalicelib.platform.aws import client_config
 from infra.aws.emulator import Applier, Resolver
 from infra.aws.ssm_secrets import plan_secrets, store_secrets
 from infra.aws.template import DATA_TEMPLATE, load_template, render_app_template, resolve_parameters

@@ -207,7 +207,15 @@ def test_dead_lettered_job_fails_with_its_webhook(prod: dict[str, Any]) -> None:
         sqs = profile.client("sqs")
         jobs = sqs.get_queue_url(QueueName="c3-render-prod-jobs")["QueueUrl"]
         dlq = sqs.get_queue_url(QueueName="c3-render-prod-jobs-dlq")["QueueUrl"]
-        message = wait_until(lambda: sqs.receive_message(QueueUrl=jobs, WaitTimeSeconds=1).get("Messages"), 30)[0]
+
+        def mine() -> dict[str, Any] | None:
+            for m in sqs.receive_message(QueueUrl=jobs, WaitTimeSeconds=1, MaxNumberOfMessages=10).get("Messages", []):
+                if json.loads(m["Body"]).get("id") == job_id:
+                    return m
+                sqs.change_message_visibility(QueueUrl=jobs, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+            return None
+
+        message = wait_until(mine, 30)
         sqs.send_message(QueueUrl=dlq, MessageBody=message["Body"])
         sqs.delete_message(QueueUrl=jobs, ReceiptHandle=message["ReceiptHandle"])
         status = final(prod, job_id, timeout=60)
