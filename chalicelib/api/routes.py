@@ -13,6 +13,7 @@ from chalicelib.api.health import HealthReport
 from chalicelib.api.openapi import openapi_document
 from chalicelib.api.ui import register_ui
 from chalicelib.api.waiting import preferred_wait, wait_final
+from chalicelib.api.wait_holds import WaitHolds
 from chalicelib.context import Context
 from chalicelib.delivery.batch_hooks import BatchHooks
 from chalicelib.delivery.dead_letters import handle_dead_letters
@@ -84,6 +85,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
                            settings.job_ttl_days)
     health_report = HealthReport(ctx.lanes, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
                                  ctx.beacons, ctx.clock, settings.health_cache_seconds)
+    wait_holds = WaitHolds(ctx.dynamodb, settings.jobs_table, settings.max_wait_holds_per_key, ctx.clock)
     keys = settings.api_key_list
     if not keys:
         log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
@@ -130,9 +132,15 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     def waited(job: Job, seconds: int | None, brief: bool = False) -> Response:
         """The job's view (``brief``: only id and status, the seed's submit answer), after
         waiting for it to be final when the client asks to (``Prefer: wait=N``)."""
-        if seconds is None:
+        who = owner() if seconds is not None else ""
+        if seconds is None or not wait_holds.acquire(who):
+            # Over the key's bound on concurrent holds (MAX_WAIT_HOLDS_PER_KEY): answered at
+            # once, and without Preference-Applied the client knows it did not wait.
             return _json_response({"id": job.id, "status": job.status.value} if brief else service.view(job))
-        job = wait_final(lambda: ctx.store.get(job.id) or job, seconds)
+        try:
+            job = wait_final(lambda: ctx.store.get(job.id) or job, seconds)
+        finally:
+            wait_holds.release(who)
         return _json_response(service.view(job), headers={"Preference-Applied": f"wait={seconds}"})
 
     def base_url() -> str:

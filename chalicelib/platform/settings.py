@@ -83,6 +83,9 @@ class Settings(EgressSettings):
     # Fair use: queued + running jobs one key may have (429 above); 0 = no cap. The AWS
     # template sets 100 (one small indexed count per submission there; moto scans for it).
     max_in_flight_per_key: int = Field(0, ge=0, validation_alias="MAX_IN_FLIGHT_PER_KEY")
+    # Requests one key may hold open at once with ``Prefer: wait`` (each holds a Lambda);
+    # over it a request answers at once, without Preference-Applied. 0 = no bound.
+    max_wait_holds_per_key: int = Field(2, ge=0, validation_alias="MAX_WAIT_HOLDS_PER_KEY")
 
     # GET /health computes its details at most once per this many seconds per process
     # (its index reads are bounded however often it is called).

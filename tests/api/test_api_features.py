@@ -14,6 +14,8 @@ import requests
 from chalice.test import Client
 
 from chalicelib.api.routes import create_app
+from chalicelib.api.wait_holds import STALE_AFTER, WaitHolds
+from chalicelib.platform.auth import owner_of
 from chalicelib.jobs.links import ResultLinks
 from chalicelib.context import Context
 from chalicelib.jobs.models import JobStatus
@@ -231,6 +233,29 @@ def test_the_webhook_secret_never_signs_result_links(stack_env, caplog):
         forged = ResultLinks("whsec_shared", None, 3600, time.time).token(job_id, expires)
         assert client.http.get(f"/results/{job_id}?expires={expires}&token={forged}").status_code == 404
     assert any(r.msg == "result_links.disabled" or "result_links.disabled" in r.getMessage() for r in caplog.records)
+
+
+def test_prefer_wait_holds_are_bounded_per_key(stack_env):
+    """Over MAX_WAIT_HOLDS_PER_KEY a request answers at once, without Preference-Applied;
+    another key still waits; a counter left by dead holds is taken over once stale."""
+    now = [time.time()]
+    ctx = Context(make_ctx(stack_env, MAX_WAIT_HOLDS_PER_KEY="1").settings, clock=lambda: now[0])
+    holds = WaitHolds(ctx.dynamodb, ctx.settings.jobs_table, 1, ctx.clock)
+    with Client(create_app(ctx)) as client:
+        job_id = post(client, "/csm", CSM)[1]["id"]
+        assert holds.acquire(owner_of("key-one"))  # another API process holds key-one's one wait
+        resp, view = get(client, f"/status/{job_id}", {**K1, "Prefer": "wait=1"})
+        assert resp.status_code == 200 and view["status"] == "queued"
+        assert "Preference-Applied" not in resp.headers
+        other = post(client, "/csm", CSM, K2)[1]["id"]
+        resp, _ = get(client, f"/status/{other}", {**K2, "Prefer": "wait=1"})
+        assert resp.headers["Preference-Applied"] == "wait=1"  # key-two is not held back
+        holds.release(owner_of("key-one"))
+        resp, _ = get(client, f"/status/{job_id}", {**K1, "Prefer": "wait=1"})
+        assert resp.headers["Preference-Applied"] == "wait=1"
+        assert holds.acquire(owner_of("key-one")) and not holds.acquire(owner_of("key-one"))
+        now[0] += STALE_AFTER + 1  # the holder died: its increment is taken over
+        assert holds.acquire(owner_of("key-one"))
 
 
 # -- fair use -------------------------------------------------------------------------------------------

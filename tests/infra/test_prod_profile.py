@@ -77,6 +77,8 @@ def test_each_process_gets_exactly_its_template_environment(prod: dict[str, Any]
         env = profile.function_env(function)
         assert set(env) - allowed_extra == set(function.env), function.logical_id
         assert env["AWS_SESSION_TOKEN"] and env["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+        if function.queue or function.every:  # never starved by the API's concurrency
+            assert function.reserved_concurrency, function.logical_id
     # Every function's process runs (its Handler resolves on app.py) and the worker too.
     for name, proc in profile.procs.items():
         assert proc.poll() is None, f"{name} exited: see {prod['work'] / (name + '.log')}"
