@@ -345,3 +345,26 @@ class ProdProfile:
 
 def new_secret() -> str:
     return secrets.token_urlsafe(24)
+
+
+def unused_permissions(templates: Templates, decisions: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per role: each ``action on resource`` its policies allow that no call of the run used."""
+    from infra.local.iam_guard import Request, statement_matches
+
+    out: dict[str, list[str]] = {}
+    for logical, _ in templates.roles.items():
+        used = [Request(d["action"], d["resource"], tuple(d.get("context", {}).items()))
+                for d in decisions if d["allowed"] and d["role"] == role_name(STAGE, logical)]
+        if not used:
+            continue  # a role no process of the run used (the execution role reads secrets once)
+        for policy in templates.policies(logical):
+            statements = policy["Statement"]
+            for statement in [statements] if isinstance(statements, dict) else statements:
+                actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+                resources = statement.get("Resource", "*")
+                for action in actions:
+                    for resource in [resources] if isinstance(resources, str) else resources:
+                        narrowed = {**statement, "Action": action, "Resource": resource}
+                        if not any(statement_matches(narrowed, r) for r in used):
+                            out.setdefault(logical, []).append(f"{action} on {resource}")
+    return out
