@@ -23,6 +23,8 @@ from tests.support.harness import wait_until
 from tests.support.receiver import Receiver
 
 KEY = {"X-C3-RENDER-KEY": "prod-key-a"}
+# The module's stack starts in the first test; the pool test waits out GPU_SURPLUS_IDLE (30 s).
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
