@@ -45,7 +45,7 @@ from ..tasks.base import NodeFault, TaskError
 from .heartbeat import Heartbeat
 from .holdings import Holdings
 from .keeper import PoolKeeper
-from .launches import Launches
+from .launches import LaunchHandedOver, Launches
 from .monitor import Listing, Monitor
 from .settings import GpuSettings
 from .threads import start_daemon
@@ -107,7 +107,7 @@ class GpuManager:
             raise GpuError(f"this worker's GPU instance is still bound to job {held[0]}, whose task "
                            "has not ended; no instance is shared with a live task")
         node = self._reuse(token, log)
-        node = node if node is not None else self._launch(token, log, on_phase or _no_phase)
+        node = node if node is not None else self._launch(job_id, token, log, on_phase or _no_phase)
         with self._lock:
             self._bound[job_id] = node.workload
         return node
@@ -160,14 +160,14 @@ class GpuManager:
         with self._lock:
             monitors = list(self._monitors.values())
             self._monitors.clear()
-            current, intent = self.held.current, self.held.intent
+            current, intents = self.held.current, [i.id for i in self.held.intents.values()]
             ahead = list(self.held.ahead)
         for monitor in monitors:
             monitor.stop()
         if current is not None:
             self._retire(current.workload, "the worker is shutting down")
-        if intent is not None:
-            self.log.warning("gpu.launch_in_flight", record=intent.id,
+        if intents:
+            self.log.warning("gpu.launch_in_flight", records=intents,
                              reason="a launch is still in flight at shutdown; if it outlives this process, "
                                     "the scheduled gpu_reaper reaps its intent after GPU_OWNER_GRACE")
         if ahead:
@@ -237,11 +237,11 @@ class GpuManager:
             return self.launches.node(adopted)
         return None
 
-    def _launch(self, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> Node:
+    def _launch(self, job_id: str, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> Node:
         s = self.settings
         records = self.registry.all()
         booting = self.keeper.booting_for_pool(records)
-        intent = None if booting else self._claim_slot(records)
+        intent = None if booting else self._claim_slot(job_id, records)
         while intent is None:  # a pool launch is booting, or all MAX_GPUS slots are in use
             on_phase("launching_gpu" if booting else "waiting_for_gpu")
             if booting:
@@ -259,21 +259,26 @@ class GpuManager:
             if node is not None:
                 return node
             booting = self.keeper.booting_for_pool(records)
-            intent = None if booting else self._claim_slot(records)
+            intent = None if booting else self._claim_slot(job_id, records)
         on_phase("launching_gpu")
         log.info("gpu.launching", record=intent.id, workload_type=s.workload_type, expires=intent.expires,
                  reason="intent recorded first, so a crash mid-launch leaves a trace to reconcile")
         try:
-            launch = self.client.launch(s.workload_type, intent.expires, wait=token.wait)
+            # Returns at the job's cancel even while the call hangs; the pool then takes its answer.
+            launch = self.launches.call(intent, token.wait,
+                                        lambda answer, error: self.keeper.take_over(job_id, answer, error))
+        except LaunchHandedOver:
+            token.raise_if_cancelled()
+            raise
         except Comput3Error as exc:
-            self._abandon_intent(getattr(exc, "maybe_launched", False), str(exc))
+            self._abandon_intent(job_id, getattr(exc, "maybe_launched", False), str(exc))
             if isinstance(exc, LaunchAborted):
                 token.raise_if_cancelled()
             log.error("gpu.launch_failed", error=str(exc))
             METRICS.gpu_launch(False, job_id=log.fields.get("job_id"), error=str(exc)[:200])
             raise GpuError(str(exc)) from None
         METRICS.gpu_launch(True, workload=launch.workload.workload, job_id=log.fields.get("job_id"))
-        record = self._record_launch(launch.workload.workload, launch.workload.node)
+        record = self._record_launch(job_id, launch.workload.workload, launch.workload.node)
         log.info("gpu.launched", record=record.id, workload=record.workload, node=record.node,
                  launch_attempts=launch.attempts, expires=record.expires)
         if launch.maybe_duplicated:
@@ -292,7 +297,7 @@ class GpuManager:
                  boot_seconds=round(self.clock() - (record.launched_at or record.created_at), 2))
         return self.launches.node(record)
 
-    def _claim_slot(self, records: list[GpuRecord]) -> GpuRecord | None:
+    def _claim_slot(self, job_id: str, records: list[GpuRecord]) -> GpuRecord | None:
         """Create the "launching" record of a free slot (the intent, written before the
         launch call); None when all MAX_GPUS slots are in use."""
         taken = {r.slot for r in records}
@@ -308,14 +313,14 @@ class GpuManager:
                 raise GpuError(f"Could not record the GPU launch intent in table {self.registry.table}: "
                                f"{exc.response['Error'].get('Code')}; no GPU was launched") from None
             with self._lock:
-                self.held.intent = intent
+                self.held.intents[job_id] = intent
             return intent
         return None
 
-    def _record_launch(self, workload: str, node: str) -> GpuRecord:
+    def _record_launch(self, job_id: str, workload: str, node: str) -> GpuRecord:
         now = self.clock()
         with self._lock:
-            intent, self.held.intent = self.held.intent, None
+            intent = self.held.intents.pop(job_id, None)
             try:
                 if intent is None:
                     raise RecordLost("launch intent", None)
@@ -333,9 +338,9 @@ class GpuManager:
                              reason="left to the worker that claimed the intent")
         raise GpuError(f"GPU instance {workload} could not be recorded ({lost}); it was stopped")
 
-    def _abandon_intent(self, maybe_launched: bool, why: str) -> None:
+    def _abandon_intent(self, job_id: str, maybe_launched: bool, why: str) -> None:
         with self._lock:
-            intent, self.held.intent = self.held.intent, None
+            intent = self.held.intents.pop(job_id, None)
         if intent is not None:
             self.launches.abandon(intent, maybe_launched, why)
 

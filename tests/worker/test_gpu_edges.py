@@ -1,0 +1,96 @@
+"""GPU edge cases (issue 21): abandoned launches, lost adoption races, workloads the
+registry does not know. GpuManagers built as the worker builds them, against the simulated
+Comput3 over HTTP and the moto-backed registry; the simulator's ledger is the evidence."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from chalicelib.context import Context
+from chalicelib.fleet.registry import LAUNCHING, RUNNING, GpuRegistry
+from chalicelib.platform.logs import get_logger
+from chalicelib.platform.settings import Settings
+from tests.support.fake_gpu_tasks import GPU_FAST
+from tests.support.harness import FAST, wait_until
+from worker_runtime.cancel import CancelToken, TaskCancelled
+from worker_runtime.gpu import GpuSettings, build_gpu_manager
+from worker_runtime.stops import Stop
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def genv(stack_env, c3_sim):
+    return {**FAST, **stack_env, **GPU_FAST, **c3_sim.worker_env()}
+
+
+def manager(env, **overrides):
+    full = {**env, **overrides}
+    ctx = Context(Settings(**full))
+    return build_gpu_manager(ctx, f"w-{time.monotonic_ns()}", GpuSettings(**full)), ctx
+
+
+def registry(env):
+    ctx = Context(Settings(**env))
+    return GpuRegistry(ctx.dynamodb, ctx.settings.gpu_table, time.time)
+
+
+def in_thread(fn, box=None):
+    box = {} if box is None else box
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_a_cancel_during_a_hanging_launch_leaves_the_next_job_its_own_launch(genv, c3_sim):
+    """Job A's launch call hangs; A is cancelled and returns at once (before Comput3 answers);
+    job B launches meanwhile. A's late answer must not take B's intent (B fails with "could
+    not be recorded" on the old code): B runs on its own instance, A's instance is recorded
+    for the pool, and no intent is left orphaned."""
+    gpu, _ = manager(genv, C3_LAUNCH_TIMEOUT="30")
+    log = get_logger("test")
+    try:
+        c3_sim.set_faults(launch_delay=3, launch_delay_count=1)
+        token_a = CancelToken()
+
+        def job_a():
+            try:
+                return gpu.acquire("job-a", token_a, log)
+            finally:  # what the registry shows the moment A's acquire returned
+                box_a["seen"] = registry(genv).all()
+
+        box_a: dict = {}
+        thread_a, _ = in_thread(job_a, box_a)
+        wait_until(lambda: c3_sim.ledger()["launches"] == 1)  # A's launch call is in flight
+        token_a.cancel("cancelled by the client", Stop.CLIENT)
+        c3_sim.set_faults(launch_delay=6, launch_delay_count=1)  # B's launch answers after A's
+        thread_b, box_b = in_thread(lambda: gpu.acquire("job-b", CancelToken(), log))
+        thread_a.join(10)
+        assert isinstance(box_a.get("error"), TaskCancelled)
+        # A returned while its launch was still unanswered: no record knows a workload yet.
+        assert box_a["seen"] and all(r.state == LAUNCHING and r.workload is None for r in box_a["seen"])
+        thread_b.join(20)
+        assert "error" not in box_b, box_b.get("error")
+        node_b = box_b["value"]
+        first, second = sorted(c3_sim.ledger()["instances"], key=lambda i: i["launched_at"])
+        assert node_b.workload == second["workload"]
+        # A's late answer is recorded (idle, for any job), every record known, none orphaned.
+        records = wait_until(lambda: len(rs := registry(genv).all()) == 2
+                             and all(r.state == RUNNING and r.workload for r in rs) and rs, 10)
+        by_workload = {r.workload: r for r in records}
+        assert set(by_workload) == {first["workload"], second["workload"]}
+        assert by_workload[second["workload"]].busy
+        wait_until(lambda: registry(genv).get(by_workload[first["workload"]].id).idle, 10)
+        assert c3_sim.ledger()["running"] == 2
+    finally:
+        gpu.shutdown()
