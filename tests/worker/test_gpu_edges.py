@@ -94,3 +94,36 @@ def test_a_cancel_during_a_hanging_launch_leaves_the_next_job_its_own_launch(gen
         assert c3_sim.ledger()["running"] == 2
     finally:
         gpu.shutdown()
+
+
+def test_an_adoption_that_loses_a_race_to_a_heartbeat_retries_before_launching(genv, c3_sim):
+    """B adopts A's idle instance; A's heartbeat bumps the record's version between B's read
+    and B's conditional write (injected over the wire, at B's adopting UpdateItem). The
+    record is still idle: B re-reads and adopts it instead of launching a second instance."""
+    gpu_a, ctx = manager(genv)
+    gpu_b, _ = manager(genv)
+    log = get_logger("test")
+    raced: list[str] = []
+
+    def heartbeat_first(params, **_):
+        values = params.get("ExpressionAttributeValues", {})
+        if ":idle" in values and values.get(":set_owner") == {"S": gpu_b.worker_id} and not raced:
+            raced.append(params["Key"]["id"]["S"])
+            gpu_a.heartbeat.beat()  # a real heartbeat write of A's, landing first
+
+    events = ctx.dynamodb.meta.events
+    events.register("before-parameter-build.dynamodb.UpdateItem", heartbeat_first)
+    try:
+        node_a = gpu_a.acquire("job-a", CancelToken(), log)
+        assert gpu_a.release("job-a", None) is False  # idle again, still A's
+        node_b = gpu_b.acquire("job-b", CancelToken(), log)
+        assert raced  # the race happened
+        assert node_b.workload == node_a.workload
+        ledger = c3_sim.ledger()
+        assert (ledger["launch_requests"], ledger["running"]) == (1, 1)
+        [record] = registry(genv).all()
+        assert (record.owner, record.busy) == (gpu_b.worker_id, True)
+    finally:
+        events.unregister("before-parameter-build.dynamodb.UpdateItem", heartbeat_first)
+        gpu_a.shutdown()
+        gpu_b.shutdown()

@@ -221,10 +221,8 @@ class GpuManager:
             with self._lock:
                 if self.held.current is not None or self._closed.is_set():
                     return None
-                try:
-                    adopted = self.registry.update(record, require_idle=True, owner=self.worker_id, busy=True,
-                                                   heartbeat=self.clock(), ahead=False)
-                except RecordLost:
+                adopted = self._take_idle(record)
+                if adopted is None:
                     continue  # another worker adopted or claimed it first
                 self.held.current = adopted
             problem = self._health(adopted, token.wait)
@@ -235,6 +233,23 @@ class GpuManager:
             log.info("gpu.adopted", workload=adopted.workload, node=adopted.node, previous_owner=record.owner,
                      age=round(adopted.age(now), 1), reason="an idle instance in the registry; no launch needed")
             return self.launches.node(adopted)
+        return None
+
+    def _take_idle(self, record: GpuRecord, tries: int = 5) -> GpuRecord | None:
+        """The adopting conditional write. Losing it to a write that left the record idle
+        (its owner's heartbeat, a metering pass) is no reason to launch: re-read and retry;
+        None once another worker adopted or claimed it (or it is gone)."""
+        for _ in range(tries):
+            try:
+                return self.registry.update(record, require_idle=True, owner=self.worker_id, busy=True,
+                                            heartbeat=self.clock(), ahead=False)
+            except RecordLost as exc:
+                fresh = exc.current
+                if fresh is None or fresh.serial != record.serial or not fresh.idle:
+                    return None
+                self.log.info("gpu.adoption_retried", record=record.id, workload=record.workload,
+                              reason=f"{exc}, still idle: read again and retried")
+                record = fresh
         return None
 
     def _launch(self, job_id: str, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> Node:
