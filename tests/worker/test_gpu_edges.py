@@ -16,7 +16,7 @@ from chalicelib.platform.settings import Settings
 from tests.support.fake_gpu_tasks import GPU_FAST
 from tests.support.harness import FAST, wait_until
 from worker_runtime.cancel import CancelToken, TaskCancelled
-from worker_runtime.gpu import GpuSettings, build_gpu_manager
+from worker_runtime.gpu import GpuError, GpuSettings, build_gpu_manager
 from worker_runtime.stops import Stop
 
 pytestmark = pytest.mark.integration
@@ -127,3 +127,21 @@ def test_an_adoption_that_loses_a_race_to_a_heartbeat_retries_before_launching(g
         events.unregister("before-parameter-build.dynamodb.UpdateItem", heartbeat_first)
         gpu_a.shutdown()
         gpu_b.shutdown()
+
+
+def test_a_launch_answering_200_with_an_unexpected_body_leaves_no_instance_running(genv, c3_sim):
+    """Comput3 started an instance but its answer names none: the job fails readably, and the
+    instance is found by the intent's expires and stopped (the old code deleted the intent
+    and left it billing until its rental's end)."""
+    c3_sim.set_faults(launch_odd_body=1)
+    gpu, _ = manager(genv)
+    try:
+        with pytest.raises(GpuError) as err:
+            gpu.acquire("job-a", CancelToken(), get_logger("test"))
+        assert "answer lacks 'workload' or 'node'" in str(err.value)
+        ledger = wait_until(lambda: (l := c3_sim.ledger())["launches"] == 1 and l["running"] == 0 and l, 10)
+        assert (ledger["launch_requests"], ledger["launch_odd_body"]) == (1, 1)  # never retried
+        assert ledger["instances"][0]["ended_by"] == "stop"
+        assert registry(genv).all() == []
+    finally:
+        gpu.shutdown()
