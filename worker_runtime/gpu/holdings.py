@@ -25,6 +25,8 @@ class Holdings:
     # answers late never takes the intent of the next job's launch.
     intents: dict[str, GpuRecord] = field(default_factory=dict)
     ahead: dict[str, GpuRecord] = field(default_factory=dict)  # launches for the pool (no job yet), until they boot
+    # Instances busy with a cancelled job's work (by record id), until it ends: no job gets them.
+    draining: dict[str, GpuRecord] = field(default_factory=dict)
 
     def write_current(self, **changes: object) -> GpuRecord | None:
         """Update this worker's record (lock held); forgets it if another worker took it."""

@@ -9,8 +9,12 @@
     watch(job_id, node, token)    health monitor while the job runs; on failure it
                                   cancels the job ("node_failed") and stops the instance
     unwatch(job_id)
-    release(job_id, node_fault)   the job's task has ended: idle again; stopped when the
-                                  node failed it or the instance is past GPU_REFRESH_AFTER
+    release(job_id, node_fault, busy_for)
+                                  the job's task has ended: idle again; stopped when the
+                                  node failed it or the instance is past GPU_REFRESH_AFTER;
+                                  kept from every job while the node is busy with the
+                                  cancelled job's work (``busy_for`` s), or stopped when
+                                  that would last past GPU_CANCELLED_WORK_LIMIT
     maintain()                    starts the keeper thread (the pool's scale-in and
                                   scale-out, keeper.py, every second or when a job asks for
                                   an instance) and the heartbeat thread (heartbeat.py);
@@ -24,6 +28,7 @@ the same ``Holdings`` (holdings.py), whose docstring states the one locking rule
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -48,7 +53,7 @@ from .keeper import PoolKeeper
 from .launches import LaunchHandedOver, Launches
 from .monitor import Listing, Monitor
 from .settings import GpuSettings
-from .threads import start_daemon
+from .threads import safely, start_daemon
 
 
 class GpuError(TaskError):
@@ -128,10 +133,12 @@ class GpuManager:
         if monitor is not None:
             monitor.stop()
 
-    def release(self, job_id: str, node_fault: NodeFault | None) -> bool:
+    def release(self, job_id: str, node_fault: NodeFault | None, busy_for: float | None = None) -> bool:
         """``job_id``'s task has ended: its instance is idle again, or stopped when the
         node failed it (or it is past GPU_REFRESH_AFTER). Anything else that ended the job
-        (a bad input, the client's cancel, a max_time the node honoured) keeps it.
+        (a bad input, the client's cancel, a max_time the node honoured) keeps it; but a
+        cancel that left work running on the node (``busy_for`` s more, inf: unknown) keeps
+        it from every job until then, or stops it when that is past GPU_CANCELLED_WORK_LIMIT.
         Returns True when the job's instance is no longer running (stopped now or before)."""
         self.unwatch(job_id)
         with self._lock:
@@ -147,11 +154,50 @@ class GpuManager:
             elif record.age(now) >= self.settings.refresh_after:
                 reason = (f"up for {record.age(now):.0f} s, past GPU_REFRESH_AFTER="
                           f"{self.settings.refresh_after:g}: the next job gets a fresh instance")
+            elif busy_for is not None and busy_for > self.settings.cancelled_work_limit:
+                left = "for an unknown time" if math.isinf(busy_for) else f"for ~{busy_for:.0f} s more"
+                reason = (f"the node goes on with cancelled job {job_id}'s work {left}, past "
+                          f"GPU_CANCELLED_WORK_LIMIT={self.settings.cancelled_work_limit:g}: a fresh instance "
+                          "costs less than a GPU rendering for nobody")
+            elif busy_for is not None and busy_for > 0:
+                self._drain(job_id, busy_for, now)
+                return False
             else:
                 self.held.write_current(busy=False, last_used=now, heartbeat=now)
                 return False
         self._retire(workload, reason)
         return True
+
+    def _drain(self, job_id: str, busy_for: float, now: float) -> None:
+        """Keep this worker's instance from every job (busy in the registry, heartbeated)
+        until the cancelled job's work on the node ends, then leave it idle (lock held)."""
+        until = now + busy_for
+        record = self.held.write_current(busy=True, draining_until=until, heartbeat=now)
+        if record is None:
+            return
+        self.held.current = None
+        self.held.draining[record.id] = record
+        self.log.info("gpu.draining", job_id=job_id, workload=record.workload, busy_for=round(busy_for, 1),
+                      reason="the cancelled job's call goes on on the node (Gradio cannot stop a running call); "
+                             "no job gets the instance until it ends")
+        start_daemon(lambda: safely(lambda: self._drained(record.id, until), "drain", self.log),
+                     f"gpu-drain-{record.id}")
+
+    def _drained(self, record_id: str, until: float) -> None:
+        if self._closed.wait(max(0.0, until - self.clock())):
+            return  # shutting down: shutdown() stops it
+        with self._lock:
+            record = self.held.draining.pop(record_id, None)
+            if record is None:
+                return
+            now = self.clock()
+            try:
+                self.registry.update(record, busy=False, draining_until=None, last_used=now, heartbeat=now)
+            except RecordLost as exc:
+                self.log.info("gpu.drain_lost", record=record_id, reason=str(exc))
+                return
+        self.log.info("gpu.drained", workload=record.workload,
+                      reason="the cancelled job's work has run its course; idle for any job")
 
     def shutdown(self) -> None:
         if self._closed.is_set():
@@ -162,10 +208,14 @@ class GpuManager:
             self._monitors.clear()
             current, intents = self.held.current, [i.id for i in self.held.intents.values()]
             ahead = list(self.held.ahead)
+            draining = list(self.held.draining.values())
+            self.held.draining.clear()
         for monitor in monitors:
             monitor.stop()
         if current is not None:
             self._retire(current.workload, "the worker is shutting down")
+        for record in draining:
+            self.reaper.stop(record, "the worker is shutting down while its instance is busy with cancelled work")
         if intents:
             self.log.warning("gpu.launch_in_flight", records=intents,
                              reason="a launch is still in flight at shutdown; if it outlives this process, "
@@ -258,10 +308,16 @@ class GpuManager:
         booting = self.keeper.booting_for_pool(records)
         intent = None if booting else self._claim_slot(job_id, records)
         while intent is None:  # a pool launch is booting, or all MAX_GPUS slots are in use
-            on_phase("launching_gpu" if booting else "waiting_for_gpu")
+            draining = [] if booting else _draining(records, self.clock())
+            on_phase("launching_gpu" if booting else "waiting_for_node" if draining else "waiting_for_gpu")
             if booting:
                 log.info("gpu.awaiting_pool_launch", records=booting, retry_in=s.boot_poll,
                          reason="instances launched ahead of the queue are booting; the first idle one is taken")
+            elif draining:
+                log.info("gpu.waiting_for_node", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
+                         draining={r.workload: round(r.draining_until - self.clock(), 1) for r in draining},
+                         reason="every launch slot is taken and these instances are busy with a cancelled "
+                                "job's work the node could not stop (seconds left); the first free one is taken")
             else:
                 log.info("gpu.at_capacity", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
                          reason="every launch slot is taken; waiting for an idle instance or a free slot")
@@ -408,6 +464,10 @@ class GpuManager:
             claimed = self.reaper.claim(record, reason)
         self.log.info("gpu.stopping", workload=workload, node=record.node, reason=reason)
         return claimed is not None and self.reaper.finish(claimed)
+
+
+def _draining(records: list[GpuRecord], now: float) -> list[GpuRecord]:
+    return [r for r in records if r.state == RUNNING and r.draining_until is not None and r.draining_until > now]
 
 
 def _no_phase(phase: str) -> None:
