@@ -14,7 +14,7 @@ from chalicelib.fleet.registry import LAUNCHING, RUNNING, GpuRegistry
 from chalicelib.platform.logs import get_logger
 from chalicelib.platform.settings import Settings
 from tests.support.fake_gpu_tasks import GPU_FAST
-from tests.support.harness import FAST, wait_until
+from tests.support.harness import FAST, ThreadWorker, service, submit, wait_until
 from worker_runtime.cancel import CancelToken, TaskCancelled
 from worker_runtime.gpu import GpuError, GpuSettings, build_gpu_manager
 from worker_runtime.stops import Stop
@@ -145,3 +145,72 @@ def test_a_launch_answering_200_with_an_unexpected_body_leaves_no_instance_runni
         assert registry(genv).all() == []
     finally:
         gpu.shutdown()
+
+
+# -- cancelled work on the node ------------------------------------------------------------
+@pytest.fixture
+def sim_with_apps(log_dir, request):
+    from infra.local.simulator import SimulatorProcess
+
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)
+    sim = SimulatorProcess.start(log_path=log_dir / f"c3sim-{name}.log")
+    yield sim
+    sim.stop()
+
+
+def app_worker(env, sim, **overrides):
+    full = {**FAST, **env, **GPU_FAST, **sim.worker_env(), "WORKER_TASKS": "worker_runtime.tasks:default_tasks",
+            **overrides}
+    worker_id = f"w-{time.monotonic_ns()}"
+    gpu = build_gpu_manager(Context(Settings(**full)), worker_id, GpuSettings(**full))
+    return ThreadWorker(full, gpu=gpu, WORKER_ID=worker_id)
+
+
+def node_events(sim, workload, app, event):
+    return [r for r in sim.node(workload)["requests"] if r["app"] == app and r["event"] == event]
+
+
+def cancel_mid_render(tw, sim, slow_seconds):
+    """Job A renders slowly on the node (it reports progress); the client cancels it once the
+    worker has seen some. Returns A's id and the instance."""
+    sim.set_faults(node={"csm": "slow", "slow_seconds": slow_seconds})
+    job_a = submit(tw.ctx, "csm", {"text": "A long monologue."})
+    wait_until(lambda: (tw.ctx.store.get(job_a).progress or 0) > 0, 30)
+    [instance] = sim.ledger()["instances"]
+    service(tw.ctx).update(job_a, "anonymous", {"status": "cancelled"})
+    sim.node_action(instance["workload"], faults={"csm": None})  # the next call renders at once
+    return job_a, instance["workload"]
+
+
+def test_a_node_busy_with_cancelled_work_waits_for_it_before_the_next_job(stack_env, sim_with_apps, tmp_path):
+    """Gradio cannot stop A's running call: the worker keeps the instance from B (MAX_GPUS=1:
+    B waits, phase waiting_for_node) until A's work has run its course, then B runs on it.
+    The old code handed the node to B at once, whose call then waited behind A's on the GPU."""
+    sim = sim_with_apps
+    with app_worker({**stack_env, "OUTPUT_DIR": str(tmp_path / "out")}, sim, MAX_GPUS="1",
+                    GPU_CANCELLED_WORK_LIMIT="60") as tw:
+        job_a, workload = cancel_mid_render(tw, sim, slow_seconds=5)
+        job_b = submit(tw.ctx, "csm", {"text": "Short."})
+        done = wait_until(lambda: (j := tw.ctx.store.get(job_b)).status.is_terminal and j, 60)
+        assert done.status.value == "success", done.error
+        assert "waiting_for_node" in (done.phases or {})
+        [a_finished] = node_events(sim, workload, "csm", "finished")[:1]
+        b_request = node_events(sim, workload, "csm", "request")[1]
+        assert b_request["at"] >= a_finished["at"]  # B was sent only once A's work had ended
+        ledger = sim.ledger()
+        assert (ledger["launches"], ledger["stops"]) == (1, 0)
+
+
+def test_cancelled_work_past_the_limit_stops_the_instance(stack_env, sim_with_apps, tmp_path):
+    """A's cancelled call would hold the node ~25 s more, past GPU_CANCELLED_WORK_LIMIT=2: the
+    instance is stopped at once and B gets a fresh one (the old code kept it, and B waited)."""
+    sim = sim_with_apps
+    with app_worker({**stack_env, "OUTPUT_DIR": str(tmp_path / "out")}, sim, MAX_GPUS="1",
+                    GPU_CANCELLED_WORK_LIMIT="2") as tw:
+        job_a, workload = cancel_mid_render(tw, sim, slow_seconds=30)
+        ledger = wait_until(lambda: (l := sim.ledger())["stops"] == 1 and l, 20)
+        assert [i["ended_by"] for i in ledger["instances"] if i["workload"] == workload] == ["stop"]
+        job_b = submit(tw.ctx, "csm", {"text": "Short."})
+        done = wait_until(lambda: (j := tw.ctx.store.get(job_b)).status.is_terminal and j, 60)
+        assert done.status.value == "success", done.error
+        assert sim.ledger()["launches"] == 2

@@ -43,7 +43,7 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
     try:
         job = client.submit(api_name=api_name, **inputs)
         ctx.log.info("gradio.submitted", app=app, api_name=api_name, url=url)
-        seen: dict[str, float] = {}  # when the call began running, and its latest progress
+        seen: dict[str, float] = {"submitted": time.monotonic()}  # and the latest progress
         judged = threading.Event()  # the cancel has said whether the call was left running
 
         def cancel_remote() -> None:
@@ -60,8 +60,6 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
         ctx.cancel.on_cancel(cancel_remote)
         while not job.done() and not ctx.cancel.wait(poll_interval):
             progress = _progress(job)
-            if "started" not in seen and _running(job):
-                seen["started"] = time.monotonic()
             if progress is not None:
                 seen["progress"] = progress
                 ctx.report(progress=progress)
@@ -92,13 +90,14 @@ def _left_running(job: Any, seen: dict[str, float]) -> float | None:
     """Seconds the node stays busy with a call cancelled now: None when it was not running
     yet (Gradio drops it from the queue), else the rest at the pace of its progress so far,
     infinite without any."""
-    if job.done() or not (_running(job) or "started" in seen):
-        return None
     progress = seen.get("progress") or 0.0
-    if progress <= 0 or "started" not in seen:
+    if job.done() or not (progress > 0 or _running(job)):
+        return None
+    if progress <= 0:
         return math.inf
-    elapsed = time.monotonic() - seen["started"]
-    # A quarter and a second more: progress is seen late and the pace is not even.
+    # Counted from the submission (its time in the app's queue included: never less than the
+    # truth), plus a quarter and a second: progress is seen late and the pace is not even.
+    elapsed = time.monotonic() - seen["submitted"]
     return round(elapsed * (1 - progress) / progress * 1.25 + 1.0, 3)
 
 
