@@ -214,3 +214,21 @@ def test_cancelled_work_past_the_limit_stops_the_instance(stack_env, sim_with_ap
         done = wait_until(lambda: (j := tw.ctx.store.get(job_b)).status.is_terminal and j, 60)
         assert done.status.value == "success", done.error
         assert sim.ledger()["launches"] == 2
+
+
+def test_with_a_free_slot_the_next_job_launches_rather_than_wait_for_cancelled_work(stack_env, sim_with_apps,
+                                                                                       tmp_path):
+    """MAX_GPUS=2: while A's cancelled call still runs on its node, B gets a new instance at
+    once (the old code sent B to the busy node, where its call waited behind A's)."""
+    sim = sim_with_apps
+    with app_worker({**stack_env, "OUTPUT_DIR": str(tmp_path / "out")}, sim, MAX_GPUS="2",
+                    GPU_CANCELLED_WORK_LIMIT="60") as tw:
+        job_a, busy = cancel_mid_render(tw, sim, slow_seconds=8)
+        job_b = submit(tw.ctx, "csm", {"text": "Short."})
+        done = wait_until(lambda: (j := tw.ctx.store.get(job_b)).status.is_terminal and j, 60)
+        assert done.status.value == "success", done.error
+        ledger = sim.ledger()
+        assert ledger["launches"] == 2
+        [fresh] = [i["workload"] for i in ledger["instances"] if i["workload"] != busy]
+        assert len(node_events(sim, fresh, "csm", "request")) == 1  # B ran on the new instance
+        assert len(node_events(sim, busy, "csm", "request")) == 1  # and never on A's
