@@ -4,21 +4,34 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+# pip's own lines (one per package collected and installed) are the progress a first run shows.
+PIP := $(PY) -m pip install --disable-pip-version-check --progress-bar on
 
-.PHONY: setup run test bench soak clean deploy destroy emulators test-localstack browser
+.PHONY: setup setup-run run test bench soak clean deploy destroy emulators test-localstack browser
 
-$(STAMP): requirements.txt requirements-worker.txt requirements-dev.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check 'pip<26.3'
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+
+# `make run` installs what running needs (requirements-run.txt); `make test` adds the test tools.
+$(RUN_STAMP): requirements.txt requirements-worker.txt requirements-run.txt | $(VENV)/bin/python
+	@echo "[make run] installing what running needs (requirements-run.txt) into $(VENV)/: first run only"
+	$(PIP) -r requirements-run.txt
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP) requirements-dev.txt
+	@echo "[make] installing the test tools (requirements-dev.txt) into $(VENV)/"
+	$(PIP) -r requirements-dev.txt
 	touch $(STAMP)
 
+setup-run: $(RUN_STAMP)
 setup: $(STAMP)
 
 # LOCALSTACK=1: on LocalStack (SQS, S3) + DynamoDB Local instead of moto.
 # WORKERS=K: K worker processes (restarted when one exits).
 WORKERS ?= 1
-run: setup $(if $(filter-out 0,$(LOCALSTACK)),emulators)
+run: setup-run $(if $(filter-out 0,$(LOCALSTACK)),emulators)
 	WORKERS=$(WORKERS) $(PY) -m infra.local.run
 
 # The whole suite on moto, then the integration suite again on LocalStack + DynamoDB Local.

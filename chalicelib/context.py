@@ -14,6 +14,7 @@ from chalicelib.jobs.links import ResultLinks
 from chalicelib.jobs.outbox import Outbox
 from chalicelib.jobs.queries import JobQueries
 from chalicelib.jobs.results import ResultStore
+from chalicelib.jobs.stats import Stats
 from chalicelib.jobs.store import JobStore
 from chalicelib.platform import aws
 from chalicelib.platform.queue import JobQueue, Queue
@@ -40,7 +41,11 @@ class Context:
     @cached_property
     def store(self) -> JobStore:
         return JobStore(self.dynamodb, self.settings.jobs_table, self.clock, self.settings.outbox_grace,
-                        queued_resend=self.settings.outbox_queued_resend)
+                        queued_resend=self.settings.outbox_queued_resend, stats=self.stats)
+
+    @cached_property
+    def stats(self) -> Stats:
+        return Stats(self.dynamodb, self.settings.stats_table, self.clock)
 
     @cached_property
     def jobs_queue(self) -> JobQueue:

@@ -103,6 +103,7 @@ def resource_env(prefix: str) -> dict[str, str]:
     return {
         "JOBS_TABLE": f"{prefix}-jobs",
         "GPU_TABLE": f"{prefix}-gpus",
+        "STATS_TABLE": f"{prefix}-stats",
         "JOBS_QUEUE": f"{prefix}-jobs",
         "JOBS_DLQ": f"{prefix}-jobs-dlq",
         "INTAKE_QUEUE": f"{prefix}-intake",

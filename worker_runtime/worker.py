@@ -69,6 +69,7 @@ class Worker:
         self.receiver = LaneReceiver(ctx.lanes, settings.receive_wait_seconds, settings.lease_seconds, self.log)
         self.jobs_done = 0
         self.health_file_failing = False  # logged once per failing spell
+        self.current_job: str | None = None  # shown with the worker's beacon (the operators' page)
 
     # -- the loop -----------------------------------------------------------
     def run(self, max_jobs: int | None = None) -> None:
@@ -142,7 +143,7 @@ class Worker:
             else:
                 self.health_file_failing = False
         try:
-            self.ctx.beacons.beat(self.settings.worker_id)
+            self.ctx.beacons.beat(self.settings.worker_id, job=self.current_job)
         except Exception as exc:  # noqa: BLE001 - a missed beacon only makes /health undercount
             self.log.warning("worker.beacon_failed", reason=f"{type(exc).__name__}: {exc}")
 
@@ -201,9 +202,12 @@ class Worker:
         if job.attempts > 1 and self.clock() >= job.complete_by:
             self.finish(job, Outcome(error="Job did not complete before its complete_by deadline"), lease, log)
             return
+        self.current_job = job.id
+        self.touch_health()  # the beacon names the job now, not at the next beat
         try:
             self.perform(job, lease, log)
         finally:
+            self.current_job = None
             removed = remove_job_files(self.output_dir, job.id)
             log.debug("job.cleaned", files=removed)
             self.jobs_done += 1

@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable
 
-from chalicelib.fleet.beacons import WorkerBeacons
+from chalicelib.fleet.beacons import BEAT_EVERY, WorkerBeacons
 from chalicelib.fleet.registry import RUNNING, GpuRecord, GpuRegistry
 from chalicelib.jobs.lanes import LaneQueues, total
 from chalicelib.jobs.models import JobStatus
 from chalicelib.jobs.queries import JobQueries
 from chalicelib.jobs.store import JobStore
 from chalicelib.platform.queue import Queue
+
+ALIVE_SECONDS = 3 * BEAT_EVERY  # a worker silent longer is not counted alive
 
 
 class HealthReport:
@@ -35,6 +37,7 @@ class HealthReport:
         oldest_id = self.queries.oldest_queued()
         oldest = self.store.get(oldest_id) if oldest_id else None
         gpus = self.registry.all()
+        workers = self.beacons.list()
         states = Counter(g.state for g in gpus)
         idle = [g for g in gpus if g.idle]
         return {
@@ -44,7 +47,9 @@ class HealthReport:
                       "lanes": lanes},
             "jobs": {"queued": queued.value, "running": running.value,
                      "approximate": queued.approximate or running.approximate},
-            "workers": {"alive": self.beacons.alive()},
+            "workers": {"alive": sum(1 for w in workers if w["last_beat_seconds"] <= ALIVE_SECONDS),
+                        # Each worker: its id, the job it runs, seconds since its last beat.
+                        "list": workers},
             "gpus": {"instances": len(gpus), "by_state": dict(states),
                      "busy": sum(1 for g in gpus if g.state == RUNNING and g.busy), "idle": len(idle),
                      "idle_seconds": [_idle(g, now) for g in idle],

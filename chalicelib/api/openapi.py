@@ -37,7 +37,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or wrong API key", 404: "Unknown job",
-            403: "The result link does not open this job",
+            403: "The result link does not open this job, or the route needs an operator key",
             405: "Method not allowed on this route",
             409: "Conflict with the job's state", 413: "Body too large",
             415: "Content-Type is not application/json", 422: "Invalid fields",
@@ -111,15 +111,19 @@ def openapi_document() -> dict[str, Any]:
             "start_webhook": _ref("WebhookState"),
             "params": {"type": "object", "description": "the job's parameters as submitted, defaults "
                                                         "filled in (GET /status only, not GET /jobs)"},
+            "tenant": {"type": "string", "description": "operator keys only: the job's owner, the first 12 "
+                                                         "hex digits of the sha256 of its key"},
         },
     }
     schemas["WebhookState"] = {"type": "object", "required": ["status", "attempts"], "properties": {
         "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
         "last_error": {"type": "string"}}}
     schemas["JobList"] = {
-        "type": "object", "required": ["jobs", "next_cursor"],
+        "type": "object", "required": ["jobs", "next_cursor", "scope"],
         "properties": {"jobs": {"type": "array", "items": _ref("JobStatus")},
-                       "next_cursor": {"type": ["string", "null"]}},
+                       "next_cursor": {"type": ["string", "null"]},
+                       "scope": {"enum": ["own", "all"], "description": "all: an operator key's view of every "
+                                                                        "tenant's jobs"}},
     }
     schemas["Retried"] = {
         "type": "object", "required": ["id", "status", "retry_of"],
@@ -130,6 +134,28 @@ def openapi_document() -> dict[str, Any]:
                          "properties": {"status": {"const": "ok"}, "queue": {"type": "object"},
                                         "jobs": {"type": "object"}, "workers": {"type": "object"},
                                         "gpus": {"type": "object"}}}
+    quantiles = {"type": "object", "required": ["p50", "p95"],
+                 "properties": {"p50": {"type": ["number", "null"]}, "p95": {"type": ["number", "null"]}}}
+    outcomes = {"type": "object", "required": ["success", "failed", "cancelled", "timed_out"],
+                "properties": {o: {"type": "integer"} for o in ("success", "failed", "cancelled", "timed_out")}}
+    gpu = {"type": "object", "required": ["billed_seconds", "busy_seconds"],
+           "properties": {"billed_seconds": {"type": "number"}, "busy_seconds": {"type": "number"}}}
+    schemas["Stats"] = {
+        "type": "object", "required": ["minutes", "hour"],
+        "properties": {
+            "minutes": {"type": "array", "items": {
+                "type": "object", "required": ["t", "finished", "queue_wait", "run_time", "gpu"],
+                "properties": {"t": {"type": "string", "format": "date-time"}, "finished": outcomes,
+                               "queue_wait": quantiles, "run_time": quantiles, "gpu": gpu}}},
+            "hour": {"type": "object", "required": ["finished", "queue_wait", "run_time", "gpu"],
+                     "properties": {"finished": outcomes, "queue_wait": quantiles, "run_time": quantiles,
+                                    "gpu": gpu}},
+        },
+    }
+    listed = {"type": "object", "required": ["count", "items"],
+              "properties": {"count": {"type": "integer"}, "items": {"type": "array", "items": {"type": "object"}}}}
+    schemas["Incidents"] = {"type": "object", "required": ["dead_letters", "intake_rejections"],
+                            "properties": {"dead_letters": listed, "intake_rejections": listed}}
     schemas["BatchItemAnswer"] = {
         "type": "object", "required": ["index"],
         "properties": {"index": {"type": "integer", "minimum": 0, "maximum": MAX_ITEMS - 1},
@@ -178,6 +204,11 @@ def openapi_document() -> dict[str, Any]:
         **UI_PATHS,
         "/health": {"get": {"summary": "Queue, jobs, workers and GPU instances", **open_route,
                             "responses": {"200": _json(_ref("Health"), "Health")}}},
+        "/incidents": {"get": {"summary": "Operator keys: the last hour's dead letters and intake rejections",
+                               "responses": {"200": _json(_ref("Incidents"), "Incidents"), **_errors(401, 403)}}},
+        "/stats": {"get": {"summary": "The last hour a minute at a time: jobs finished by outcome, queue "
+                                      "wait and run time p50/p95, GPU billed and busy seconds", **open_route,
+                           "responses": {"200": _json(_ref("Stats"), "Stats")}}},
         "/jobs": {"get": {"summary": "The key's jobs, newest first", "parameters": [
             {"name": "status", "in": "query", "schema": {"enum": ["queued", "running", "success", "failed",
                                                                     "cancelled", "timed_out"]}},

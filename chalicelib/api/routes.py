@@ -26,7 +26,8 @@ from chalicelib.jobs.models import KNOWN_FIELDS, JobStatus, JobType
 from chalicelib.jobs.outbox import Reconciler
 from chalicelib.jobs.record import Job
 from chalicelib.jobs.service import JobService, parse_job_id
-from chalicelib.platform.auth import authenticate
+from chalicelib.jobs.stats import busy_count, record_quietly
+from chalicelib.platform.auth import Caller, identify
 from chalicelib.platform.errors import C3RenderError, Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from chalicelib.platform.json_body import parse_json
 from chalicelib.platform.logs import configure, get_logger
@@ -84,7 +85,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
                            settings.job_ttl_days)
     health_report = HealthReport(ctx.lanes, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
                                  ctx.beacons, ctx.clock)
-    keys = settings.api_key_list
+    keys, operator_keys = settings.api_key_list, settings.operator_key_list
     if not keys:
         log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
 
@@ -115,10 +116,13 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
                                  [{"field": name, "message": "must be sent at most once"}])
         return request.headers.get(name.lower())
 
-    def owner() -> str:
+    def caller() -> Caller:
         for name in SINGLE_HEADERS:
             header(name)
-        return authenticate(app.current_request.headers, keys)
+        return identify(app.current_request.headers, keys, operator_keys)
+
+    def owner() -> str:
+        return caller().owner
 
     def prefer_wait() -> int | None:
         """``Prefer: wait`` from every Prefer header (RFC 7240 allows several), parsed
@@ -127,13 +131,18 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         copies = _multi_headers(request).get("prefer") or [request.headers.get("prefer") or ""]
         return preferred_wait(", ".join(copies))
 
-    def waited(job: Job, seconds: int | None, brief: bool = False) -> Response:
+    def waited(job: Job, seconds: int | None, brief: bool = False, operator: bool = False) -> Response:
         """The job's view (``brief``: only id and status, the seed's submit answer), after
-        waiting for it to be final when the client asks to (``Prefer: wait=N``)."""
+        waiting for it to be final when the client asks to (``Prefer: wait=N``); an
+        operator's names the job's tenant."""
+        def view(job: Job) -> dict[str, Any]:
+            shown = service.view(job)
+            return service.operator_view(job, shown) if operator else shown
+
         if seconds is None:
-            return _json_response({"id": job.id, "status": job.status.value} if brief else service.view(job))
+            return _json_response({"id": job.id, "status": job.status.value} if brief else view(job))
         job = wait_final(lambda: ctx.store.get(job.id) or job, seconds)
-        return _json_response(service.view(job), headers={"Preference-Applied": f"wait={seconds}"})
+        return _json_response(view(job), headers={"Preference-Applied": f"wait={seconds}"})
 
     def base_url() -> str:
         """The API's public base URL: PUBLIC_API_URL, or how this request reached it."""
@@ -198,14 +207,14 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/status/{job_id}")
     @handled
     def status(job_id: str) -> Response:
-        who = owner()
+        who = caller()
         seconds = prefer_wait()
-        return waited(service.get(job_id, who), seconds)
+        return waited(service.get(job_id, who.scope), seconds, operator=who.operator)
 
     @app.route("/job/{job_id}", methods=["POST"], content_types=JSON_TYPES)
     @handled
     def update(job_id: str) -> dict[str, Any]:
-        outcome = service.update(job_id, owner(), body())
+        outcome = service.update(job_id, caller().scope, body())
         job = outcome.job
         if not outcome.changed:
             return {"message": f"Job {job.id} was already {job.status.value}; its data was removed"}
@@ -215,7 +224,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/result/{job_id}")
     @handled
     def result(job_id: str) -> dict[str, Any]:
-        return service.result(job_id, owner(), ctx.links, base_url())
+        return service.result(job_id, caller().scope, ctx.links, base_url())
 
     @app.route("/results/{job_id}")
     @handled
@@ -238,19 +247,37 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/jobs")
     @handled
     def jobs() -> dict[str, Any]:
-        return service.list(owner(), dict(app.current_request.query_params or {}))
+        return service.list(caller().scope, dict(app.current_request.query_params or {}))
 
     @app.route("/jobs/{job_id}/retry", methods=["POST"], content_types=JSON_TYPES)
     @handled
     def retry(job_id: str) -> dict[str, Any]:
-        who = owner()
-        job = service.retry(job_id, who, header("Idempotency-Key"))
+        who = caller()
+        job = service.retry(job_id, who.scope, header("Idempotency-Key"))
         return {"id": job.id, "status": job.status.value, "retry_of": job.retry_of}
 
     @app.route("/health")
     @handled
     def service_health() -> dict[str, Any]:
         return health_report.snapshot()
+
+    @app.route("/incidents")
+    @handled
+    def incidents() -> dict[str, Any]:
+        """The last hour's dead letters and intake rejections: operator keys only (any
+        caller while the API is open: no keys configured)."""
+        who = caller()
+        if not who.operator and (keys or operator_keys):
+            raise Forbidden("Only an operator key (C3_RENDER_OPERATOR_KEYS) reads the incidents",
+                            [{"field": "X-C3-RENDER-KEY", "message": "must be an operator key"}])
+        return ctx.stats.incidents()
+
+    @app.route("/stats")
+    @handled
+    def stats() -> dict[str, Any]:
+        """The last hour, a minute at a time (the operators' plots): from the per-minute
+        counters chalicelib/jobs/stats.py keeps, one BatchGetItem."""
+        return ctx.stats.last_hour()
 
     webhooks = WebhookSender(
         settings.webhook_attempts, settings.webhook_interval, settings.webhook_timeout,
@@ -282,8 +309,18 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     # still be stopped. The job queues' depth, every lane summed, is the pool's demand (chalicelib/fleet/pool.py).
     @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
     def gpu_reaper(event: Any) -> dict[str, Any]:
-        return reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.lanes, beacons=ctx.beacons,
-                         queries=ctx.queries)
+        report = reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.lanes, beacons=ctx.beacons,
+                           queries=ctx.queries)
+        sample_gpus()
+        return report
+
+    def sample_gpus() -> None:
+        """This minute's GPU seconds for GET /stats: the instances rented (billed) and busy."""
+        def write() -> None:
+            gpus = ctx.registry.all()
+            ctx.stats.gpu_sample(len(gpus), busy_count(gpus))
+
+        record_quietly(write, "gpu_sample")
 
     intake_handler = IntakeHandler(service, events, settings)
 
@@ -292,6 +329,8 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
         return intake_handler.handle_batch(record.to_dict() for record in event)
 
     app.service = service  # type: ignore[attr-defined]
+    app.sample_gpus = sample_gpus  # type: ignore[attr-defined]
+    app.intake_handler = intake_handler  # type: ignore[attr-defined]
     app.batches = batches  # type: ignore[attr-defined]
     app.delivery = delivery  # type: ignore[attr-defined]
     app.reconciler = reconciler  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 from chalicelib.delivery.batch import partial_batch
 from chalicelib.jobs.outbox import Outbox
+from chalicelib.jobs.stats import record_quietly
 from chalicelib.jobs.store import JobStore, TransitionConflict
 from chalicelib.platform.logs import get_logger
 from chalicelib.platform.queue import job_id_of
@@ -22,6 +23,15 @@ DEAD_LETTER_ERROR = "Job could not be processed: its message failed {count} deli
 def fail_dead_letter(body: str, receive_count: int, store: JobStore, outbox: Outbox) -> str:
     """Fail the job a dead-lettered message names, if nobody is working on it.
     Returns what happened, for logs and tests; raises on transient AWS errors."""
+    outcome = _fail(body, receive_count, store, outbox)
+    stats = store.stats
+    if stats is not None:  # the operators' page lists the last hour's dead letters
+        entry = {"job_id": job_id_of(body) or "", "receive_count": receive_count, "outcome": outcome}
+        record_quietly(lambda: stats.incident("dead_letters", entry), "dead_letter", entry["job_id"] or None)
+    return outcome
+
+
+def _fail(body: str, receive_count: int, store: JobStore, outbox: Outbox) -> str:
     job_id = job_id_of(body)
     if job_id is None:
         log.warning("dlq.malformed_message", reason="body has no job id; dropped", body=body[:200])

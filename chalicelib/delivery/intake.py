@@ -29,6 +29,7 @@ from chalicelib.delivery.batch import partial_batch
 from chalicelib.delivery.events import EventPublisher, rejected_event
 from chalicelib.jobs.models import KNOWN_FIELDS, JobType, validation_details
 from chalicelib.jobs.service import JobService
+from chalicelib.jobs.stats import record_quietly
 from chalicelib.platform.auth import ANONYMOUS
 from chalicelib.platform.errors import Conflict, InvalidRequest
 from chalicelib.platform.json_body import parse_json
@@ -175,6 +176,11 @@ class IntakeHandler:
         log.warning("intake.rejected", message_id=message_id, error=rej.error, details=rej.details,
                     reason="no job created; the message is deleted, not retried")
         METRICS.bad_input((d["field"] for d in rej.details), "intake", KNOWN_FIELDS)
+        stats = self.service.store.stats
+        if stats is not None:  # the operators' page lists the last hour's rejections
+            entry = {"message_id": message_id, "error": rej.error[:300],
+                     "fields": ", ".join(sorted({str(d.get("field")) for d in rej.details}))[:300]}
+            record_quietly(lambda: stats.incident("intake_rejections", entry), "intake_rejection")
         if rej.reply_to:
             try:
                 self.events.rejected(event, rej.reply_to)

@@ -22,16 +22,22 @@ class WorkerBeacons:
         self._table = table
         self._clock = clock
         self._last: dict[str, float] = {}
+        self._job: dict[str, str | None] = {}
 
-    def beat(self, worker_id: str, force: bool = False) -> bool:
-        """Record a sign of life, at most every BEAT_EVERY seconds; True if written."""
+    def beat(self, worker_id: str, force: bool = False, job: str | None = None) -> bool:
+        """Record a sign of life and the job the worker runs (if any), at most every
+        BEAT_EVERY seconds unless that job changed; True if written."""
         now = self._clock()
-        if not force and now - self._last.get(worker_id, 0.0) < BEAT_EVERY:
+        changed = worker_id in self._last and self._job.get(worker_id) != job
+        if not force and not changed and now - self._last.get(worker_id, 0.0) < BEAT_EVERY:
             return False
-        self._ddb.put_item(TableName=self._table, Item={
-            "id": {"S": f"worker#{worker_id}"}, "state": {"S": STATE}, "worker": {"S": worker_id},
-            "heartbeat": {"N": repr(now)}, "expires_at": {"N": str(int(now + 86400))}})
+        item = {"id": {"S": f"worker#{worker_id}"}, "state": {"S": STATE}, "worker": {"S": worker_id},
+                "heartbeat": {"N": repr(now)}, "expires_at": {"N": str(int(now + 86400))}}
+        if job:
+            item["job"] = {"S": job}
+        self._ddb.put_item(TableName=self._table, Item=item)
         self._last[worker_id] = now
+        self._job[worker_id] = job
         METRICS.heartbeat(worker_id)
         return True
 
@@ -39,15 +45,22 @@ class WorkerBeacons:
         self._ddb.delete_item(TableName=self._table, Key={"id": {"S": f"worker#{worker_id}"}})
 
     def alive(self, max_age: float = 3 * BEAT_EVERY) -> int:
+        return sum(1 for w in self.list() if w["last_beat_seconds"] <= max_age)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every beacon (the state index, never a scan), newest beat first: the worker's id,
+        the job it runs (None between jobs) and seconds since its last beat."""
         now = self._clock()
         query: dict[str, Any] = {"TableName": self._table, "IndexName": STATE_INDEX,
                                  "KeyConditionExpression": "#s = :s", "ExpressionAttributeNames": {"#s": "state"},
                                  "ExpressionAttributeValues": {":s": {"S": STATE}}}
-        count = 0
+        out = []
         while True:
             resp = self._ddb.query(**query)
-            count += sum(1 for item in resp.get("Items", [])
-                         if now - float(decode_item(item).get("heartbeat", 0)) <= max_age)
+            for item in resp.get("Items", []):
+                beacon = decode_item(item)
+                out.append({"id": beacon.get("worker"), "job": beacon.get("job"),
+                            "last_beat_seconds": round(max(0.0, now - float(beacon.get("heartbeat", 0))), 1)})
             if "LastEvaluatedKey" not in resp:
-                return count
+                return sorted(out, key=lambda w: w["last_beat_seconds"])
             query["ExclusiveStartKey"] = resp["LastEvaluatedKey"]

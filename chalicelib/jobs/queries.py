@@ -11,12 +11,13 @@ from typing import Any, Callable
 
 from chalicelib.jobs.lanes import take_key
 from chalicelib.jobs.models import JobStatus, JobType
-from chalicelib.jobs.record import Job
-from chalicelib.jobs.store import DISPATCH, INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX
+from chalicelib.jobs.record import Job, created_day
+from chalicelib.jobs.store import DAY_INDEX, DISPATCH, INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX
 from chalicelib.platform.dynamo import decode_item
 from chalicelib.platform.errors import InvalidRequest
 
 MAX_PAGES = 10  # 1 MB each at most: the bound on what one request may read
+DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,54 @@ class JobQueries:
                 return jobs, None
         # The page bound was reached (a filter that matches little): resume from there.
         return jobs, encode_cursor(start)
+
+    def list_all(self, status: JobStatus | None = None, job_type: JobType | None = None, limit: int = 20,
+                 cursor: str | None = None, days: int = 30) -> tuple[list[Job], str | None]:
+        """Every tenant's jobs, newest first (the operators' GET /jobs): the day index's
+        partitions from today back ``days`` days (the records' lifetime), one Query each
+        while pages come back empty, at most MAX_PAGES pages that hold items."""
+        names = {"#day": "created_day"}
+        values: dict[str, Any] = {}
+        filters = []
+        if status is not None:
+            names["#status"], values[":status"] = "status", {"S": status.value}
+            filters.append("#status = :status")
+        if job_type is not None:
+            names["#type"], values[":type"] = "type", {"S": job_type.value}
+            filters.append("#type = :type")
+        now = self._clock()
+        start: dict[str, Any] | None = None
+        day_at = now
+        if cursor is not None:
+            start = decode_cursor(cursor, "")
+            start.pop("owner")
+            day_at = float(start["created_at"]["N"])
+            start["created_day"] = {"S": created_day(day_at)}
+        jobs: list[Job] = []
+        pages = 0
+        while day_at > now - days * DAY and pages < MAX_PAGES:
+            day = created_day(day_at)
+            query: dict[str, Any] = {
+                "TableName": self._table, "IndexName": DAY_INDEX, "ScanIndexForward": False,
+                "KeyConditionExpression": "#day = :day", "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": {**values, ":day": {"S": day}},
+                "Limit": max(limit, 25) * (4 if filters else 1),
+            }
+            if filters:
+                query["FilterExpression"] = " AND ".join(filters)
+            if start:
+                query["ExclusiveStartKey"] = start
+            resp = self._ddb.query(**query)
+            items = resp.get("Items", [])
+            pages += 1 if items or "LastEvaluatedKey" in resp else 0
+            for n, item in enumerate(items):
+                jobs.append(Job.from_item(decode_item(item)))
+                if len(jobs) == limit:
+                    return jobs, encode_cursor(item)
+            start = resp.get("LastEvaluatedKey")
+            if not start:  # this day is done: the one before it
+                day_at = datetime_day_start(day_at) - 1e-6
+        return jobs, encode_cursor(start) if start else None
 
     def queue_position(self, job: Job) -> Count:
         """Queued jobs ahead of ``job`` in the order workers take them: every job of a higher
@@ -167,3 +216,8 @@ class JobQueries:
                 return Count(total, False)
             query["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
         return Count(total, True)
+
+
+def datetime_day_start(at: float) -> float:
+    """The start (UTC) of the day ``at`` falls in."""
+    return at - at % DAY

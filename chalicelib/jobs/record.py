@@ -98,6 +98,7 @@ class Job:
         item["type"] = self.type.value
         item["status"] = self.status.value
         item["params"] = json.dumps(self.params, separators=(",", ":"), sort_keys=True)
+        item["created_day"] = created_day(self.created_at)  # the operators' index (store.DAY_INDEX)
         return {k: v for k, v in item.items() if v is not None}
 
     def status_view(self) -> dict[str, Any]:
@@ -150,3 +151,8 @@ class Job:
 # The webhooks a job may owe (chalicelib/delivery/deliveries.py): each has <name>, <name>_attempts,
 # <name>_error and <name>_lease on the record, and is shown in the status view as <name>.
 HOOKS = ("start_webhook", "webhook")
+
+
+def created_day(created_at: float) -> str:
+    """The UTC day a job was created, ``YYYY-MM-DD``: the partition of store.DAY_INDEX."""
+    return datetime.fromtimestamp(created_at, timezone.utc).strftime("%Y-%m-%d")

@@ -17,6 +17,7 @@ from chalicelib.jobs.queries import JobQueries
 from chalicelib.jobs.record import Job
 from chalicelib.jobs.results import ResultStore, result_fields
 from chalicelib.jobs.store import DISPATCH, JobExists, JobStore, TransitionConflict
+from chalicelib.platform.auth import tenant_label
 from chalicelib.platform.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from chalicelib.platform.logs import get_logger
 from chalicelib.platform.numbers import ranged_int
@@ -175,8 +176,9 @@ class JobService:
                 view["queue_position_approximate"] = True
         return view
 
-    def list(self, owner: str, query: dict[str, str]) -> dict[str, Any]:
-        """``GET /jobs``: the key's jobs, newest first, filtered, a page at a time."""
+    def list(self, owner: str | None, query: dict[str, str]) -> dict[str, Any]:
+        """``GET /jobs``: the key's jobs, newest first, filtered, a page at a time; every
+        tenant's (``owner`` None: an operator), each naming its tenant."""
         assert self.queries is not None
         unknown = sorted(set(query) - {"status", "type", "limit", "cursor"})
         if unknown:
@@ -185,12 +187,23 @@ class JobService:
         status = _enum_param(JobStatus, query, "status")
         job_type = _enum_param(JobType, query, "type")
         limit = ranged_int(query.get("limit", "20"), "limit", 1, 100)
+        if owner is None:
+            jobs, cursor = self.queries.list_all(status, job_type, limit, query.get("cursor"), self.ttl_days)
+            return {"jobs": [self.operator_view(job, job.status_view()) for job in jobs], "next_cursor": cursor,
+                    "scope": "all"}
         jobs, cursor = self.queries.list(owner, status, job_type, limit, query.get("cursor"))
-        return {"jobs": [job.status_view() for job in jobs], "next_cursor": cursor}
+        return {"jobs": [job.status_view() for job in jobs], "next_cursor": cursor, "scope": "own"}
 
-    def retry(self, job_id: str, owner: str, idempotency_key: str | None = None) -> Job:
-        """Submit a failed, timed-out or cancelled job's parameters again, as a new job."""
+    @staticmethod
+    def operator_view(job: Job, view: dict[str, Any]) -> dict[str, Any]:
+        """An operator's view of a job names its tenant (the owner's short hash)."""
+        return {**view, "tenant": tenant_label(job.owner)}
+
+    def retry(self, job_id: str, owner: str | None, idempotency_key: str | None = None) -> Job:
+        """Submit a failed, timed-out or cancelled job's parameters again, as a new job of
+        the same tenant (also when an operator asks: ``owner`` None)."""
         old = self.get(job_id, owner)
+        owner = old.owner
         if old.status not in RETRYABLE:
             raise Conflict(f"Job {old.id} is {old.status.value}: only failed, timed_out or cancelled jobs "
                            "can be retried", status=old.status.value)
@@ -199,20 +212,22 @@ class JobService:
         log.info("job.retried", job_id=job.id, retry_of=old.id)
         return job
 
-    def get(self, job_id: str, owner: str) -> Job:
+    def get(self, job_id: str, owner: str | None) -> Job:
+        """The job, if ``owner``'s (any tenant's when None: an operator)."""
         job = self.store.get(parse_job_id(job_id))
         # Another key's job is indistinguishable from a missing one.
-        if job is None or job.owner != owner:
+        if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"Job {job_id} not found")
         return job
 
-    def update(self, job_id: str, owner: str, body: Any) -> ClientUpdate:
+    def update(self, job_id: str, owner: str | None, body: Any) -> ClientUpdate:
         """The client's status change of a queued or running job; with ``remove_data``
         the record and every result object go too, also for a job already final (which
         is otherwise a 409). Objects are deleted before the record, so a failed removal
         can be retried."""
         update: StatusUpdate = parse_model(StatusUpdate, body)
         job = self.get(job_id, owner)
+        owner = job.owner  # an operator's change is conditional on the tenant's ownership too
         target = JobStatus(update.status)
         assert target in CLIENT_STATES
         error = update.error or f"Job marked as {target.value} by client"
@@ -244,7 +259,7 @@ class JobService:
             log.info("job.data_removed", job_id=job.id, status=job.status.value, objects=objects)
         return ClientUpdate(job, changed, update.remove_data)
 
-    def result(self, job_id: str, owner: str, links: ResultLinks | None = None,
+    def result(self, job_id: str, owner: str | None, links: ResultLinks | None = None,
                base_url: str | None = None) -> dict[str, Any]:
         job = self.get(job_id, owner)
         if job.status is not JobStatus.SUCCESS:

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.jobs.models import JobStatus, sources_of
 from chalicelib.jobs.record import Job
+from chalicelib.jobs.stats import record_quietly
 from chalicelib.platform.dynamo import Expr, decode_item, encode_item, to_ddb
 from chalicelib.platform.metrics import METRICS, Metrics
 
@@ -22,6 +23,8 @@ OUTBOX_INDEX = "outbox-due"
 # A key's jobs by creation time (GET /jobs), and the sparse subset still in flight.
 OWNER_INDEX = "owner-created"
 INFLIGHT_INDEX = "owner-inflight"
+# Every tenant's jobs by creation time, one partition per UTC day (the operators' GET /jobs).
+DAY_INDEX = "day-created"
 DISPATCH = "dispatch"  # queued or running: the job message must exist
 NOTIFY = "notify"  # final: the webhook/event delivery must still happen
 FIRST_PHASE = "downloading"  # where a claimed job starts (worker_runtime/phases.py)
@@ -45,9 +48,11 @@ class TransitionConflict(Exception):
 
 class JobStore:
     def __init__(self, dynamodb: Any, table: str, clock: Callable[[], float],
-                 outbox_grace: float = 30.0, metrics: Metrics = METRICS, queued_resend: float = 86400.0):
+                 outbox_grace: float = 30.0, metrics: Metrics = METRICS, queued_resend: float = 86400.0,
+                 stats: Any = None):
         self._ddb = dynamodb
         self.metrics = metrics
+        self.stats = stats  # chalicelib.jobs.stats.Stats: the operators' per-minute counters, or None
         self._table = table
         self._clock = clock
         self.outbox_grace = outbox_grace
@@ -236,6 +241,9 @@ class JobStore:
         if job is None:
             return False  # counted already, gone, or not final
         self.metrics.job_finished(job)
+        if self.stats is not None:
+            stats = self.stats
+            record_quietly(lambda: stats.job_finished(job), "job_finished", job.id)
         return True
 
     # -- the outbox ---------------------------------------------------------

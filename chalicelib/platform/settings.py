@@ -30,6 +30,8 @@ class Settings(EgressSettings):
     )
     jobs_table: str = Field("c3-render-jobs", validation_alias="JOBS_TABLE")
     gpu_table: str = Field("c3-render-gpus", validation_alias="GPU_TABLE")
+    # Per-minute counters for the operators' plots (chalicelib/jobs/stats.py, GET /stats).
+    stats_table: str = Field("c3-render-stats", validation_alias="STATS_TABLE")
     jobs_queue: str = Field("c3-render-jobs", validation_alias="JOBS_QUEUE")
     jobs_dlq: str = Field("c3-render-jobs-dlq", validation_alias="JOBS_DLQ")
     # The priority lanes (chalicelib/jobs/lanes.py): JOBS_QUEUE is the normal lane; the high and
@@ -47,6 +49,9 @@ class Settings(EgressSettings):
     results_bucket: str = Field("c3-render-results", validation_alias="RESULTS_BUCKET")
     # Comma-separated list; empty means the API is open (local development).
     api_keys: str = Field("", validation_alias="C3_RENDER_API_KEY")
+    # Comma-separated operator keys: every tenant's jobs, dead letters and intake rejections,
+    # and cancel/retry on any job (the operators' page). Stored in SSM like the API keys.
+    operator_keys: str = Field("", validation_alias="C3_RENDER_OPERATOR_KEYS")
 
     default_max_time: int = Field(1200, validation_alias="DEFAULT_MAX_TIME")
     default_complete_in: int = Field(3600, validation_alias="DEFAULT_COMPLETE_IN")
@@ -98,6 +103,10 @@ class Settings(EgressSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @property
+    def operator_key_list(self) -> list[str]:
+        return [k.strip() for k in self.operator_keys.split(",") if k.strip()]
 
 
 @lru_cache(maxsize=1)

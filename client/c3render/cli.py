@@ -27,14 +27,52 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .client import Client
-from .errors import C3RenderError, InvalidRequest
+from .client import DEFAULT_URL, Client
+from .errors import C3RenderError, ConnectionFailed, InvalidRequest, Unauthorized
 from .models import Batch, BatchSubmitted, Job, JobType
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 LIVE_POLL = 2  # seconds per long poll under the live display: a held answer still shows progress
 
-app = typer.Typer(help="Submit and follow c3-render jobs (text to speech, speech to text, talking "
+GLOBAL_VALUE_OPTIONS = ("--url", "--api-key")
+
+
+def hoist_global_options(args: list[str], commands: set[str]) -> list[str]:
+    """``--url``/``--api-key`` are the command line's own options and ``--json`` each
+    command's: accept all three before or after the subcommand, by moving ``--url`` and
+    ``--api-key`` (with their values) to the front and a ``--json`` given before the
+    subcommand to just after it."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg in GLOBAL_VALUE_OPTIONS and i + 1 < len(args):
+            front += [arg, args[i + 1]]
+            i += 2
+            continue
+        if any(arg.startswith(option + "=") for option in GLOBAL_VALUE_OPTIONS):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    command_at = next((n for n, arg in enumerate(rest) if arg in commands), None)
+    if command_at is not None and "--json" in rest[:command_at]:
+        before = [arg for arg in rest[:command_at] if arg != "--json"]
+        rest = [*before, rest[command_at], "--json", *rest[command_at + 1:]]
+    return front + rest
+
+
+class AnywhereOptions(typer.core.TyperGroup):
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(list(args), set(self.commands)))
+
+
+app = typer.Typer(cls=AnywhereOptions, help="Submit and follow c3-render jobs (text to speech, speech to text, talking "
                        "portraits, image analysis).", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 stderr = Console(stderr=True)
@@ -48,6 +86,13 @@ class Connection:
 
     def client(self) -> Client:
         return Client(self.url, self.api_key)
+
+    def where(self) -> str:
+        """The API's URL and what set it, for messages."""
+        if self.url:
+            return f"{self.url} (from --url or C3_RENDER_URL)"
+        return f"{DEFAULT_URL} (the default: set C3_RENDER_URL or --url to another)"
+
 
 
 # -- options shared by several commands ----------------------------------------------------
@@ -78,21 +123,37 @@ def _connection(
 
 
 @contextmanager
-def reporting(json_out: bool) -> Iterator[None]:
+def reporting(json_out: bool, conn: Connection) -> Iterator[None]:
     """Turn the client's errors into a message (or JSON) and the exit code."""
     try:
         yield
     except C3RenderError as exc:
         code = EXIT_USAGE if isinstance(exc, InvalidRequest) else EXIT_FAILED
+        hint = _hint(exc, conn)
         if json_out:
             body = exc.body or {"error": exc.message}
-            _print_json({**body, "http_status": exc.status, "exit_code": code})
+            _print_json({**body, "http_status": exc.status, "exit_code": code, **({"hint": hint} if hint else {})})
         else:
             head = f"error: {exc.message}" + (f" (HTTP {exc.status})" if exc.status else "")
+            if isinstance(exc, ConnectionFailed):
+                head = f"error: could not reach the c3-render API at {conn.where()}: {exc.message}"
             stderr.print(Text(head, style="bold red"))
             for detail in exc.details:
                 stderr.print(Text(f"  {detail.field}: {detail.message}", style="red"))
+            if hint:
+                stderr.print(Text(hint), highlight=False)
         raise typer.Exit(code) from None
+
+
+def _hint(exc: C3RenderError, conn: Connection) -> str | None:
+    """What to change when the error is about the connection itself (where, which key)."""
+    if isinstance(exc, ConnectionFailed):
+        return (f"Is the API running at {conn.url or DEFAULT_URL} (`make run`)? If it runs elsewhere, "
+                "set C3_RENDER_URL or pass --url with its address.")
+    if isinstance(exc, Unauthorized):
+        given = "the key given was refused" if conn.api_key else "no key was given"
+        return f"{given}: set C3_RENDER_API_KEY or pass --api-key with one of the API's keys."
+    return None
 
 
 def _print_json(data: Any) -> None:
@@ -118,7 +179,9 @@ class JobPanel:
     def __rich__(self) -> Group:
         job = self.job
         parts = [escape(f"{job.type.value if job.type else 'job'} {job.id}"), f"[bold]{job.status.value}[/]"]
-        if job.phase:
+        if job.phases:
+            parts.append(escape("phases: " + phase_trail(job)))
+        elif job.phase:
             parts.append(escape(f"phase: {job.phase}"))
         if job.queue_position is not None:
             approx = " (approx.)" if job.queue_position_approximate else ""
@@ -135,14 +198,35 @@ class JobPanel:
         return Group(line, bar)
 
 
+def phase_trail(job: Job) -> str:
+    """Every phase the job's current attempt entered, in order, each with the time it took
+    (a short job passes through some between two polls: they are shown all the same)."""
+    entered = sorted((at, name) for name, at in (job.phases or {}).items())
+    parts = []
+    for n, (at, name) in enumerate(entered):
+        end = entered[n + 1][0] if n + 1 < len(entered) else job.finished_at
+        parts.append(f"{name} {(end - at).total_seconds():.1f}s" if end else name)
+    return " > ".join(parts)
+
+
 def follow(client: Client, job: Job, timeout: float, live: bool) -> Job:
+    """Wait for the job to be final. Ctrl-C stops following (not the job): it says how to
+    follow it again and exits 130."""
     if job.is_terminal:
         return job
-    if not live:
-        return client.wait(job.id, timeout)
-    panel = JobPanel(job)
-    with Live(panel, console=stderr, refresh_per_second=8, transient=True):
-        return client.wait(job.id, timeout, on_update=panel.update, long_poll=LIVE_POLL)
+    try:
+        if not live:
+            return client.wait(job.id, timeout)
+        panel = JobPanel(job)
+        with Live(panel, console=stderr, refresh_per_second=8, transient=True):
+            final = client.wait(job.id, timeout, on_update=panel.update, long_poll=LIVE_POLL)
+        if final.phases:
+            stderr.print(Text(f"phases: {phase_trail(final)}"), highlight=False)
+        return final
+    except KeyboardInterrupt:
+        stderr.print(Text(f"\nstopped following job {job.id}; it goes on without you. Follow it again with:\n"
+                          f"  c3-render status {job.id} --wait"), highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def finish(client: Client, job: Job, output: Optional[Path], timeout: float, json_out: bool) -> None:
@@ -214,7 +298,7 @@ def submit_command(job_type: JobType) -> Callable[[Callable[..., dict[str, Any]]
             shared = {name: options.pop(name) for name in _SHARED}
             params = {k: v for k, v in params_of(**options).items() if v is not None}
             json_out = shared["json_out"]
-            with reporting(json_out), ctx.obj.client() as client:
+            with reporting(json_out, ctx.obj), ctx.obj.client() as client:
                 job = client.submit(job_type, params, notify_url=shared["notify_url"],
                                     max_time=shared["max_time"], complete_in=shared["complete_in"],
                                     webhook_events_filter=shared["webhook_event"],
@@ -294,7 +378,7 @@ def _print_view(job: Job) -> None:
 def status(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")],
            wait: Wait = False, timeout: Timeout = 1800.0, json_out: JsonOut = False) -> None:
     """A job's status view. With --wait: follow it until it is final (exit 1 unless it succeeded)."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         job = client.status(job_id)
         if wait:
             job = follow(client, job, timeout, live=not json_out)
@@ -312,7 +396,7 @@ def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID
            remove_data: Annotated[bool, typer.Option(help="Also delete its record and result files.")] = False,
            json_out: JsonOut = False) -> None:
     """Cancel a queued or running job."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         answer = client.cancel(job_id, error, remove_data)
         if json_out:
             _print_json(_dump(answer))
@@ -324,7 +408,7 @@ def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID
 def retry(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID")], wait: Wait = False,
           output: Output = None, timeout: Timeout = 1800.0, json_out: JsonOut = False) -> None:
     """Run a failed, timed_out or cancelled job again, as a new job."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         started(client, client.retry(job_id), f"retry of {job_id}", wait, output, timeout, json_out)
 
 
@@ -333,7 +417,7 @@ def result(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="ID
            output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write it to this file.")] = None,
            json_out: JsonOut = False) -> None:
     """A successful job's result: its text, or its file's URL (or the file, with -o)."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         answer = client.result(job_id)
         path = client.download(job_id, output) if output else None
         if json_out:
@@ -355,7 +439,7 @@ def jobs(ctx: typer.Context,
          all_pages: Annotated[bool, typer.Option("--all", help="Follow the cursors to the last page.")] = False,
          json_out: JsonOut = False) -> None:
     """This key's jobs, newest first."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         if all_pages:
             found, next_cursor = list(client.iter_jobs(status, type, limit, cursor)), None
         else:
@@ -364,21 +448,40 @@ def jobs(ctx: typer.Context,
         if json_out:
             _print_json({"jobs": [_dump(job) for job in found], "next_cursor": next_cursor})
             return
-        table = Table(box=None, pad_edge=False)
-        for name in ("id", "type", "status", "created"):
-            table.add_column(name, no_wrap=True)
-        room = stdout.width - 36 - 9 - 9 - 14 - 2 * 4  # what the error may have of the line
-        if room >= 10:
-            table.add_column("error", overflow="ellipsis", no_wrap=True, max_width=room)
-        for job in found:
-            cells = [job.id, job.type.value if job.type else "", job.status.value,
-                     job.created_at.strftime("%m-%d %H:%M:%S") if job.created_at else "", job.error or ""]
-            table.add_row(*cells[:len(table.columns)])
-        stdout.print(table)
+        print_jobs(found)
         if next_cursor:
             stderr.print(f"more: c3-render jobs --cursor {next_cursor}", highlight=False)
 
 
+def print_jobs(found: list[Job]) -> None:
+    """One line per job. In a pipe the error is printed whole (for grep); on a terminal it
+    fills what the line has left, or goes on a line of its own under a narrow one."""
+    rows = [[job.id, job.type.value if job.type else "", job.status.value,
+             job.created_at.strftime("%m-%d %H:%M:%S") if job.created_at else "", job.error or ""] for job in found]
+    head = ["id", "type", "status", "created", "error"]
+    widths = [max([len(head[n]), *(len(row[n]) for row in rows)]) for n in range(4)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths))
+
+    terminal = stdout.is_terminal
+    room = stdout.width - (sum(widths) + 2 * 4) if terminal else None
+    under = terminal and room is not None and room < 24
+    stdout.print(Text((line(head[:4]) + ("" if under else "  error")).rstrip(), style="bold"), highlight=False)
+    for row in rows:
+        error = row[4]
+        if not under:
+            if room is not None and len(error) > room:
+                error = error[:room - 1] + "…"
+            stdout.print(Text((line(row[:4]) + "  " + error).rstrip()), highlight=False)
+            continue
+        stdout.print(Text(line(row[:4]).rstrip()), highlight=False)
+        if error:
+            indent = "    error: "
+            text = indent + error
+            if len(text) > stdout.width:
+                text = text[:stdout.width - 1] + "…"
+            stdout.print(Text(text, style="red"), highlight=False)
 # -- batches ---------------------------------------------------------------------------------
 BATCH_SIZE = 100  # the most items POST /batch takes: a longer file goes as several batches
 
@@ -418,7 +521,7 @@ def batch(ctx: typer.Context,
     why it was refused. Exit 2 when a line was refused; with --wait, 1 when a job did not succeed."""
     numbered = read_items(file)
     lines, items = [n for n, _ in numbered], [item for _, item in numbered]
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         answers: list[BatchSubmitted] = []
         for start in range(0, len(items), BATCH_SIZE):
             answers.append(client.submit_batch(items[start:start + BATCH_SIZE], priority=priority,
@@ -467,18 +570,75 @@ def _follow_batches(client: Client, batch_ids: list[str], timeout: float, live: 
 @app.command()
 def health(ctx: typer.Context, json_out: JsonOut = False) -> None:
     """The service's health: queue, jobs, workers, GPUs (exit 1 unless ok)."""
-    with reporting(json_out), ctx.obj.client() as client:
+    with reporting(json_out, ctx.obj), ctx.obj.client() as client:
         report = client.health()
         if json_out:
             _print_json(_dump(report))
         else:
-            stdout.print(f"status: {report.status}", highlight=False)
-            for section in ("queue", "jobs", "workers", "gpus"):
-                values = getattr(report, section)
-                if values:
-                    stdout.print(f"{section}: " + ", ".join(f"{k}={v}" for k, v in values.items()), highlight=False)
+            print_health(report.model_dump(mode="json"))
         if report.status != "ok":
             raise typer.Exit(EXIT_FAILED)
+
+
+HEALTH_SECTIONS = {"queue": "Queue", "jobs": "Jobs", "workers": "Workers", "gpus": "GPU instances"}
+
+
+def _health_value(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_health_value(k, v)}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        return ", ".join(_health_value(name, v) for v in value) or "-"
+    if name.endswith("_seconds") and isinstance(value, (int, float)):
+        return f"{value:g} s"
+    return str(value)
+
+
+def _gpu_line(gpu: dict[str, Any]) -> str:
+    """One instance: its state, busy or idle, billed and idle time, and any other field."""
+    known = {"slot", "state", "busy", "billed_seconds", "idle_seconds", "ahead"}
+    parts = [str(gpu.get("state", "?"))]
+    if gpu.get("busy"):
+        parts.append("busy")
+    elif gpu.get("state") == "running":
+        parts.append("idle")
+    if gpu.get("ahead"):
+        parts.append("launched ahead")
+    for name in ("billed_seconds", "idle_seconds"):
+        if gpu.get(name) is not None:
+            parts.append(f"{name[:-len('_seconds')]} {_health_value(name, gpu[name])}")
+    parts += [f"{k.replace('_', ' ')} {_health_value(k, v)}" for k, v in gpu.items() if k not in known]
+    return ", ".join(parts)
+
+
+def print_health(report: dict[str, Any]) -> None:
+    """/health as a table: one line per figure under its section, one per GPU instance."""
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column("section", style="bold", no_wrap=True)
+    table.add_column("figure", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_row("status", "", Text(str(report.get("status")), style="green" if report.get("status") == "ok" else "red"))
+    for section, title in HEALTH_SECTIONS.items():
+        values = report.get(section) or {}
+        first = True
+        for name, value in values.items():
+            if section == "workers" and name == "list" and isinstance(value, list):
+                for worker in value:
+                    beat = worker.get("last_beat_seconds")
+                    table.add_row(title if first else "", str(worker.get("id")),
+                                  Text(f"{worker.get('job') or 'idle'}, beat {_health_value('s_seconds', beat)} ago"))
+                    first = False
+                continue
+            if name == "fleet" and isinstance(value, list):
+                for gpu in value:
+                    table.add_row(title if first else "", f"slot {gpu.get('slot')}", Text(_gpu_line(gpu)))
+                    first = False
+                continue
+            label = name[:-len("_seconds")] if name.endswith("_seconds") else name
+            table.add_row(title if first else "", label.replace("_", " "), Text(_health_value(name, value)))
+            first = False
+    stdout.print(table)
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ CHALICE_CONFIG = ROOT / ".chalice" / "config.json"
 APP_CAPABILITIES = ("CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND")
 # data.yaml outputs -> the settings' environment variables, for pointing the app at them.
 OUTPUT_ENV = {
-    "JobsTableName": "JOBS_TABLE", "GpuTableName": "GPU_TABLE", "JobsQueueName": "JOBS_QUEUE",
+    "JobsTableName": "JOBS_TABLE", "GpuTableName": "GPU_TABLE", "StatsTableName": "STATS_TABLE", "JobsQueueName": "JOBS_QUEUE",
     "JobsHighQueueName": "JOBS_QUEUE_HIGH", "JobsLowQueueName": "JOBS_QUEUE_LOW",
     "JobsDeadLetterQueueName": "JOBS_DLQ", "IntakeQueueName": "INTAKE_QUEUE",
     "EventsQueueName": "EVENTS_QUEUE", "ResultsBucketName": "RESULTS_BUCKET",
@@ -265,7 +265,8 @@ def deploy_aws(target: Target, given: dict[str, str], environ: Mapping[str, str]
                       settings.build_dir, out)
     app = deploy_stack(cfn, app_stack, app_params, url=url, capabilities=APP_CAPABILITIES,
                        poll=settings.poll_seconds, out=out)
-    out(f"API: {app.get('EndpointURL')}  (send X-C3-RENDER-KEY; keys in SSM {secrets_path(stage)}api-keys)")
+    out(f"API: {app.get('EndpointURL')}  (send X-C3-RENDER-KEY; keys in SSM {secrets_path(stage)}api-keys, "
+        f"operator keys in {secrets_path(stage)}operator-keys)")
     out(f"intake queue: {data['IntakeQueueUrl']}")
     out(f"events queue: {data['EventsQueueUrl']}")
     return {**data, **app}

@@ -1,7 +1,7 @@
 """The deploy's side of the secrets: SecureString parameters under /c3-render/<stage>/.
 
 Values come from the deploying shell's environment (the same variable names the
-services read: C3_API_KEY, C3_RENDER_API_KEY, WEBHOOK_SECRET) and are written to
+services read: C3_API_KEY, C3_RENDER_API_KEY, C3_RENDER_OPERATOR_KEYS (optional), WEBHOOK_SECRET) and are written to
 SSM Parameter Store, never into a template or a stack parameter. A later deploy
 without them keeps what is stored. Standard parameters and the AWS-managed key
 cost nothing at rest.
@@ -19,6 +19,7 @@ REQUIRED = ("comput3-api-key", "api-keys")
 DESCRIPTIONS = {
     "comput3-api-key": "the Comput3.AI API key the workers rent GPUs with",
     "api-keys": "comma-separated API keys clients send as X-C3-RENDER-KEY or Bearer",
+    "operator-keys": "comma-separated operator keys: every tenant's jobs on the operators' page (optional)",
     "webhook-secret": "Standard Webhooks signing secret (generated when absent)",
 }
 
@@ -46,7 +47,7 @@ def plan_secrets(ssm: Any, stage: str, environ: Mapping[str, str]) -> tuple[dict
         elif name in REQUIRED and name not in stored:
             problems.append(f"missing secret {path}{name} ({DESCRIPTIONS[name]}): "
                             f"set {variable} for this deploy; it is stored in SSM, not in the template")
-        elif name not in stored:
+        elif name == "webhook-secret" and name not in stored:
             writes[name] = new_webhook_secret()
     return writes, problems
 

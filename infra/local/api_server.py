@@ -15,9 +15,15 @@ import sys
 from typing import Any
 
 from chalice.cli.factory import CLIFactory
-from chalice.local import ChaliceRequestHandler, LocalDevServer
+from chalice.local import ChaliceRequestHandler, ForbiddenError, LocalDevServer, LocalGatewayException
 
 from infra.local.processes import ROOT
+
+
+def not_found_body(method: str, path: str) -> dict[str, object]:
+    """The same words as the gateway response's template in infra/aws/app.yaml."""
+    return {"error": f"No route {method} {path}",
+            "details": [{"field": "path", "message": "must be one of the API's routes (see /openapi.json)"}]}
 
 
 class NoDelayHandler(ChaliceRequestHandler):
@@ -61,6 +67,30 @@ class NoDelayHandler(ChaliceRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _generic_handle(self) -> None:
+        """A client that hangs up before its answer (Ctrl-C during a held `Prefer: wait`, a
+        closed browser tab) is an ordinary event: one log line, no traceback."""
+        try:
+            super()._generic_handle()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            self.close_connection = True
+            print(json.dumps({"level": "INFO", "event": "api.client_gone", "path": self.path.split("?", 1)[0],
+                              "reason": f"the client closed the connection before the answer ({type(exc).__name__})"}),
+                  flush=True)
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _generic_handle
+
+    def _send_error_response(self, error: LocalGatewayException) -> None:
+        """A path no route has: 404 in the API's error format, as API Gateway answers it
+        (the MISSING_AUTHENTICATION_TOKEN gateway response in infra/aws/app.yaml), instead
+        of 403 "Missing Authentication Token"."""
+        if isinstance(error, ForbiddenError) and b"Missing Authentication Token" in (error.body or b""):
+            path = self.path.split("?", 1)[0]
+            body = json.dumps(not_found_body(self.command, path)).encode()
+            self._send_http_response(404, {"Content-Type": "application/json"}, body)
+            return
+        super()._send_error_response(error)
 
     def __getattr__(self, name: str):  # any method no route has: QUERY, TRACE, CONNECT, ...
         if name.startswith("do_"):

@@ -26,18 +26,26 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+class StartFailed(RuntimeError):
+    """A server did not come up: its process exited, or it never answered."""
+
+
+class StartTimeout(StartFailed, TimeoutError):
+    pass
+
+
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
     """Wait until ``url`` answers at all (any status)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+            raise StartFailed(f"process for {url} exited with code {proc.returncode}")
         try:
             requests.get(url, timeout=1)
             return
         except requests.RequestException:
             time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
+    raise StartTimeout(f"{url} did not answer within {timeout}s")
 
 
 def start(args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None,

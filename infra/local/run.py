@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from chalicelib.platform.settings import EgressSettings, Settings
 from infra.local import processes
+from infra.local.processes import StartFailed
 from infra.local.stack import create_stack
 
 ROOT = processes.ROOT
@@ -150,8 +151,6 @@ def aws_profile(sup: Supervisor) -> dict[str, str]:
         endpoints, stop = start_localstack_profile(RUN_DIR / "emulators")
         sup.cleanups.append(stop)
         return {**env, **endpoints}
-    if processes.port_in_use(MOTO_PORT):
-        sys.exit(f"[make run] port {MOTO_PORT} is busy: stop what runs there, or set MOTO_PORT")
     say(f"starting moto server on 127.0.0.1:{MOTO_PORT}")
     sup.adopt("moto", processes.start_moto(MOTO_PORT, RUN_DIR / "logs" / "moto.log"))
     return {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{MOTO_PORT}"}
@@ -179,10 +178,34 @@ def comput3_profile(sup: Supervisor) -> dict[str, str]:
     }
 
 
+def ports_needed() -> dict[str, int]:
+    """The variable -> port of every server `make run` is about to start here."""
+    ports = {"API_PORT": API_PORT, "SAMPLES_PORT": SAMPLES_PORT}
+    endpoints = any(k == "AWS_ENDPOINT_URL" or k.startswith("AWS_ENDPOINT_URL_") for k in os.environ)
+    if not endpoints and os.environ.get("LOCALSTACK", "") in ("", "0"):
+        ports["MOTO_PORT"] = MOTO_PORT
+    if not os.environ.get("C3_API_KEY"):
+        ports["SIMULATOR_PORT"] = SIM_PORT
+    return ports
+
+
+def busy_ports() -> str | None:
+    """Why `make run` cannot start, naming each busy port and the variable that moves it;
+    None when every port is free. Checked before anything starts or prints."""
+    busy = [(name, port) for name, port in ports_needed().items() if processes.port_in_use(port)]
+    if not busy:
+        return None
+    lines = [f"port {port} is busy (something already listens on 127.0.0.1:{port}): stop it, or run "
+             f"`{name}=<free port> make run`" for name, port in busy]
+    return "\n".join(f"[make run] {line}" for line in lines)
+
+
 def main() -> int:
+    problem = busy_ports()
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        return 2
     (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
-    if processes.port_in_use(API_PORT):
-        sys.exit(f"[make run] port {API_PORT} is busy: stop what runs there, or set API_PORT")
     workers, allow_private = worker_count(), private_urls_allowed()
     sup = Supervisor()
     stopping = threading.Event()
@@ -215,7 +238,10 @@ def main() -> int:
         sup.spawn("handlers", [sys.executable, "-m", "infra.local.lambda_poller"], env)
         walkthrough(settings, workers, allow_private)
         name = sup.wait_any()
-        say(f"{name} exited; stopping everything (its log: .run/logs/{name}.log)")
+        say(f"{name} exited; stopping everything (its log: {RUN_DIR / 'logs' / name}.log)")
+        return 1
+    except StartFailed as exc:
+        print(f"[make run] {exc}; stopping everything (logs: {RUN_DIR / 'logs'})", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         say("interrupted; stopping")
@@ -266,7 +292,7 @@ def walkthrough(settings: Settings, workers: int, allow_private: bool) -> None:
         f"c3-render is up.  API: {api}   OpenAPI: {api}/openapi.json",
         f"Web page: {api}/ui   ({page_key})",
         f"AWS endpoint: {os.environ.get('AWS_ENDPOINT_URL') or os.environ.get('AWS_ENDPOINT_URL_SQS')}",
-        f"Workers: {workers} (worker-1..{workers}, restarted when they exit)  Logs: .run/logs/",
+        f"Workers: {workers} (worker-1..{workers}, restarted when they exit)  Logs: {RUN_DIR / 'logs'}/",
         mode,
         f"Sample inputs: {samples}/portrait.jpg  {samples}/speech.wav",
         "",

@@ -16,7 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.fleet.registry import STATE_INDEX
-from chalicelib.jobs.store import INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX
+from chalicelib.jobs.store import DAY_INDEX, INFLIGHT_INDEX, OUTBOX_INDEX, OWNER_INDEX
 from chalicelib.platform import aws
 from chalicelib.platform.settings import Settings, get_settings
 
@@ -40,12 +40,20 @@ INFLIGHT_GSI = {
                   {"AttributeName": "created_at", "KeyType": "RANGE"}],
     "Projection": {"ProjectionType": "KEYS_ONLY"},
 }
-JOBS_INDEXES = [OUTBOX_GSI, OWNER_GSI, INFLIGHT_GSI]
+# Every tenant's jobs, newest first, a UTC day per partition (the operators' GET /jobs).
+DAY_GSI = {
+    "IndexName": DAY_INDEX,
+    "KeySchema": [{"AttributeName": "created_day", "KeyType": "HASH"},
+                  {"AttributeName": "created_at", "KeyType": "RANGE"}],
+    "Projection": {"ProjectionType": "ALL"},
+}
+JOBS_INDEXES = [OUTBOX_GSI, OWNER_GSI, INFLIGHT_GSI, DAY_GSI]
 JOBS_INDEX_ATTRIBUTES = [{"AttributeName": "outbox", "AttributeType": "S"},
                          {"AttributeName": "outbox_at", "AttributeType": "N"},
                          {"AttributeName": "owner", "AttributeType": "S"},
                          {"AttributeName": "created_at", "AttributeType": "N"},
-                         {"AttributeName": "inflight_owner", "AttributeType": "S"}]
+                         {"AttributeName": "inflight_owner", "AttributeType": "S"},
+                         {"AttributeName": "created_day", "AttributeType": "S"}]
 
 # The GPU registry's index on ``state`` (see chalicelib/fleet/registry.py); data.yaml declares the same.
 GPU_STATE_GSI = {
@@ -154,6 +162,7 @@ def create_stack(settings: Settings, visibility: int = JOBS_VISIBILITY,
     ddb, sqs, s3 = (aws.client(s, region) for s in ("dynamodb", "sqs", "s3"))
     ensure_table(ddb, settings.jobs_table, indexes=JOBS_INDEXES, index_attributes=JOBS_INDEX_ATTRIBUTES)
     ensure_table(ddb, settings.gpu_table, indexes=[GPU_STATE_GSI], index_attributes=GPU_STATE_ATTRIBUTES)
+    ensure_table(ddb, settings.stats_table)  # the operators' per-minute counters (chalicelib/jobs/stats.py)
     dlq_url = ensure_queue(sqs, settings.jobs_dlq, {"MessageRetentionPeriod": "1209600"})
     redrive = json.dumps({"deadLetterTargetArn": queue_arn(sqs, dlq_url), "maxReceiveCount": str(max_receive_count)})
     # One queue per priority lane (chalicelib/jobs/lanes.py), each redriving to the jobs DLQ.

@@ -34,6 +34,9 @@ from tests.support.receiver import Receiver
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 KEY = "ui-key"
+OTHER_KEY = "other-tenant-key"  # a second tenant
+OPS_KEY = "ops-key"  # an operator key (C3_RENDER_OPERATOR_KEYS)
+SHOTS = Path(os.environ.get("UI_SCREENSHOTS") or "/tmp/c3-render-ui-shots")
 FINAL = {"success", "failed", "cancelled", "timed_out"}
 
 
@@ -76,8 +79,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     if PROFILE == "localstack":  # on the profile's emulators (make run honours AWS_ENDPOINT_URL*)
         env.update({**request.getfixturevalue("aws_endpoints"), **resource_env(f"u{uuid.uuid4().hex[:12]}")})
     env.update({name: str(port) for name, port in ports.items()})
-    env.update({"RUN_DIR": str(run_dir), "C3_RENDER_API_KEY": KEY, "WORKERS": "1", "ALLOW_PRIVATE_URLS": "true",
-                "LAMBDA_POLL_WAIT_SECONDS": "1", "WEBHOOK_INTERVAL": "0.2"})
+    env.update({"RUN_DIR": str(run_dir), "C3_RENDER_API_KEY": f"{KEY},{OTHER_KEY}", "WORKERS": "1",
+                "C3_RENDER_OPERATOR_KEYS": OPS_KEY, "ALLOW_PRIVATE_URLS": "true",
+                "LAMBDA_POLL_WAIT_SECONDS": "1", "WEBHOOK_INTERVAL": "0.2",
+                "LOCAL_SCHEDULE_INTERVAL": "5"})  # the reaper's GPU sample for /stats every 5 s
     log_path = run_dir / "make-run.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "infra.local.run"], env=env, cwd=ROOT, stdout=log,
@@ -89,8 +94,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         text = log_path.read_text()
         assert proc.poll() is None, text[-4000:]
         assert banner and f"Web page: {api}/ui" in text
+        assert f"Logs: {run_dir / 'logs'}/" in text and ".run/logs" not in text  # the paths follow RUN_DIR
         yield {"api": api, "samples": f"http://127.0.0.1:{ports['SAMPLES_PORT']}", "receiver": receiver,
-               "log": log_path}
+               "log": log_path, "sim": f"http://127.0.0.1:{ports['SIMULATOR_PORT']}", "run_dir": run_dir,
+               "sqs": env.get("AWS_ENDPOINT_URL_SQS") or env.get("AWS_ENDPOINT_URL") or
+               f"http://127.0.0.1:{ports['MOTO_PORT']}", "intake_queue": env.get("INTAKE_QUEUE", "c3-render-intake")}
     finally:
         stop_group(proc)
         receiver.stop()
@@ -156,6 +164,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                 "--disable-sync", "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={profile}",
                 "--window-size=1280,900"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every URL the page requests
     chrome = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     chrome.set_script_timeout(30)
     yield chrome
@@ -184,13 +193,19 @@ def enter_key(chrome: Any, key: str) -> None:
     css(chrome, "#key-submit")[0].click()
 
 
-def signed_in(chrome: Any, stack: dict[str, Any]) -> None:
-    """The page open with the right key (from sessionStorage when it already has it)."""
+def signed_in(chrome: Any, stack: dict[str, Any], key: str = KEY) -> None:
+    """The page open with ``key`` (from sessionStorage when it already has it)."""
     if not chrome.current_url.startswith(f"{stack['api']}/ui"):
         chrome.get(f"{stack['api']}/ui")
     until(chrome, lambda c: css(c, "#dashboard")[0].is_displayed() or css(c, "#key")[0].is_displayed())
+    if css(chrome, "#dashboard")[0].is_displayed() and \
+            chrome.execute_script("return sessionStorage.getItem('c3-render-key')") != key:
+        if css(chrome, "#detail[open]"):
+            css(chrome, "#detail-close")[0].click()
+            until(chrome, lambda c: not css(c, "#detail[open]"))
+        css(chrome, "#change-key")[0].click()
     if not css(chrome, "#dashboard")[0].is_displayed():
-        enter_key(chrome, KEY)
+        enter_key(chrome, key)
         until(chrome, lambda c: css(c, "#dashboard")[0].is_displayed())
 
 
@@ -320,3 +335,233 @@ def test_a_phone_screen_needs_no_horizontal_scrolling(stack, jobs, driver, tmp_p
         print(f"phone screenshots: {phone} {detail}")
     finally:
         driver.set_window_size(1280, 900)
+
+
+# ---- the operators' page: trailing slash, no key in a URL, operator keys, actions, plots ----------
+
+def as_key(stack: dict[str, Any], method: str, path: str, key: str, body: Any = None) -> requests.Response:
+    return requests.request(method, f"{stack['api']}{path}", json=body, headers={"X-C3-RENDER-KEY": key}, timeout=10)
+
+
+def requested_urls(chrome: Any) -> list[str]:
+    """Every URL the browser requested since the last call (Chrome's performance log)."""
+    urls = []
+    for entry in chrome.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def slow_nodes(stack: dict[str, Any], on: bool) -> None:
+    """The simulator's slow switch for image analysis, on every node (POST /admin/nodes)."""
+    faults = {"ollama": "slow", "slow_seconds": 60} if on else {}
+    requests.post(f"{stack['sim']}/admin/nodes", json={"faults": faults}, timeout=10).raise_for_status()
+
+
+def shot(chrome: Any, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / name
+    chrome.save_screenshot(str(path))
+    print(f"screenshot: {path}")
+    return path
+
+
+@in_browser
+def test_the_trailing_slash_page_works_and_no_url_carries_the_key(stack, jobs, driver) -> None:
+    driver.get(f"{stack['api']}/ui")
+    driver.execute_script("sessionStorage.clear()")
+    # Without its script the form cannot submit: no URL ever gets the key.
+    driver.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        driver.get(f"{stack['api']}/ui/")
+        assert driver.current_url == f"{stack['api']}/ui"  # /ui/ is redirected to the page
+        field = css(driver, "#key")[0]
+        assert not field.get_attribute("name") and css(driver, "#key-submit")[0].get_attribute("disabled")
+        field.send_keys(KEY + "\n")
+        assert driver.current_url == f"{stack['api']}/ui"
+    finally:
+        driver.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
+    requested_urls(driver)  # drain
+    driver.get(f"{stack['api']}/ui/")
+    until(driver, lambda c: c.current_url == f"{stack['api']}/ui")
+    enter_key(driver, KEY)
+    until(driver, lambda c: css(c, "#dashboard")[0].is_displayed())
+    until(driver, lambda c: css(c, f'tr.job[data-id="{jobs["csm"]["id"]}"]'))
+    open_job(driver, jobs["csm"]["id"])
+    until(driver, lambda c: css(c, "#detail audio"))
+    css(driver, "#detail-close")[0].click()
+    urls = requested_urls(driver)
+    paths = {url.split("?")[0].removeprefix(stack["api"]) for url in urls}
+    assert {"/ui", "/ui/app.js", "/ui/app.css", "/jobs", "/health", "/stats",
+            f"/status/{jobs['csm']['id']}", f"/result/{jobs['csm']['id']}"} <= paths, paths
+    assert not [url for url in urls if KEY in url or "key=" in url], urls
+
+
+@in_browser
+def test_an_operator_sees_every_tenant_and_a_tenant_only_its_own(stack, jobs, driver) -> None:
+    other = as_key(stack, "post", "/analyze", OTHER_KEY, {"image_url": f"{stack['samples']}/portrait.jpg"}).json()["id"]
+    tenant = as_key(stack, "get", f"/status/{other}", OPS_KEY).json()["tenant"]
+    signed_in(driver, stack, OPS_KEY)
+    row = until(driver, lambda c: css(c, f'tr.job[data-id="{other}"]'))[0]
+    until(driver, lambda c: css(c, f'tr.job[data-id="{jobs["csm"]["id"]}"]'))
+    assert row.find_element("css selector", ".tenant").text == tenant.removeprefix("key-sha256:")
+    mine = css(driver, f'tr.job[data-id="{jobs["csm"]["id"]}"] .tenant')[0].text
+    assert mine and mine != row.find_element("css selector", ".tenant").text  # two tenants
+    assert css(driver, "#scope-note")[0].is_displayed()
+    # A tenant key: its own jobs only, no tenant column.
+    signed_in(driver, stack, KEY)
+    until(driver, lambda c: css(c, f'tr.job[data-id="{jobs["csm"]["id"]}"]'))
+    assert css(driver, f'tr.job[data-id="{other}"]') == []
+    assert not css(driver, "th.operator-only")[0].is_displayed() and not css(driver, "#scope-note")[0].is_displayed()
+    assert [j["id"] for j in as_key(stack, "get", "/jobs?limit=100", KEY).json()["jobs"]].count(other) == 0
+
+
+@in_browser
+def test_an_operator_cancels_and_retries_a_tenants_job_and_sees_its_worker(stack, jobs, driver) -> None:
+    receiver = stack["receiver"]
+    slow_nodes(stack, True)
+    try:
+        job_id = as_key(stack, "post", "/analyze", OTHER_KEY, {
+            "image_url": f"{stack['samples']}/portrait.jpg", "notify_url": receiver.url}).json()["id"]
+        signed_in(driver, stack, OPS_KEY)
+        # Running: the worker list names its job.
+        wait_until(lambda: as_key(stack, "get", f"/status/{job_id}", OTHER_KEY).json()["status"] == "running", 120, 0.3)
+        until(driver, lambda c: c.execute_script(
+            "return [...document.querySelectorAll('#worker-rows .worker-job a')].map((a) => a.title)").count(job_id),
+            timeout=60)
+        open_job(driver, job_id)
+        until(driver, lambda c: css(c, "#detail .act-cancel"))[0].click()
+        confirm = until(driver, lambda c: css(c, "#detail .confirm-yes"))[0]
+        assert "Cancel this job?" in css(driver, "#detail .confirm")[0].text
+        assert as_key(stack, "get", f"/status/{job_id}", OTHER_KEY).json()["status"] == "running"  # not yet
+        confirm.click()
+        until(driver, lambda c: "marked as cancelled" in (css(c, "#action-result")[0].text or ""))
+        view = as_key(stack, "get", f"/status/{job_id}", OTHER_KEY).json()
+        assert view["status"] == "cancelled" and view["error"] == "Cancelled from the operators' page"
+    finally:
+        slow_nodes(stack, False)
+    until(driver, lambda c: css(c, "#detail .act-retry"), timeout=30)[0].click()
+    until(driver, lambda c: css(c, "#detail .confirm-yes"))[0].click()
+    link = until(driver, lambda c: css(c, "#action-result a.new-job"))[0]
+    new_id = link.text
+    retried = wait_until(lambda: (v := as_key(stack, "get", f"/status/{new_id}", OTHER_KEY).json())["status"] in FINAL
+                         and v, 150, 0.5)
+    assert retried["retry_of"] == job_id and retried["status"] == "success"
+    # Redeliver the cancelled job's webhook: the button is there; the route is built elsewhere
+    # (POST /jobs/{id}/redeliver), so it is exercised only where this API has it.
+    wait_until(lambda: (as_key(stack, "get", f"/status/{job_id}", OTHER_KEY).json().get("webhook") or {})
+               .get("status") in ("delivered", "failed"), 60, 0.3)
+    open_job(driver, job_id)
+    button = until(driver, lambda c: css(c, "#detail .act-redeliver"), timeout=30)[0]
+    probe = requests.post(f"{stack['api']}/jobs/00000000-0000-4000-8000-000000000000/redeliver", json={},
+                          headers={"X-C3-RENDER-KEY": OPS_KEY}, timeout=10)
+    before = len(receiver.for_job(job_id))
+    button.click()
+    until(driver, lambda c: css(c, "#detail .confirm-yes"))[0].click()
+    result = until(driver, lambda c: [e for e in css(c, "#action-result") if e.text])[0]
+    if probe.status_code == 404 and probe.json()["error"].startswith("No route"):
+        assert "no redeliver webhook route yet" in result.text
+    else:
+        assert "error" not in result.get_attribute("class"), result.text
+        wait_until(lambda: len(receiver.for_job(job_id)) > before, 60, 0.3)
+
+
+@in_browser
+def test_the_plots_draw_the_last_hour_from_stats(stack, jobs, driver) -> None:
+    signed_in(driver, stack, OPS_KEY)
+    script = (
+        "const sum = (sel) => [...document.querySelectorAll(sel)].reduce((n, r) => n + Number(r.dataset.value), 0);"
+        "return {success: sum('#plot-finished rect.o-success'), failed: sum('#plot-finished rect.o-failed'),"
+        " runs: document.querySelectorAll('#plot-latency circle.s-rt50').length,"
+        " waits: document.querySelectorAll('#plot-latency circle.s-qw95').length,"
+        " minutes: new Set([...document.querySelectorAll('#plot-finished rect')].map((r) => r.dataset.minute)).size};")
+    # The fixture's jobs (4 successes, 1 failure) are counted once the page has read /stats again.
+    drawn = until(driver, lambda c: (d := c.execute_script(script)) and d["success"] >= 4 and d["failed"] >= 1 and d,
+                  timeout=40)
+    stats = requests.get(f"{stack['api']}/stats", timeout=10).json()
+    assert drawn["success"] <= stats["hour"]["finished"]["success"], (drawn, stats["hour"])
+    assert 1 <= drawn["failed"] <= stats["hour"]["finished"]["failed"]
+    assert drawn["runs"] >= 1 and drawn["waits"] >= 1 and drawn["minutes"] >= 1
+    assert "in the hour" in css(driver, "#plot-finished .plot-note")[0].text
+    assert "run time p50" in css(driver, "#plot-latency .plot-note")[0].text
+    # The reaper's GPU sample (every 5 s here) shows once the page reads /stats again.
+    until(driver, lambda c: css(c, "#plot-gpu rect.g-billed"), timeout=60)
+    assert "billed" in css(driver, "#plot-gpu .plot-note")[0].text
+
+
+@in_browser
+def test_job_columns_search_by_id_and_workers(stack, jobs, driver) -> None:
+    signed_in(driver, stack, KEY)
+    broken = jobs["broken"]
+    row = until(driver, lambda c: css(c, f'tr.job[data-id="{broken["id"]}"]'))[0]
+    cell = row.find_element("css selector", ".error-cell")
+    assert cell.get_attribute("title") == broken["error"]
+    assert cell.text.endswith("…") and broken["error"].startswith(cell.text[:-1]) and len(cell.text) <= 60
+    done = css(driver, f'tr.job[data-id="{jobs["csm"]["id"]}"]')[0]
+    assert re.fullmatch(r"\d+(\.\d)? s|\d+ min( \d+ s)?", done.find_element("css selector", ".duration").text)
+    assert done.find_element("css selector", ".error-cell").text == "—"
+    assert not css(driver, "th.cost-col")[0].is_displayed()  # no job has a cost block here
+    # Search by id.
+    field = css(driver, "#search-id")[0]
+    field.clear()
+    field.send_keys("not-an-id\n")
+    assert not css(driver, "#detail[open]") and driver.execute_script(
+        "return document.getElementById('search-id').validationMessage").startswith("Enter a whole job id")
+    field.clear()
+    field.send_keys(jobs["whisper"]["id"] + "\n")
+    until(driver, lambda c: css(c, "#detail[open] .full-id") and css(c, "#detail .full-id")[0].text == jobs["whisper"]["id"])
+    css(driver, "#detail-close")[0].click()
+    # The workers: id and last beat, one row each.
+    rows = until(driver, lambda c: c.execute_script(
+        "return [...document.querySelectorAll('#worker-rows tr')].map((tr) => tr.innerText)"))
+    assert len(rows) == 1 and "ago" in rows[0], rows
+
+
+@in_browser
+def test_screenshots_at_1400_and_390(stack, jobs, driver) -> None:
+    signed_in(driver, stack, OPS_KEY)
+    if css(driver, "#detail[open]"):
+        css(driver, "#detail-close")[0].click()
+    driver.set_window_size(1400, 1100)
+    try:
+        until(driver, lambda c: css(c, "#plot-finished rect.o-success"), timeout=40)
+        shot(driver, "operators-1400.png")
+        driver.execute_script("document.getElementById('jobs').scrollIntoView()")
+        shot(driver, "operators-1400-jobs.png")
+        assert css(driver, "th.operator-only")[0].is_displayed() and not css(driver, "th.cost-col")[0].is_displayed()
+        driver.set_window_size(390, 844)
+        until(driver, lambda c: c.execute_script("return window.innerWidth") <= 390)
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        driver.execute_script("document.getElementById('activity').scrollIntoView()")
+        shot(driver, "operators-390-plots.png")
+        driver.execute_script("document.getElementById('jobs').scrollIntoView()")
+        shot(driver, "operators-390-jobs.png")
+        assert not [e for e in css(driver, "td.cost-col") if e.is_displayed()]  # no cost block here
+        open_job(driver, jobs["broken"]["id"])
+        until(driver, lambda c: css(c, "#detail .act-retry"))
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        shot(driver, "operators-390-detail.png")
+        css(driver, "#detail-close")[0].click()
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+@in_browser
+def test_an_operator_sees_the_intake_rejections(stack, jobs, driver) -> None:
+    import boto3
+
+    sqs = boto3.client("sqs", endpoint_url=stack["sqs"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    url = sqs.get_queue_url(QueueName=stack["intake_queue"])["QueueUrl"]
+    sent = sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"type": "csm", "params": {"voice": "nobody"}}))
+    message_id = sent["MessageId"]
+    signed_in(driver, stack, OPS_KEY)
+    assert css(driver, "#incidents")[0].is_displayed()
+    row = until(driver, lambda c: [tr for tr in css(c, "#rejected-rows tr")
+                                   if message_id[:12] in tr.text], timeout=60)[0]
+    assert "voice" in row.text
+    assert css(driver, "#dead-empty")[0].text == "None in the last hour."
+    signed_in(driver, stack, KEY)  # a tenant: no incidents panel
+    assert not css(driver, "#incidents")[0].is_displayed()
+    assert as_key(stack, "get", "/incidents", KEY).status_code == 403

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,111 @@ def test_health(api, run):
     assert res.exit_code == EXIT_OK and json.loads(res.stdout)["workers"] == {"alive": 1}
     api.script("GET", "/health", (200, {"status": "degraded", "queue": {"depth": 9}}))
     res = run("health")
-    assert res.exit_code == EXIT_FAILED and "queue: depth=9" in res.stdout
+    assert res.exit_code == EXIT_FAILED and re.search(r"^Queue\s+depth\s+9\s*$", res.stdout, re.M), res.stdout
+
+
+def test_health_is_a_table_with_a_line_per_figure_and_per_gpu(api, run):
+    api.script("GET", "/health", (200, {
+        "status": "ok", "queue": {"messages": 2, "oldest_queued_seconds": 12.5},
+        "jobs": {"queued": 2, "running": 1},
+        "workers": {"alive": 1, "list": [{"id": "w-1", "job": "j-9", "last_beat_seconds": 3.5}]},
+        "gpus": {"instances": 1, "by_state": {"running": 1},
+                 "fleet": [{"slot": "a1", "state": "running", "busy": True, "billed_seconds": 90}]}}))
+    lines = [line.rstrip() for line in run("health").stdout.splitlines()]
+    assert re.fullmatch(r"status\s+ok", lines[0])
+    assert any(re.fullmatch(r"Queue\s+messages\s+2", line) for line in lines)
+    assert any(re.fullmatch(r"\s+oldest queued\s+12.5 s", line) for line in lines)
+    assert any(re.fullmatch(r"GPU instances\s+instances\s+1", line) for line in lines)
+    assert any(re.fullmatch(r"\s+by state\s+running 1", line) for line in lines)
+    assert any(re.fullmatch(r"\s+slot a1\s+running, busy, billed 90 s", line) for line in lines)
+    assert any(re.fullmatch(r"\s+w-1\s+j-9, beat 3.5 s ago", line) for line in lines)
+    assert "{" not in "\n".join(lines)
+
+
+def test_url_key_and_json_work_before_or_after_the_command(api, run):
+    done = api.add_job("whisper")
+    env = {"C3_RENDER_URL": "http://127.0.0.1:9", "C3_RENDER_API_KEY": "wrong"}  # both overridden below
+    runner = CliRunner()
+    for args in (["--url", api.url, "--api-key", KEY, "--json", "status", done.id],
+                 ["status", done.id, "--url", api.url, "--api-key", KEY, "--json"],
+                 [f"--url={api.url}", "status", "--json", done.id, f"--api-key={KEY}"]):
+        res = runner.invoke(app, args, env=env)
+        assert res.exit_code == EXIT_OK, (args, res.output)
+        assert json.loads(res.stdout)["id"] == done.id
+
+
+def test_a_connection_error_names_the_url_and_how_to_set_it():
+    runner = CliRunner()
+    dead = "http://127.0.0.1:9"  # the discard port: nothing listens
+    res = runner.invoke(app, ["jobs"], env={"C3_RENDER_URL": dead, "C3_RENDER_API_KEY": KEY})
+    assert res.exit_code == EXIT_FAILED
+    assert f"could not reach the c3-render API at {dead}" in res.stderr
+    assert "C3_RENDER_URL" in res.stderr and "--url" in res.stderr and "Traceback" not in res.output
+    res = runner.invoke(app, ["jobs", "--json"], env={"C3_RENDER_URL": dead})
+    assert res.exit_code == EXIT_FAILED and "C3_RENDER_URL" in json.loads(res.stdout)["hint"]
+
+
+def test_a_401_names_the_key_variable_and_flag(api, run):
+    res = run("--api-key", "wrong", "jobs")
+    assert res.exit_code == EXIT_FAILED and "HTTP 401" in res.stderr
+    assert "C3_RENDER_API_KEY" in res.stderr and "--api-key" in res.stderr and "refused" in res.stderr
+    res = CliRunner().invoke(app, ["jobs"], env={"C3_RENDER_URL": api.url, "C3_RENDER_API_KEY": ""})
+    assert res.exit_code == EXIT_FAILED and "no key was given: set C3_RENDER_API_KEY or pass --api-key" in res.stderr
+
+
+LONG_ERROR = "image_url: HTTP 404 from http://127.0.0.1:8002/missing.jpg (the file is not there) " + "x" * 40
+
+
+def test_jobs_error_column_in_a_pipe_is_whole(api, run):
+    failed = api.add_job("analyze", plan=[(0, {"status": "failed", "error": LONG_ERROR})])
+    out = run("jobs").stdout  # CliRunner's stdout is not a terminal: a pipe
+    [line] = [line for line in out.splitlines() if line.startswith(failed.id)]
+    assert line.endswith(LONG_ERROR) and "failed" in line
+    assert out.splitlines()[0].split() == ["id", "type", "status", "created", "error"]
+
+
+def test_jobs_error_is_readable_on_an_80_column_terminal(api, monkeypatch):
+    from c3render import cli
+
+    failed = api.add_job("analyze", plan=[(0, {"status": "failed", "error": LONG_ERROR})])
+    api.add_job("whisper")
+    console = Console(record=True, width=80, force_terminal=True)
+    monkeypatch.setattr(cli, "stdout", console)
+    res = CliRunner().invoke(app, ["jobs"], env={"C3_RENDER_URL": api.url, "C3_RENDER_API_KEY": KEY})
+    assert res.exit_code == EXIT_OK, res.output
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    at = next(n for n, line in enumerate(lines) if line.startswith(failed.id))
+    assert lines[at + 1].startswith("    error: image_url: HTTP 404 from http://127.0.0.1:8002/missing.jpg")
+    assert lines[at + 1].endswith("…")
+
+
+def test_the_live_display_and_the_end_show_every_phase():
+    job = Job.model_validate({"id": "j-2", "status": "success", "type": "csm",
+                              "phases": {"queued": "2026-01-01T00:00:00Z", "downloading": "2026-01-01T00:00:00.5Z",
+                                         "rendering": "2026-01-01T00:00:01Z", "uploading": "2026-01-01T00:00:03Z"},
+                              "finished_at": "2026-01-01T00:00:03.25Z"})
+    from c3render.cli import phase_trail
+
+    assert phase_trail(job) == "queued 0.5s > downloading 0.5s > rendering 2.0s > uploading 0.2s"
+    console = Console(record=True, width=200)
+    console.print(JobPanel(job))
+    assert "phases: queued 0.5s > downloading 0.5s > rendering 2.0s > uploading 0.2s" in console.export_text()
+
+
+def test_ctrl_c_while_waiting_says_how_to_follow_the_job_again(api, run, monkeypatch):
+    from c3render.client import Client
+
+    job = api.add_job("csm", plan=[(60, {"status": "running"})])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Client, "wait", interrupted)
+    res = run("status", job.id, "--wait")
+    assert res.exit_code == 130
+    assert f"stopped following job {job.id}" in res.stderr and f"c3-render status {job.id} --wait" in res.stderr
+    assert res.exc_info is None or res.exc_info[0] is SystemExit
 
 
 def test_the_live_display_shows_status_phase_queue_position_and_progress():

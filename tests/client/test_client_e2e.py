@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -162,3 +163,85 @@ def test_webhook_events_filter_reaches_the_server(cli_venv, system):
     hooks = wait_until(lambda: (found := receiver.for_job(job_id)) and len(found) >= 2 and found, timeout=30)
     statuses = [hook.json()["status"] for hook in hooks]
     assert "success" in statuses and any(status != "success" for status in statuses), statuses  # start + completed
+
+
+# ---- the first hour: the README's steps and the CLI's messages, with the installed binary --------
+
+def readme_block(start: str, end: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    return text[text.index(start):text.index(end)]
+
+
+def test_the_readme_cancel_and_retry_steps_work_as_written(cli_venv, system):
+    """The walkthrough's lines run by bash as they are printed, with this stack's ports."""
+    sim, inputs = system["sim"], system["inputs"]
+    script = (readme_block("# cancel && retry: a job that is still running", "# end of cancel && retry")
+              .replace("http://127.0.0.1:8700", sim.url)
+              .replace("http://127.0.0.1:8002/portrait.jpg", inputs.url("portrait.jpg")))
+    assert "8002" not in script and "8700" not in script
+    try:
+        res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                             timeout=240, cwd=system["work"],
+                             env={**cli_env(system), "PATH": f"{cli_venv / 'bin'}:{os.environ['PATH']}"})
+    finally:
+        requests_post(f"{sim.url}/admin/nodes", {"faults": {}})
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert "marked as cancelled" in res.stderr and "phases: queued" in res.stderr, res.stderr
+    [new_id] = re.findall(r"^job (\S+) success$", res.stderr, re.M)
+    retried = json.loads(run(cli_venv, system, "status", new_id, "--json").stdout)
+    assert retried["status"] == "success" and retried["retry_of"]
+    first = json.loads(run(cli_venv, system, "status", retried["retry_of"], "--json").stdout)
+    assert first["status"] == "cancelled"
+
+
+def requests_post(url: str, body: dict) -> None:
+    import requests
+
+    requests.post(url, json=body, timeout=10).raise_for_status()
+
+
+def test_ctrl_c_during_wait_says_how_to_follow_and_the_api_logs_no_traceback(cli_venv, system):
+    import signal
+
+    sim = system["sim"]
+    requests_post(f"{sim.url}/admin/nodes", {"faults": {"ollama": "slow", "slow_seconds": 60}})
+    try:
+        proc = subprocess.Popen([str(cli_venv / "bin" / "c3-render"), "analyze", "--image-url",
+                                 system["inputs"].url("portrait.jpg"), "--wait"], env=cli_env(system),
+                                cwd=system["work"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Interrupt once the job runs (the display is then holding a long poll).
+        job = wait_until(lambda: next((j for j in Client(system["api"]).jobs(limit=5).jobs
+                                       if j.type is JobType.ANALYZE and j.status is JobStatus.RUNNING), None),
+                         timeout=120, interval=0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        requests_post(f"{sim.url}/admin/nodes", {"faults": {}})
+    assert proc.returncode == 130, (out, err)
+    assert f"stopped following job {job.id}" in err and f"c3-render status {job.id} --wait" in err
+    assert "Traceback" not in err and out == ""
+    Client(system["api"]).cancel(job.id)
+    assert "Traceback" not in (system["work"] / "api.log").read_text()
+
+
+def test_cli_messages_and_options_with_the_installed_binary(cli_venv, system):
+    res = run(cli_venv, system, "analyze", "--image-url", system["inputs"].url("portrait.jpg"), "--wait", "--json")
+    job_id = json.loads(res.stdout)["id"]
+    # --url and --json after the command, --json before it.
+    env = {**cli_env(system), "C3_RENDER_URL": "http://127.0.0.1:9"}
+    binary = str(cli_venv / "bin" / "c3-render")
+    for args in (["status", job_id, "--url", system["api"], "--json"], ["--json", "--url", system["api"], "status", job_id]):
+        res = subprocess.run([binary, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and json.loads(res.stdout)["id"] == job_id, (args, res.stderr)
+    # Nothing at that URL: the URL, the variable and the flag are named.
+    res = subprocess.run([binary, "jobs"], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "could not reach the c3-render API at http://127.0.0.1:9" in res.stderr
+    assert "C3_RENDER_URL" in res.stderr and "--url" in res.stderr and "ConnectError" not in res.stderr.split(":")[0]
+    # health: a table; jobs in a pipe: one line per job, errors whole.
+    health = run(cli_venv, system, "health").stdout.splitlines()
+    assert health[0].split() == ["status", "ok"] and any(line.split()[:2] == ["Workers", "alive"] for line in health)
+    bad = system["inputs"].base + "/status/404"
+    failed = json.loads(run(cli_venv, system, "analyze", "--image-url", bad, "--wait", "--json").stdout)
+    lines = run(cli_venv, system, "jobs", "--status", "failed").stdout.splitlines()
+    [line] = [line for line in lines if line.startswith(failed["id"])]
+    assert line.endswith(failed["error"])

@@ -157,7 +157,7 @@ def test_policy_files_name_only_their_stage():
         "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
         "sqs:GetQueueUrl", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
         "sqs:GetQueueAttributes", "s3:GetObject", "s3:DeleteObject", "ssm:GetParameters",
-        "dynamodb:Query", "s3:ListBucket",
+        "dynamodb:Query", "s3:ListBucket", "dynamodb:BatchGetItem",
     }
     text = json.dumps(prod)
     assert "c3-render-dev" not in text and "c3-render-prod" in text
@@ -167,7 +167,7 @@ def test_policy_files_name_only_their_stage():
     # The names the data stack creates for a stage are the ones the policy grants.
     data = load_template(DATA_TEMPLATE)
     resolver = Resolver({"Stage": "prod"}, {"AWS::Region": "r", "AWS::AccountId": "1", "AWS::StackName": "s"})
-    for logical_id in ("JobsTable", "JobsQueue", "JobsDeadLetterQueue", "IntakeQueue", "EventsQueue"):
+    for logical_id in ("JobsTable", "StatsTable", "JobsQueue", "JobsDeadLetterQueue", "IntakeQueue", "EventsQueue"):
         props = data["Resources"][logical_id]["Properties"]
         name = resolver.resolve(props.get("TableName") or props["QueueName"])
         assert any(r.endswith(f":{name}") or r.endswith(f"/{name}")
@@ -278,13 +278,13 @@ def test_data_stack_through_cloudformation_on_moto(moto, stage):
     lines: list[str] = []
     deploy_stack(cfn, name, {"Stage": stage}, body=DATA_TEMPLATE.read_text(), poll=0.1, out=lines.append)
     assert stack_status(cfn, name) == "CREATE_COMPLETE"
-    assert lines[0] == f"{name}: creating (15 changes)" and f"  {name}: CREATE_COMPLETE" in lines
+    assert lines[0] == f"{name}: creating (16 changes)" and f"  {name}: CREATE_COMPLETE" in lines
     jobs_url = sqs.get_queue_url(QueueName=f"c3-render-{stage}-jobs")["QueueUrl"]
     dlq_url = sqs.get_queue_url(QueueName=f"c3-render-{stage}-jobs-dlq")["QueueUrl"]
     redrive = json.loads(sqs.get_queue_attributes(QueueUrl=jobs_url, AttributeNames=["All"])["Attributes"]["RedrivePolicy"])
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     assert redrive == {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}
-    assert f"c3-render-{stage}-gpus" in table_names(ddb)
+    assert f"c3-render-{stage}-gpus" in table_names(ddb) and f"c3-render-{stage}-stats" in table_names(ddb)
     delete_stack(cfn, name, poll=0.1, out=lines.append)
     assert stack_status(cfn, name) is None and lines[-1] == f"{name}: deleted"
 

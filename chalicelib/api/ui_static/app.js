@@ -1,12 +1,18 @@
 // c3-render operators' page: polls the API with the key typed in once (kept in this tab's
-// sessionStorage) and shows jobs, one job's detail and /health. Everything from the API is
-// put on the page as text nodes or attribute values, never parsed as HTML.
+// sessionStorage) and shows jobs (every tenant's with an operator key), one job's detail with
+// its actions (cancel, retry, redeliver: the API's own routes, after a confirmation), /health
+// with the workers, and the last hour's plots from /stats (SVG drawn here, nothing loaded from
+// elsewhere). Everything from the API is put on the page as text nodes or attribute values,
+// never parsed as HTML. The key only ever travels in a header, never in a URL.
 "use strict";
 
 (() => {
   const KEY_STORE = "c3-render-key";
   const POLL_MS = 2000;
   const QUEUE_LOOKUPS = 10; // queued jobs per poll whose position is read from GET /status
+  const STATS_MS = 10000; // GET /stats at most this often (its minutes change once a minute)
+  const ERROR_CHARS = 60; // the list's error column: this much, the whole text in the detail
+  const JOB_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
   const FINAL = new Set(["success", "failed", "cancelled", "timed_out"]);
   // The API's base: "" at the root, "/prod" under an API Gateway stage.
   const BASE = location.pathname.replace(/\/ui\/?$/, "");
@@ -22,6 +28,8 @@
     positions: new Map(), // job id -> {value, approximate}
     open: null, // {id, final, result}
     wanted: null, // a job id from the URL, opened once signed in
+    operator: false, // GET /jobs answered scope "all": an operator key
+    statsAt: 0, // when /stats was last read
   };
 
   // ---- DOM helpers ---------------------------------------------------------------------
@@ -96,13 +104,18 @@
     }
   }
 
-  async function api(path) {
+  async function api(path, post) {
     let resp;
+    const headers = { "X-C3-Render-Key": state.key || "", Accept: "application/json" };
+    const init = { headers, cache: "no-store" };
+    if (post) {
+      init.method = "POST";
+      headers["Content-Type"] = "application/json";
+      Object.assign(headers, post.headers || {});
+      init.body = JSON.stringify(post.body || {});
+    }
     try {
-      resp = await fetch(BASE + path, {
-        headers: { "X-C3-Render-Key": state.key || "", Accept: "application/json" },
-        cache: "no-store",
-      });
+      resp = await fetch(BASE + path, init);
     } catch (err) {
       throw new ApiError(0, `the API did not answer (${err.message})`, null);
     }
@@ -156,6 +169,14 @@
   function clearData() {
     $("job-rows").replaceChildren();
     $("health-body").replaceChildren();
+    $("worker-rows").replaceChildren();
+    for (const id of ["plot-finished", "plot-latency", "plot-gpu"]) {
+      $(id).querySelector("svg").replaceChildren();
+      $(id).querySelector(".plot-note").textContent = "";
+    }
+    state.statsAt = 0;
+    for (const prefix of ["dead", "rejected"]) $(`${prefix}-rows`).replaceChildren();
+    setOperator(false);
     state.rows.clear();
     state.positions.clear();
     $("jobs-empty").hidden = true;
@@ -165,7 +186,7 @@
   /** The dashboard (signed in) or the key form (signed out); the form's button ready again. */
   function showDashboard(on) {
     $("login").hidden = on;
-    for (const id of ["dashboard", "live", "change-key"]) $(id).hidden = !on;
+    for (const id of ["dashboard", "live", "change-key", "search"]) $(id).hidden = !on;
     $("key-submit").disabled = false;
     $("key-submit").textContent = "Show jobs";
   }
@@ -205,8 +226,10 @@
       ]);
       if (generation !== state.generation) return;
       if ($("dashboard").hidden) signedIn();
+      setOperator(list.scope === "all");
       renderJobs(list);
       renderHealth(health);
+      refreshStats(generation);
       await Promise.all([refreshPositions(list.jobs, generation), refreshJob(generation)]);
       if (generation !== state.generation) return;
       show($("poll-error"), "");
@@ -267,6 +290,35 @@
     return pos ? position(pos.value, pos.approximate) : "queued";
   }
 
+  function durationOf(job) {
+    const start = Date.parse(job.started_at);
+    if (isNaN(start)) return "—";
+    const end = job.finished_at ? Date.parse(job.finished_at) : Date.now();
+    return duration((end - start) / 1000, true) + (job.finished_at ? "" : " so far");
+  }
+
+  /** The cost block (when the API has one): its amount in US dollars, or "—". */
+  function costText(cost) {
+    if (cost === null || cost === undefined) return "—";
+    const amount = typeof cost === "number" ? cost
+      : ["usd", "total_usd", "amount_usd", "total", "amount"].map((k) => cost[k]).find((v) => typeof v === "number");
+    if (typeof amount !== "number") return "—";
+    return `$${amount < 0.01 && amount > 0 ? amount.toFixed(4) : amount.toFixed(2)}`;
+  }
+
+  function shortError(error) {
+    if (!error) return "—";
+    const text = String(error).replace(/\s+/g, " ");
+    return text.length > ERROR_CHARS ? `${text.slice(0, ERROR_CHARS - 1)}…` : text;
+  }
+
+  function setOperator(on) {
+    if (on && !state.operator) state.statsAt = 0; // the incidents at once
+    state.operator = on;
+    document.body.classList.toggle("operator", on);
+    $("scope-note").hidden = !on;
+  }
+
   function jobRow(job) {
     const href = `#job/${encodeURIComponent(job.id)}`;
     const hook = job.webhook || null;
@@ -280,17 +332,21 @@
         },
       },
       el("td", { "data-label": "Job", class: "id" }, el("a", { href, title: job.id }, job.id.slice(0, 8))),
+      el("td", { "data-label": "Tenant", class: "tenant operator-only", title: job.tenant }, job.tenant ? job.tenant.replace(/^key-sha256:/, "") : "—"),
       el("td", { "data-label": "Type", class: "type" }, job.type || "—"),
       el("td", { "data-label": "Status", class: "status" }, badge(job.status)),
       el("td", { "data-label": "Phase", class: "phase" }, phaseText(job)),
       el("td", { "data-label": "Queue", class: "queue" }, queueText(job)),
       el("td", { "data-label": "Age", class: "age", title: clock(job.created_at) }, ageOf(job)),
+      el("td", { "data-label": "Duration", class: "duration" }, durationOf(job)),
       el("td", { "data-label": "Attempts", class: "attempts" }, String(job.attempts ?? 0)),
       el(
         "td",
         { "data-label": "Webhook", class: `webhook ${hook ? `w-${hook.status}` : ""}`, title: hook && hook.last_error },
         webhookText(hook),
       ),
+      el("td", { "data-label": "Cost", class: "cost cost-col" }, costText(job.cost)),
+      el("td", { "data-label": "Error", class: `error-cell${job.error ? " has-error" : ""}`, title: job.error }, shortError(job.error)),
     );
   }
 
@@ -308,6 +364,7 @@
         state.rows.set(job.id, entry);
       } else {
         entry.row.querySelector(".age").textContent = ageOf(job);
+        entry.row.querySelector(".duration").textContent = durationOf(job);
         entry.row.querySelector(".queue").textContent = queueText(job);
       }
       body.append(entry.row); // moves an existing row into list order
@@ -319,6 +376,8 @@
       }
     }
     $("jobs-empty").hidden = list.jobs.length > 0;
+    // The cost column only once the API reports costs (its cost block).
+    document.body.classList.toggle("costs", list.jobs.some((job) => job.cost !== undefined && job.cost !== null));
     $("more").hidden = !list.next_cursor || state.limit >= 100;
   }
 
@@ -368,7 +427,7 @@
       },
     },
   };
-  const HIDDEN_FIELDS = new Set(["approximate", "fleet"]);
+  const HIDDEN_FIELDS = new Set(["approximate", "fleet", "list"]);
 
   // One line per GPU instance: slot, state, whether a job runs on it, billed and idle time.
   function fleetList(fleet) {
@@ -442,6 +501,188 @@
       );
     }
     body.replaceChildren(...cards);
+    renderWorkers((health.workers || {}).list);
+  }
+
+  /** One row per worker beacon: its id, the job it runs (a link), its last beat. */
+  function renderWorkers(list) {
+    const workers = Array.isArray(list) ? list : [];
+    $("worker-rows").replaceChildren(
+      ...workers.map((w) => el(
+        "tr",
+        { class: "worker", dataset: { worker: String(w.id) } },
+        el("td", { "data-label": "Worker", class: "worker-id" }, String(w.id)),
+        el("td", { "data-label": "Current job", class: "worker-job" },
+          w.job ? el("a", { href: `#job/${encodeURIComponent(w.job)}`, title: w.job }, String(w.job).slice(0, 8)) : "idle"),
+        el("td", { "data-label": "Last beat", class: `worker-beat${w.last_beat_seconds > 45 ? " stale" : ""}` },
+          `${duration(w.last_beat_seconds, true)} ago`),
+      )),
+    );
+    $("workers-empty").hidden = workers.length > 0;
+  }
+
+  // ---- the last hour's plots (GET /stats), drawn as SVG here -----------------------------
+
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const OUTCOMES = ["success", "failed", "cancelled", "timed_out"];
+  const BOX = { w: 320, h: 140, left: 34, right: 6, top: 8, bottom: 18 };
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === undefined || value === null) continue;
+      if (name === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(name, String(value));
+    }
+    for (const child of children) if (child !== null && child !== undefined) node.append(child);
+    return node;
+  }
+
+  function niceMax(value) {
+    if (!(value > 0)) return 1;
+    const step = 10 ** Math.floor(Math.log10(value));
+    return [1, 2, 2.5, 5, 10].map((m) => m * step).find((v) => v >= value);
+  }
+
+  /** Axes for 60 minutes and 0..max: returns the scales. */
+  function axes(root, max, unit) {
+    const plotW = BOX.w - BOX.left - BOX.right;
+    const plotH = BOX.h - BOX.top - BOX.bottom;
+    const x = (i) => BOX.left + (plotW * i) / 60;
+    const y = (v) => BOX.top + plotH - (plotH * Math.min(v, max)) / max;
+    const label = (value) => (unit === "s" ? duration(value) : String(value));
+    root.append(
+      svg("line", { class: "grid", x1: BOX.left, x2: BOX.w - BOX.right, y1: y(max), y2: y(max) }),
+      svg("line", { class: "grid", x1: BOX.left, x2: BOX.w - BOX.right, y1: y(max / 2), y2: y(max / 2) }),
+      svg("line", { class: "axis", x1: BOX.left, x2: BOX.w - BOX.right, y1: y(0), y2: y(0) }),
+      svg("text", { class: "tick", x: BOX.left - 3, y: y(max) + 3, "text-anchor": "end" }, label(max)),
+      svg("text", { class: "tick", x: BOX.left - 3, y: y(0) + 3, "text-anchor": "end" }, "0"),
+      svg("text", { class: "tick", x: BOX.left, y: BOX.h - 4 }, "60 min ago"),
+      svg("text", { class: "tick", x: x(30), y: BOX.h - 4, "text-anchor": "middle" }, "30"),
+      svg("text", { class: "tick", x: BOX.w - BOX.right, y: BOX.h - 4, "text-anchor": "end" }, "now"),
+    );
+    return { x, y, barW: plotW / 60 };
+  }
+
+  function plotFinished(minutes, hour) {
+    const root = $("plot-finished").querySelector("svg");
+    root.replaceChildren();
+    const totals = minutes.map((m) => OUTCOMES.reduce((sum, o) => sum + (m.finished[o] || 0), 0));
+    const { x, y, barW } = axes(root, niceMax(Math.max(...totals)), "");
+    minutes.forEach((m, i) => {
+      let base = 0;
+      for (const outcome of OUTCOMES) {
+        const value = m.finished[outcome] || 0;
+        if (!value) continue;
+        root.append(svg("rect", {
+          class: `bar o-${outcome}`, x: x(i) + 0.5, width: Math.max(barW - 1, 1), y: y(base + value),
+          height: Math.max(y(base) - y(base + value), 0.5), dataset: { minute: m.t, outcome, value },
+        }, svg("title", {}, `${timeOnly(m.t)}: ${value} ${words(outcome)}`)));
+        base += value;
+      }
+    });
+    const sum = OUTCOMES.reduce((n, o) => n + (hour.finished[o] || 0), 0);
+    $("plot-finished").querySelector(".plot-note").textContent = sum
+      ? `${sum} in the hour: ${OUTCOMES.filter((o) => hour.finished[o]).map((o) => `${hour.finished[o]} ${words(o)}`).join(", ")}`
+      : "No job finished in the last hour.";
+  }
+
+  function plotLatency(minutes, hour) {
+    const root = $("plot-latency").querySelector("svg");
+    root.replaceChildren();
+    const series = [
+      ["qw50", (m) => m.queue_wait.p50], ["qw95", (m) => m.queue_wait.p95],
+      ["rt50", (m) => m.run_time.p50], ["rt95", (m) => m.run_time.p95],
+    ];
+    const values = minutes.flatMap((m) => series.map(([, get]) => get(m))).filter((v) => typeof v === "number");
+    const { x, y, barW } = axes(root, niceMax(Math.max(0, ...values)), "s");
+    for (const [name, get] of series) {
+      let run = [];
+      const flush = () => {
+        if (run.length > 1) root.append(svg("polyline", { class: `line s-${name}`, points: run.join(" ") }));
+        run = [];
+      };
+      minutes.forEach((m, i) => {
+        const value = get(m);
+        if (typeof value !== "number") {
+          flush();
+          return;
+        }
+        const px = x(i) + barW / 2;
+        run.push(`${px.toFixed(1)},${y(value).toFixed(1)}`);
+        root.append(svg("circle", { class: `pt s-${name}`, cx: px, cy: y(value), r: 1.6, dataset: { minute: m.t, series: name, value } },
+          svg("title", {}, `${timeOnly(m.t)}: ${name.startsWith("qw") ? "queue wait" : "run time"} p${name.slice(2)} ${duration(value, true)}`)));
+      });
+      flush();
+    }
+    const q = (block) => (block.p50 === null ? "—" : `p50 ${duration(block.p50, true)}, p95 ${duration(block.p95, true)}`);
+    $("plot-latency").querySelector(".plot-note").textContent =
+      `Hour: queue wait ${q(hour.queue_wait)}; run time ${q(hour.run_time)}`;
+  }
+
+  function plotGpu(minutes, hour) {
+    const root = $("plot-gpu").querySelector("svg");
+    root.replaceChildren();
+    const max = niceMax(Math.max(0, ...minutes.map((m) => m.gpu.billed_seconds), ...minutes.map((m) => m.gpu.busy_seconds)));
+    const { x, y, barW } = axes(root, max, "s");
+    minutes.forEach((m, i) => {
+      for (const [kind, value] of [["billed", m.gpu.billed_seconds], ["busy", m.gpu.busy_seconds]]) {
+        if (!value) continue;
+        const inset = kind === "busy" ? barW * 0.25 : 0;
+        root.append(svg("rect", {
+          class: `bar g-${kind}`, x: x(i) + 0.5 + inset, width: Math.max(barW - 1 - 2 * inset, 0.5), y: y(value),
+          height: Math.max(y(0) - y(value), 0.5), dataset: { minute: m.t, kind, value },
+        }, svg("title", {}, `${timeOnly(m.t)}: ${duration(value)} ${kind}`)));
+      }
+    });
+    const { billed_seconds: billed, busy_seconds: busy } = hour.gpu;
+    $("plot-gpu").querySelector(".plot-note").textContent = billed
+      ? `Hour: ${duration(billed)} billed, ${duration(busy)} busy (${Math.round((100 * busy) / billed)}%)`
+      : "No GPU instance rented in the last hour.";
+  }
+
+  async function refreshStats(generation) {
+    if (Date.now() - state.statsAt < STATS_MS) return;
+    state.statsAt = Date.now();
+    let stats;
+    try {
+      stats = await api("/stats");
+    } catch (err) {
+      if (generation !== state.generation) return;
+      state.statsAt = 0;
+      $("plot-finished").querySelector(".plot-note").textContent = `Plots unavailable: ${err.message}`;
+      return;
+    }
+    if (generation !== state.generation || !stats || !Array.isArray(stats.minutes)) return;
+    plotFinished(stats.minutes, stats.hour);
+    plotLatency(stats.minutes, stats.hour);
+    plotGpu(stats.minutes, stats.hour);
+    if (state.operator) await refreshIncidents(generation);
+  }
+
+  // ---- operators: the last hour's dead letters and intake rejections (GET /incidents) ----
+
+  async function refreshIncidents(generation) {
+    let found;
+    try {
+      found = await api("/incidents");
+    } catch (err) {
+      if (generation !== state.generation) return;
+      show($("dead-empty"), `Unavailable: ${err.message}`);
+      return;
+    }
+    if (generation !== state.generation) return;
+    const jobLink = (id) => (id ? el("a", { href: `#job/${encodeURIComponent(id)}`, title: id }, id.slice(0, 8)) : "—");
+    incidentRows("dead", found.dead_letters, (e) => [timeOnly(e.at), jobLink(e.job_id), String(e.receive_count ?? "—"), words(e.outcome || "—")]);
+    incidentRows("rejected", found.intake_rejections, (e) => [timeOnly(e.at), el("code", { title: e.message_id }, String(e.message_id || "—").slice(0, 12)), e.fields || "—", e.error || "—"]);
+  }
+
+  function incidentRows(prefix, block, cells) {
+    const items = (block && block.items) || [];
+    $(`${prefix}-rows`).replaceChildren(...items.map((entry) => el("tr", { class: "incident" }, cells(entry).map((c) => el("td", {}, c)))));
+    const count = (block && block.count) || 0;
+    $(`${prefix}-count`).textContent = count ? `(${count}${count > items.length ? `, ${items.length} shown` : ""})` : "";
+    show($(`${prefix}-empty`), items.length ? "" : "None in the last hour.");
   }
 
   // ---- one job's detail ----------------------------------------------------------------
@@ -456,6 +697,8 @@
     $("detail-title").textContent = "Job";
     $("detail-body").replaceChildren(
       el("div", { id: "detail-top" }, el("p", { class: "hint" }, "Loading…")),
+      el("div", { id: "detail-actions", class: "actions" }),
+      el("p", { id: "action-result", role: "status", hidden: true }),
       el("div", { id: "detail-result" }),
       el("div", { id: "detail-more" }),
     );
@@ -488,6 +731,7 @@
     }
     if (state.open !== open || generation !== state.generation) return;
     renderDetail(view);
+    renderActions(open, view);
     if (view.status === "success" && !open.result) {
       open.result = true;
       await loadResult(open, view, generation);
@@ -497,7 +741,8 @@
         el("section", { class: "result" }, el("h3", {}, "Result"), el("p", { class: "hint" }, `No result: the job is ${words(view.status)}.`)),
       );
     }
-    // A final job whose webhooks are settled changes no more: stop reading it.
+    // A final job whose webhooks are settled changes no more: stop reading it (an action
+    // on it starts reading it again).
     open.settled = FINAL.has(view.status) && !view.phase;
   }
 
@@ -550,6 +795,108 @@
       more.push(el("section", { class: "params" }, el("h3", {}, "Parameters"), params(view.params)));
     }
     $("detail-more").replaceChildren(...more);
+  }
+
+  // ---- actions on the open job: the API's own routes, each after a confirmation ----------
+
+  const ACTIONS = {
+    cancel: {
+      label: "Cancel job",
+      when: (view) => view.status === "queued" || view.status === "running",
+      ask: "Cancel this job? A running job is stopped by its worker within seconds; its webhook reports it.",
+      confirm: "Yes, cancel it",
+      run: (id) => api(`/job/${encodeURIComponent(id)}`, {
+        body: { status: "cancelled", error: "Cancelled from the operators' page" } }),
+      done: (answer) => answer.message || "Cancelled.",
+    },
+    retry: {
+      label: "Retry",
+      when: (view) => ["failed", "timed_out", "cancelled"].includes(view.status),
+      ask: "Run this job's parameters again, as a new job?",
+      confirm: "Yes, retry it",
+      run: (id) => api(`/jobs/${encodeURIComponent(id)}/retry`, { headers: { "Idempotency-Key": newKey() } }),
+      done: (answer) => answer,
+    },
+    redeliver: {
+      label: "Redeliver webhook",
+      when: (view) => FINAL.has(view.status) && !!view.webhook,
+      ask: "Send this job's final webhook to its notify_url again?",
+      confirm: "Yes, redeliver it",
+      run: (id) => api(`/jobs/${encodeURIComponent(id)}/redeliver`, { body: {} }),
+      done: (answer) => (answer && answer.message) || "Redelivery queued.",
+    },
+  };
+
+  function newKey() {
+    if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+    return `ui-${Date.now()}-${Math.random().toString(16).slice(2)}`;
+  }
+
+  function renderActions(open, view) {
+    const sig = `${view.status}|${view.webhook ? view.webhook.status : ""}`;
+    if (open.actionsSig === sig || open.confirming) return;
+    open.actionsSig = sig;
+    const buttons = Object.entries(ACTIONS)
+      .filter(([, action]) => action.when(view))
+      .map(([name, action]) => el("button", {
+        type: "button", class: `action act-${name}`, dataset: { action: name },
+        onclick: () => confirmAction(open, view, name),
+      }, action.label));
+    $("detail-actions").replaceChildren(...buttons);
+  }
+
+  function confirmAction(open, view, name) {
+    const action = ACTIONS[name];
+    open.confirming = true;
+    const yes = el("button", { type: "button", class: "confirm-yes", dataset: { action: name } }, action.confirm);
+    const no = el("button", { type: "button", class: "confirm-no secondary" }, "Back");
+    no.addEventListener("click", () => {
+      open.confirming = false;
+      open.actionsSig = null;
+      renderActions(open, view);
+    });
+    yes.addEventListener("click", async () => {
+      yes.disabled = no.disabled = true;
+      yes.textContent = "Working…";
+      await runAction(open, view, name);
+    });
+    $("detail-actions").replaceChildren(el("div", { class: "confirm", role: "alertdialog" },
+      el("p", {}, action.ask), yes, no));
+    yes.focus();
+  }
+
+  async function runAction(open, view, name) {
+    const action = ACTIONS[name];
+    let message;
+    let error = false;
+    let link = null;
+    try {
+      const answer = await action.run(view.id);
+      const done = action.done(answer);
+      if (name === "retry") {
+        message = "Retried as a new job: ";
+        link = done.id;
+      } else message = done;
+    } catch (err) {
+      if (err.status === 401) {
+        signOut(refused(err));
+        return;
+      }
+      error = true;
+      const noRoute = err.status === 404 && err.body && /^No route/.test(err.body.error || "");
+      message = noRoute ? `This API has no ${ACTIONS[name].label.toLowerCase()} route yet (${err.message}).`
+        : `Could not ${action.label.toLowerCase()}: ${err.message}`;
+    }
+    if (state.open !== open) return;
+    open.confirming = false;
+    open.actionsSig = null;
+    open.settled = false; // read the job again: its state or webhook changed
+    const result = $("action-result");
+    result.className = error ? "error" : "done";
+    result.replaceChildren(message, link ? el("a", { href: `#job/${encodeURIComponent(link)}`, class: "new-job" }, link) : "");
+    result.hidden = false;
+    renderActions(open, view);
+    schedule(0);
   }
 
   function hookDetail(hook) {
@@ -679,6 +1026,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    $("key-submit").disabled = false; // disabled in the HTML: without this script the form must not submit
     $("key-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const key = $("key").value.trim();
@@ -689,6 +1037,16 @@
       signIn(key);
     });
     $("change-key").addEventListener("click", () => signOut(""));
+    $("search").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const field = $("search-id");
+      const id = field.value.trim().toLowerCase();
+      field.setCustomValidity(JOB_ID.test(id) ? "" : "Enter a whole job id (36 characters, like 0b6e2f9c-4e8a-4c39-9a43-6f4d6c1d2e11).");
+      if (!field.reportValidity()) return;
+      location.hash = `#job/${encodeURIComponent(id)}`;
+      if (state.open && state.open.id === id) refreshJob(state.generation).catch(() => {});
+    });
+    $("search-id").addEventListener("input", () => $("search-id").setCustomValidity(""));
     $("detail-close").addEventListener("click", closeJob);
     $("detail").addEventListener("close", () => {
       if (state.open) closeJob();

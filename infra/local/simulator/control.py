@@ -6,6 +6,7 @@
     GET  /admin/ledger      launches, stops, billed seconds per instance, counters, faults
     GET  /admin/faults      POST /admin/faults {...}: change fault switches (settings.Faults)
     GET  /admin/nodes/{id}  POST /admin/nodes/{id} {"die": true, "hide": true, "faults": {...}}
+    POST /admin/nodes       {"faults": {...}}: the app faults of every node, running or launched later
     POST /admin/reset       drop every instance, clear the ledger, faults back to the env's
 
 Control-plane calls need X-C3-API-KEY; admin calls are local-only (127.0.0.1) and open.
@@ -140,6 +141,21 @@ def build_control_app(sim: Simulator) -> FastAPI:
             return _error(404, f"unknown workload {workload}")
         state = instance.server.state
         return {**instance.ledger_entry(time.time()), "faults": state.faults, "requests": state.requests}
+
+    @app.post("/admin/nodes")
+    async def all_nodes(request: Request) -> Any:
+        body = await _body(request)
+        faults = (body or {}).get("faults")
+        if not isinstance(faults, dict):
+            return _error(400, 'body must be {"faults": {...}}: e.g. {"faults": {"ollama": "slow", "slow_seconds": 60}}')
+        try:
+            sim.set_faults({"node": faults})
+        except ValidationError as exc:
+            return _error(400, str(exc))
+        nodes = [i.workload for i in sim.all() if not i.dead]
+        for workload in nodes:
+            sim.node_action(workload, replace_faults=faults)
+        return {"faults": faults, "nodes": nodes, "simulated": True}
 
     @app.post("/admin/nodes/{workload}")
     async def node_action(workload: str, request: Request) -> Any:

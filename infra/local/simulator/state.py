@@ -177,11 +177,15 @@ class Simulator:
         return faults
 
     def node_action(self, workload: str, die: bool = False, hide: bool = False,
-                    faults: dict[str, Any] | None = None) -> Instance | None:
+                    faults: dict[str, Any] | None = None,
+                    replace_faults: dict[str, Any] | None = None) -> Instance | None:
         with self._lock:
             instance = self.instances.get(workload)
         if instance is None:
             return None
+        if replace_faults is not None:
+            instance.server.state.faults.clear()
+            instance.server.state.faults.update(replace_faults)
         if faults:
             instance.server.state.faults.update(faults)
         if hide:
