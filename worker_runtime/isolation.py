@@ -106,10 +106,12 @@ class TaskProcess:
                 proc.kill()
             proc.join(5)
             parent.close()
-        kind, value = reply
+        kind, value, *extra = reply
         if kind == "ok":
             return value
         if kind == "cancelled":
+            if extra and extra[0] is not None:  # work the step left running on the node
+                ctx.extras["node_busy_for"] = extra[0]
             raise TaskCancelled(value)
         raise value
 
@@ -185,10 +187,11 @@ def _child_main(conn: Connection, step: Callable[..., Any], args: tuple[Any, ...
     threading.Thread(target=_listen, args=(conn, token, finished, wind_down), daemon=True,
                      name="cancel-listener").start()
     log = spec.log
+    ctx = spec.build(token, report)
     try:
-        reply: tuple[str, Any] = ("ok", step(spec.build(token, report), *args))
+        reply: tuple[Any, ...] = ("ok", step(ctx, *args))
     except TaskCancelled as exc:
-        reply = ("cancelled", str(exc))
+        reply = ("cancelled", str(exc), ctx.extras.get("node_busy_for"))
     except TaskError as exc:
         reply = ("error", exc)
     except MemoryError:

@@ -10,7 +10,8 @@ Workers use the same claim/finish to stop their own instances.
 
 A claimed "launching" intent has no workload id: its worker died between the launch
 call and recording the answer. The instance is found in the workloads list by the
-``expires`` value the intent sent, among workloads no record knows.
+``expires`` value the intent sent, among workloads no record knows. And every pass stops
+any workload no record knows past GPU_UNKNOWN_GRACE (``stop_unknown``).
 """
 
 from __future__ import annotations
@@ -129,6 +130,45 @@ class Reaper:
                              idle_for=self._idle_for(record, now))
             stopped += self.stop(record, reason)
         meter_pass(self.registry, records, self.clock())  # the stopped ones fail its condition
+        return stopped + self.stop_unknown()
+
+    def stop_unknown(self) -> int:
+        """Stop running workloads that no record knows, once past GPU_UNKNOWN_GRACE: a
+        launch that answered after its caller gave up, a duplicate that showed up after the
+        duplicate sweep, a launch whose answer could not be read. Their age is told by the
+        ``expires`` every launch sends (now + GPU_LIFETIME); a workload sharing its expires
+        with a launching intent is that intent's (its launch may answer any moment, and its
+        reaping sweeps it). The Comput3 account is c3-render's alone."""
+        try:
+            workloads = self.client.workloads()
+        except Comput3Error as exc:
+            self.log.warning("gpu.workloads_unavailable", error=str(exc), reason="unknown workloads checked next pass")
+            return 0
+        records = self.registry.all()  # read after the listing: a launch recorded meanwhile is known
+        now = self.clock()
+        known = {r.workload for r in records if r.workload}
+        pending = {r.expires for r in records if r.state == LAUNCHING}
+        stopped = 0
+        for w in workloads:
+            if w.workload in known or (w.expires is not None and w.expires in pending):
+                continue
+            # No expires (the listing did not say): its age cannot be told, and nothing of ours launches without.
+            launched = now if w.expires is None else w.expires - self.settings.lifetime
+            if w.expires is not None and now - launched < self.settings.unknown_grace:
+                continue
+            try:
+                self.client.stop(w.workload)
+            except WorkloadNotFound:
+                continue
+            except Comput3Error as exc:
+                self.log.warning("gpu.stop_failed", workload=w.workload, error=str(exc), reason="retried next pass")
+                continue
+            self.log.warning("gpu.unknown_stopped", workload=w.workload, node=w.node, expires=w.expires,
+                             running_for=round(now - launched, 1),
+                             reason=f"running at Comput3 but unknown to the registry past "
+                                    f"GPU_UNKNOWN_GRACE={self.settings.unknown_grace:g} s")
+            meter_unrecorded(w.workload, launched, now)
+            stopped += 1
         return stopped
 
     def stop_idle(self, records: list[GpuRecord], demand: Demand | None) -> list[GpuRecord]:

@@ -58,6 +58,7 @@ class GpuRecord:
     serial: str = ""  # unique per record, while its id (the slot) is reused
     ahead: bool = False  # launched by the pool ahead of the queue; no job has taken it yet
     metered_at: float | None = None  # billed time up to here is counted in GpuBilledSeconds
+    draining_until: float | None = None  # busy with a cancelled job's work the node could not stop
 
     @property
     def slot(self) -> int | None:

@@ -44,6 +44,9 @@ class FleetSettings(BaseSettings):
     # Liveness of owners: a job, launch or stop whose owner is silent this long is taken over.
     heartbeat_interval: float = Field(30.0, gt=0, validation_alias="GPU_HEARTBEAT_INTERVAL")
     owner_grace: float = Field(120.0, gt=0, validation_alias="GPU_OWNER_GRACE")
+    # A workload running at Comput3 that no record knows (nor any launching intent) is stopped
+    # by the reaper once this old: at most this plus a reap interval of unaccounted rent.
+    unknown_grace: float = Field(180.0, gt=0, validation_alias="GPU_UNKNOWN_GRACE")
 
     @model_validator(mode="after")
     def _consistent(self) -> "FleetSettings":

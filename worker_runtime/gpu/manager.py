@@ -9,8 +9,12 @@
     watch(job_id, node, token)    health monitor while the job runs; on failure it
                                   cancels the job ("node_failed") and stops the instance
     unwatch(job_id)
-    release(job_id, node_fault)   the job's task has ended: idle again; stopped when the
-                                  node failed it or the instance is past GPU_REFRESH_AFTER
+    release(job_id, node_fault, busy_for)
+                                  the job's task has ended: idle again; stopped when the
+                                  node failed it or the instance is past GPU_REFRESH_AFTER;
+                                  kept from every job while the node is busy with the
+                                  cancelled job's work (``busy_for`` s), or stopped when
+                                  that would last past GPU_CANCELLED_WORK_LIMIT
     maintain()                    starts the keeper thread (the pool's scale-in and
                                   scale-out, keeper.py, every second or when a job asks for
                                   an instance) and the heartbeat thread (heartbeat.py);
@@ -24,6 +28,7 @@ the same ``Holdings`` (holdings.py), whose docstring states the one locking rule
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -45,10 +50,10 @@ from ..tasks.base import NodeFault, TaskError
 from .heartbeat import Heartbeat
 from .holdings import Holdings
 from .keeper import PoolKeeper
-from .launches import Launches
+from .launches import LaunchHandedOver, Launches
 from .monitor import Listing, Monitor
 from .settings import GpuSettings
-from .threads import start_daemon
+from .threads import safely, start_daemon
 
 
 class GpuError(TaskError):
@@ -107,7 +112,7 @@ class GpuManager:
             raise GpuError(f"this worker's GPU instance is still bound to job {held[0]}, whose task "
                            "has not ended; no instance is shared with a live task")
         node = self._reuse(token, log)
-        node = node if node is not None else self._launch(token, log, on_phase or _no_phase)
+        node = node if node is not None else self._launch(job_id, token, log, on_phase or _no_phase)
         with self._lock:
             self._bound[job_id] = node.workload
         return node
@@ -128,10 +133,12 @@ class GpuManager:
         if monitor is not None:
             monitor.stop()
 
-    def release(self, job_id: str, node_fault: NodeFault | None) -> bool:
+    def release(self, job_id: str, node_fault: NodeFault | None, busy_for: float | None = None) -> bool:
         """``job_id``'s task has ended: its instance is idle again, or stopped when the
         node failed it (or it is past GPU_REFRESH_AFTER). Anything else that ended the job
-        (a bad input, the client's cancel, a max_time the node honoured) keeps it.
+        (a bad input, the client's cancel, a max_time the node honoured) keeps it; but a
+        cancel that left work running on the node (``busy_for`` s more, inf: unknown) keeps
+        it from every job until then, or stops it when that is past GPU_CANCELLED_WORK_LIMIT.
         Returns True when the job's instance is no longer running (stopped now or before)."""
         self.unwatch(job_id)
         with self._lock:
@@ -147,11 +154,50 @@ class GpuManager:
             elif record.age(now) >= self.settings.refresh_after:
                 reason = (f"up for {record.age(now):.0f} s, past GPU_REFRESH_AFTER="
                           f"{self.settings.refresh_after:g}: the next job gets a fresh instance")
+            elif busy_for is not None and busy_for > self.settings.cancelled_work_limit:
+                left = "for an unknown time" if math.isinf(busy_for) else f"for ~{busy_for:.0f} s more"
+                reason = (f"the node goes on with cancelled job {job_id}'s work {left}, past "
+                          f"GPU_CANCELLED_WORK_LIMIT={self.settings.cancelled_work_limit:g}: a fresh instance "
+                          "costs less than a GPU rendering for nobody")
+            elif busy_for is not None and busy_for > 0:
+                self._drain(job_id, busy_for, now)
+                return False
             else:
                 self.held.write_current(busy=False, last_used=now, heartbeat=now)
                 return False
         self._retire(workload, reason)
         return True
+
+    def _drain(self, job_id: str, busy_for: float, now: float) -> None:
+        """Keep this worker's instance from every job (busy in the registry, heartbeated)
+        until the cancelled job's work on the node ends, then leave it idle (lock held)."""
+        until = now + busy_for
+        record = self.held.write_current(busy=True, draining_until=until, heartbeat=now)
+        if record is None:
+            return
+        self.held.current = None
+        self.held.draining[record.id] = record
+        self.log.info("gpu.draining", job_id=job_id, workload=record.workload, busy_for=round(busy_for, 1),
+                      reason="the cancelled job's call goes on on the node (Gradio cannot stop a running call); "
+                             "no job gets the instance until it ends")
+        start_daemon(lambda: safely(lambda: self._drained(record.id, until), "drain", self.log),
+                     f"gpu-drain-{record.id}")
+
+    def _drained(self, record_id: str, until: float) -> None:
+        if self._closed.wait(max(0.0, until - self.clock())):
+            return  # shutting down: shutdown() stops it
+        with self._lock:
+            record = self.held.draining.pop(record_id, None)
+            if record is None:
+                return
+            now = self.clock()
+            try:
+                self.registry.update(record, busy=False, draining_until=None, last_used=now, heartbeat=now)
+            except RecordLost as exc:
+                self.log.info("gpu.drain_lost", record=record_id, reason=str(exc))
+                return
+        self.log.info("gpu.drained", workload=record.workload,
+                      reason="the cancelled job's work has run its course; idle for any job")
 
     def shutdown(self) -> None:
         if self._closed.is_set():
@@ -160,14 +206,18 @@ class GpuManager:
         with self._lock:
             monitors = list(self._monitors.values())
             self._monitors.clear()
-            current, intent = self.held.current, self.held.intent
+            current, intents = self.held.current, [i.id for i in self.held.intents.values()]
             ahead = list(self.held.ahead)
+            draining = list(self.held.draining.values())
+            self.held.draining.clear()
         for monitor in monitors:
             monitor.stop()
         if current is not None:
             self._retire(current.workload, "the worker is shutting down")
-        if intent is not None:
-            self.log.warning("gpu.launch_in_flight", record=intent.id,
+        for record in draining:
+            self.reaper.stop(record, "the worker is shutting down while its instance is busy with cancelled work")
+        if intents:
+            self.log.warning("gpu.launch_in_flight", records=intents,
                              reason="a launch is still in flight at shutdown; if it outlives this process, "
                                     "the scheduled gpu_reaper reaps its intent after GPU_OWNER_GRACE")
         if ahead:
@@ -221,10 +271,8 @@ class GpuManager:
             with self._lock:
                 if self.held.current is not None or self._closed.is_set():
                     return None
-                try:
-                    adopted = self.registry.update(record, require_idle=True, owner=self.worker_id, busy=True,
-                                                   heartbeat=self.clock(), ahead=False)
-                except RecordLost:
+                adopted = self._take_idle(record)
+                if adopted is None:
                     continue  # another worker adopted or claimed it first
                 self.held.current = adopted
             problem = self._health(adopted, token.wait)
@@ -237,16 +285,39 @@ class GpuManager:
             return self.launches.node(adopted)
         return None
 
-    def _launch(self, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> Node:
+    def _take_idle(self, record: GpuRecord, tries: int = 5) -> GpuRecord | None:
+        """The adopting conditional write. Losing it to a write that left the record idle
+        (its owner's heartbeat, a metering pass) is no reason to launch: re-read and retry;
+        None once another worker adopted or claimed it (or it is gone)."""
+        for _ in range(tries):
+            try:
+                return self.registry.update(record, require_idle=True, owner=self.worker_id, busy=True,
+                                            heartbeat=self.clock(), ahead=False)
+            except RecordLost as exc:
+                fresh = exc.current
+                if fresh is None or fresh.serial != record.serial or not fresh.idle:
+                    return None
+                self.log.info("gpu.adoption_retried", record=record.id, workload=record.workload,
+                              reason=f"{exc}, still idle: read again and retried")
+                record = fresh
+        return None
+
+    def _launch(self, job_id: str, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> Node:
         s = self.settings
         records = self.registry.all()
         booting = self.keeper.booting_for_pool(records)
-        intent = None if booting else self._claim_slot(records)
+        intent = None if booting else self._claim_slot(job_id, records)
         while intent is None:  # a pool launch is booting, or all MAX_GPUS slots are in use
-            on_phase("launching_gpu" if booting else "waiting_for_gpu")
+            draining = [] if booting else _draining(records, self.clock())
+            on_phase("launching_gpu" if booting else "waiting_for_node" if draining else "waiting_for_gpu")
             if booting:
                 log.info("gpu.awaiting_pool_launch", records=booting, retry_in=s.boot_poll,
                          reason="instances launched ahead of the queue are booting; the first idle one is taken")
+            elif draining:
+                log.info("gpu.waiting_for_node", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
+                         draining={r.workload: round(r.draining_until - self.clock(), 1) for r in draining},
+                         reason="every launch slot is taken and these instances are busy with a cancelled "
+                                "job's work the node could not stop (seconds left); the first free one is taken")
             else:
                 log.info("gpu.at_capacity", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
                          reason="every launch slot is taken; waiting for an idle instance or a free slot")
@@ -259,21 +330,26 @@ class GpuManager:
             if node is not None:
                 return node
             booting = self.keeper.booting_for_pool(records)
-            intent = None if booting else self._claim_slot(records)
+            intent = None if booting else self._claim_slot(job_id, records)
         on_phase("launching_gpu")
         log.info("gpu.launching", record=intent.id, workload_type=s.workload_type, expires=intent.expires,
                  reason="intent recorded first, so a crash mid-launch leaves a trace to reconcile")
         try:
-            launch = self.client.launch(s.workload_type, intent.expires, wait=token.wait)
+            # Returns at the job's cancel even while the call hangs; the pool then takes its answer.
+            launch = self.launches.call(intent, token.wait,
+                                        lambda answer, error: self.keeper.take_over(job_id, answer, error))
+        except LaunchHandedOver:
+            token.raise_if_cancelled()
+            raise
         except Comput3Error as exc:
-            self._abandon_intent(getattr(exc, "maybe_launched", False), str(exc))
+            self._abandon_intent(job_id, getattr(exc, "maybe_launched", False), str(exc))
             if isinstance(exc, LaunchAborted):
                 token.raise_if_cancelled()
             log.error("gpu.launch_failed", error=str(exc))
             METRICS.gpu_launch(False, job_id=log.fields.get("job_id"), error=str(exc)[:200])
             raise GpuError(str(exc)) from None
         METRICS.gpu_launch(True, workload=launch.workload.workload, job_id=log.fields.get("job_id"))
-        record = self._record_launch(launch.workload.workload, launch.workload.node)
+        record = self._record_launch(job_id, launch.workload.workload, launch.workload.node)
         log.info("gpu.launched", record=record.id, workload=record.workload, node=record.node,
                  launch_attempts=launch.attempts, expires=record.expires)
         if launch.maybe_duplicated:
@@ -292,7 +368,7 @@ class GpuManager:
                  boot_seconds=round(self.clock() - (record.launched_at or record.created_at), 2))
         return self.launches.node(record)
 
-    def _claim_slot(self, records: list[GpuRecord]) -> GpuRecord | None:
+    def _claim_slot(self, job_id: str, records: list[GpuRecord]) -> GpuRecord | None:
         """Create the "launching" record of a free slot (the intent, written before the
         launch call); None when all MAX_GPUS slots are in use."""
         taken = {r.slot for r in records}
@@ -308,14 +384,14 @@ class GpuManager:
                 raise GpuError(f"Could not record the GPU launch intent in table {self.registry.table}: "
                                f"{exc.response['Error'].get('Code')}; no GPU was launched") from None
             with self._lock:
-                self.held.intent = intent
+                self.held.intents[job_id] = intent
             return intent
         return None
 
-    def _record_launch(self, workload: str, node: str) -> GpuRecord:
+    def _record_launch(self, job_id: str, workload: str, node: str) -> GpuRecord:
         now = self.clock()
         with self._lock:
-            intent, self.held.intent = self.held.intent, None
+            intent = self.held.intents.pop(job_id, None)
             try:
                 if intent is None:
                     raise RecordLost("launch intent", None)
@@ -333,9 +409,9 @@ class GpuManager:
                              reason="left to the worker that claimed the intent")
         raise GpuError(f"GPU instance {workload} could not be recorded ({lost}); it was stopped")
 
-    def _abandon_intent(self, maybe_launched: bool, why: str) -> None:
+    def _abandon_intent(self, job_id: str, maybe_launched: bool, why: str) -> None:
         with self._lock:
-            intent, self.held.intent = self.held.intent, None
+            intent = self.held.intents.pop(job_id, None)
         if intent is not None:
             self.launches.abandon(intent, maybe_launched, why)
 
@@ -388,6 +464,10 @@ class GpuManager:
             claimed = self.reaper.claim(record, reason)
         self.log.info("gpu.stopping", workload=workload, node=record.node, reason=reason)
         return claimed is not None and self.reaper.finish(claimed)
+
+
+def _draining(records: list[GpuRecord], now: float) -> list[GpuRecord]:
+    return [r for r in records if r.state == RUNNING and r.draining_until is not None and r.draining_until > now]
 
 
 def _no_phase(phase: str) -> None:

@@ -34,6 +34,10 @@ class GpuSettings(FleetSettings):
     health_attempts: int = Field(3, ge=1, validation_alias="GPU_HEALTH_ATTEMPTS")
     health_retry_delay: float = Field(2.0, ge=0, validation_alias="GPU_HEALTH_RETRY_DELAY")
     health_timeout: float = Field(10.0, gt=0, validation_alias="GPU_HEALTH_TIMEOUT")
+    # A cancelled job's work the node cannot stop (a running Gradio call) keeps the instance
+    # from other jobs until it ends; when it would last longer than this (or for an unknown
+    # time), the instance is stopped instead (README: "Cancelled work on the node").
+    cancelled_work_limit: float = Field(60.0, ge=0, validation_alias="GPU_CANCELLED_WORK_LIMIT")
 
     @model_validator(mode="after")
     def _launch_delays(self) -> "GpuSettings":

@@ -53,7 +53,7 @@ class GpuTask:
             message = f"{exc}; the instance was stopped" if stopped else str(exc)
             raise (TaskCancelled if isinstance(exc, StepKilled) else type(exc))(message) from None
         except BaseException:
-            self.gpu.release(job_id, _cancel_fault(ctx.cancel))
+            self.gpu.release(job_id, _cancel_fault(ctx.cancel), busy_for=ctx.extras.get("node_busy_for"))
             raise
         self.gpu.release(job_id, _cancel_fault(ctx.cancel))
         return result

@@ -1,18 +1,25 @@
 """One call to a Gradio app on the node (CSM, Whisper), stoppable from the cancel token.
 
 The call is submitted asynchronously and polled: a cancel (client status, max_time,
-complete_by, shutdown, GPU loss) cancels the remote Gradio job through the client,
-which removes it from the app's queue or stops the running event."""
+complete_by, shutdown, GPU loss) cancels the remote Gradio job through the client, which
+removes it from the app's queue. A call already running cannot be stopped (Gradio runs a
+non-generator function to its end): the task then says how long the node stays busy with
+it (``ctx.extras["node_busy_for"]``: from the app's progress so far, infinite when it
+gave none), so the worker does not hand the node to the next job meanwhile."""
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import time
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from gradio_client import Client, handle_file  # noqa: E402,F401 - after the analytics switch
 from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
+from gradio_client.utils import Status  # noqa: E402
 
 from .base import NodeFault, TaskContext, TaskError  # noqa: E402
 from .node_faults import call_failed  # noqa: E402
@@ -36,9 +43,17 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
     try:
         job = client.submit(api_name=api_name, **inputs)
         ctx.log.info("gradio.submitted", app=app, api_name=api_name, url=url)
+        seen: dict[str, float] = {"submitted": time.monotonic()}  # and the latest progress
+        judged = threading.Event()  # the cancel has said whether the call was left running
 
         def cancel_remote() -> None:
-            ctx.log.info("gradio.cancelling", app=app, api_name=api_name,
+            try:
+                busy_for = _left_running(job, seen)
+                if busy_for is not None:
+                    ctx.extras["node_busy_for"] = busy_for
+            finally:
+                judged.set()
+            ctx.log.info("gradio.cancelling", app=app, api_name=api_name, node_busy_for=busy_for,
                          reason=ctx.cancel.reason or "cancelled")
             job.cancel()
 
@@ -46,7 +61,10 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
         while not job.done() and not ctx.cancel.wait(poll_interval):
             progress = _progress(job)
             if progress is not None:
+                seen["progress"] = progress
                 ctx.report(progress=progress)
+        if ctx.cancel.cancelled:
+            judged.wait(5)  # the canceller's thread judges (no network call) before the task ends
         ctx.cancel.raise_if_cancelled()
         try:
             return job.result(timeout=0)
@@ -56,6 +74,31 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
             raise _fault(ctx, app, exc, f"{app} app call {api_name} failed: {_describe(exc)}") from None
     finally:
         client.close()
+
+
+RUNNING = (Status.PROCESSING, Status.PROGRESS, Status.ITERATING)
+
+
+def _running(job: Any) -> bool:
+    try:
+        return job.status().code in RUNNING
+    except Exception:  # noqa: BLE001 - unknown: the progress decides
+        return False
+
+
+def _left_running(job: Any, seen: dict[str, float]) -> float | None:
+    """Seconds the node stays busy with a call cancelled now: None when it was not running
+    yet (Gradio drops it from the queue), else the rest at the pace of its progress so far,
+    infinite without any."""
+    progress = seen.get("progress") or 0.0
+    if job.done() or not (progress > 0 or _running(job)):
+        return None
+    if progress <= 0:
+        return math.inf
+    # Counted from the submission (its time in the app's queue included: never less than the
+    # truth), plus a quarter and a second: progress is seen late and the pace is not even.
+    elapsed = time.monotonic() - seen["submitted"]
+    return round(elapsed * (1 - progress) / progress * 1.25 + 1.0, 3)
 
 
 def _progress(job: Any) -> float | None:
