@@ -138,7 +138,7 @@ def main() -> int:
         if "idle" in SECTIONS:
             from infra.bench_idle import idle_report, print_table
 
-            report["idle"] = idle_report()
+            report["idle"] = idle_report(work)
             print_table(report["idle"])
 
         if "dispatch" in SECTIONS:

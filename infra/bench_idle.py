@@ -29,6 +29,7 @@ import random
 import statistics
 from collections import deque
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from chalicelib.fleet.idle import Traffic
@@ -181,8 +182,28 @@ def targets(name: str, workers: int, rows: dict[str, dict[str, float]]) -> dict[
     return out
 
 
-def idle_report() -> dict[str, Any]:
+def real_check(work: Path) -> list[dict[str, Any]]:
+    """The bursty trace on the real simulator and worker processes (infra/bench_gpu.py, every time
+    scaled by BENCH_GPU_SCALE, the adaptive floor too): fixed 300 s against adaptive, one run each."""
+    from infra.bench_gpu import SCALE, WORKERS, run_trace
+
+    adaptive = {"GPU_IDLE_POLICY": "adaptive", "GPU_WAIT_PRICE": str(WAIT_PRICE), "GPU_IDLE_FLOOR": str(FLOOR * SCALE)}
+    out = []
+    for workers in WORKERS:
+        for label, env in (("fixed 300", {}), ("adaptive", adaptive)):
+            r = run_trace(work, workers, env, name=label.replace(" ", ""))
+            out.append({"policy": label, "workers": workers, "scale": SCALE, "billed_per_busy": r["billed_per_busy"],
+                        "p50_s": round(r["p50_s"] / SCALE, 1), "p95_s": round(r["p95_s"] / SCALE, 1),
+                        "cold_starts": r["launches"]})
+    return out
+
+
+def idle_report(work: Path | None = None) -> dict[str, Any]:
+    """The replay's table; with ``work`` (and the bench's moto server) the real cross-check too,
+    unless BENCH_IDLE_REAL=0."""
+    real = real_check(work) if work is not None and os.environ.get("BENCH_IDLE_REAL", "1") != "0" else None
     return {
+        "real_simulator_bursty": real,
         "method": "discrete-event replay of the simulator's launch/boot/work model; every stop decided by the "
                   "real chalicelib.fleet.pool.idle_plans with the learned Traffic and an injected clock "
                   "(real time and no scaling: scaled-down real runs would drown in this machine's noise)",
@@ -195,6 +216,12 @@ def idle_report() -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     print(f"idle policy ({report['method']})")
+    if report.get("real_simulator_bursty"):
+        print("\ncross-check, bursty trace on the real simulator and workers, every time x"
+              f"{report['real_simulator_bursty'][0]['scale']:g} (latencies given back at scale 1), one run each")
+        for r in report["real_simulator_bursty"]:
+            print(f"  {r['policy']:<12}{r['workers']:>2} worker(s){r['billed_per_busy']:>8.2f}{r['p50_s']:>8.1f}"
+                  f"{r['p95_s']:>8.1f}{r['cold_starts']:>6g}")
     for t in report["traces"]:
         print(f"\n{t['trace']}, {t['workers']} worker(s), median of {t['runs']} run(s)")
         print(f"  {'policy':<12}{'billed/busy':>12}{'p50 s':>8}{'p95 s':>8}{'cold starts':>13}")

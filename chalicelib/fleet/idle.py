@@ -123,7 +123,7 @@ def adaptive_keep(traffic: Traffic, now: float, last_used: float, rank: int, wor
         return Keep(last_used + cost, f"no gap between bursts learned yet: kept for the relaunch cost, "
                                       f"{cost:.0f} GPU s (break-even)", inputs)
     # A gap is still open until its slack has passed (its job may be on its way to the instance).
-    ahead = sorted((g, size) for g, size in gaps if g + _slack(g) > silent)
+    ahead = sorted((g, size) for g, size in gaps if g + _slack(g, d) > silent)
     inputs["gaps_learned"] = len(gaps)
     inputs["gaps_ahead"] = len(ahead)
     if not ahead:
@@ -140,7 +140,7 @@ def adaptive_keep(traffic: Traffic, now: float, last_used: float, rank: int, wor
                 total += until - now + (cost if needed else 0.0)
         return total / len(samples)
 
-    candidates = [now] + [arrival + _slack(arrival - last.last) for arrival, _, _ in samples]
+    candidates = [now] + [arrival + _slack(arrival - last.last, d) for arrival, _, _ in samples]
     best = min(candidates, key=lambda until: (round(expected(until), 6), until))
     stop_now = expected(now)
     inputs["relaunch_gpu_s"] = round(statistics.median(c for _, n, c in samples if n), 1) \
@@ -156,10 +156,11 @@ def adaptive_keep(traffic: Traffic, now: float, last_used: float, rank: int, wor
                       f"(launch + boot {d:.1f} s, GPU_WAIT_PRICE={wait_price:g})", inputs)
 
 
-def _slack(gap: float) -> float:
+def _slack(gap: float, launch_boot: float) -> float:
     """How long after an expected arrival the instance waits for its job to reach it
-    (dispatch, inputs checked before any instance is asked for)."""
-    return 2.0 + 0.05 * gap
+    (dispatch, inputs checked before any instance is asked for) and for the gap's jitter:
+    in proportion to the times involved, so the policy decides the same at any time scale."""
+    return 0.25 * launch_boot + 0.05 * gap
 
 
 class TrafficLog:
