@@ -97,18 +97,11 @@ def bursts(t: Trace, count: int, gap: float = 120.0, size: int = 10) -> None:
             t.job(T0 + b * gap)
 
 
-@pytest.mark.parametrize("env, launches", [(ADAPTIVE, 1), ({"GPU_IDLE_TIMEOUT": 30}, 3)], ids=["adaptive", "fixed30"])
-def test_a_burst_keeps_the_instance_through_the_learned_gap(trace, env, launches):
-    t = trace(**env)
-    bursts(t, 3)
-    # Adaptive keeps it through both 64 s gaps (waiting beats a relaunch for 10 jobs); a
-    # fixed 30 s timeout relaunches for every burst.
-    assert len(t.launches) == launches, t.stops
-
-
-def test_a_long_silence_stops_the_instance_within_the_learned_bound(trace):
+def test_a_burst_keeps_the_instance_and_a_long_silence_stops_it_within_the_learned_bound(trace):
     t = trace(**ADAPTIVE)
     bursts(t, 3)
+    # Kept through both 64 s gaps: waiting beats a relaunch that 10 jobs would wait for.
+    assert len(t.launches) == 1 and t.stops == []
     last_arrival, last_used = T0 + 240, t.now
     [plan] = t.plans()
     bound = last_arrival + 120 * 1.05 + BOOT / 4  # the longest learned gap, with its slack
@@ -119,6 +112,12 @@ def test_a_long_silence_stops_the_instance_within_the_learned_bound(trace):
     assert stopped_at == plan.stop_at and 15 <= idle_for < 300
     assert "GPU_IDLE_POLICY=adaptive" in reason and "longer than every gap learned" in reason
     assert t.registry.all() == [] and not [i for i in t.client.workloads()]
+
+
+def test_the_same_bursts_under_a_fixed_30_s_timeout_relaunch_every_time(trace):
+    t = trace(GPU_IDLE_TIMEOUT=30)
+    bursts(t, 3)
+    assert len(t.launches) == 3 and [round(idle) for _, idle, _ in t.stops] == [30, 30]
 
 
 def test_the_scheduled_reaper_applies_the_policy_with_no_worker_alive(trace, stack_env):
