@@ -21,8 +21,8 @@ from chalicelib.delivery.events import EventPublisher
 from chalicelib.delivery.intake import IntakeHandler
 from chalicelib.delivery.webhooks import WebhookSender
 from chalicelib.fleet.reaper import reap_gpus
-from chalicelib.jobs.batches import BATCH, BatchService, BatchStore
 from chalicelib.fleet.settings import FleetSettings
+from chalicelib.jobs.batches import BATCH, BatchService, BatchStore
 from chalicelib.jobs.models import KNOWN_FIELDS, JobStatus, JobType
 from chalicelib.jobs.outbox import Reconciler
 from chalicelib.jobs.record import Job
