@@ -15,7 +15,9 @@ each, 4 traces x 5 policies x BENCH_RUNS runs. Scaled /10 so it fits, launch bec
 boot 0.4 s and the floor 1.5 s, where this 2-core machine (shared with other agents) adds
 tenths of a second of moto and scheduling delay to every step: the noise would be as large as
 the effect measured. The replay changes no decision: it runs the same functions on the same
-records; it leaves out only the dispatch and polling delays of the real processes.
+records; it leaves out only the dispatch and polling delays of the real processes. The section
+still runs the bursty trace on the real simulator and workers (infra/bench_gpu.py, every time
+scaled by BENCH_GPU_SCALE) with fixed 300 and adaptive, as a cross-check (BENCH_IDLE_REAL=0: not).
 
     BENCH_IDLE_LAUNCH / _BOOT / _WORK    2 / 4 / 5 s (the issue's provider and job)
     BENCH_IDLE_WAIT_PRICE / _FLOOR       GPU_WAIT_PRICE 2, GPU_IDLE_FLOOR 15 for adaptive
@@ -206,7 +208,8 @@ def idle_report(work: Path | None = None) -> dict[str, Any]:
         "real_simulator_bursty": real,
         "method": "discrete-event replay of the simulator's launch/boot/work model; every stop decided by the "
                   "real chalicelib.fleet.pool.idle_plans with the learned Traffic and an injected clock "
-                  "(real time and no scaling: scaled-down real runs would drown in this machine's noise)",
+                  "(real time, no scaling: scaled-down real runs drown in this machine's overheads; the real "
+                  "simulator and workers cross-check the bursty trace, scaled, in real_simulator_bursty)",
         "provider": {"launch_s": LAUNCH, "boot_s": BOOT, "work_s": WORK},
         "adaptive": {"GPU_IDLE_TIMEOUT": 300, "GPU_WAIT_PRICE": WAIT_PRICE, "GPU_IDLE_FLOOR": FLOOR},
         "fixed": "GPU_IDLE_TIMEOUT as named, GPU_SURPLUS_IDLE 30 (the defaults), GPU_WARM_SPARES 1",
