@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Callable
 
 from chalicelib.fleet.beacons import WorkerBeacons
+from chalicelib.fleet.idle import TrafficLog
 from chalicelib.fleet.registry import GpuRegistry
 from chalicelib.jobs.lanes import NORMAL, LaneQueues
 from chalicelib.jobs.links import ResultLinks
@@ -76,6 +77,11 @@ class Context:
     @cached_property
     def beacons(self) -> WorkerBeacons:
         return WorkerBeacons(self.dynamodb, self.settings.gpu_table, self.clock)
+
+    @cached_property
+    def traffic(self) -> TrafficLog:
+        """The GPU arrivals and launch times the adaptive idle policy learns from."""
+        return TrafficLog(self.dynamodb, self.settings.gpu_table)
 
     @cached_property
     def links(self) -> ResultLinks | None:

@@ -9,7 +9,10 @@ from collections import Counter
 from typing import Any, Callable
 
 from chalicelib.fleet.beacons import BEAT_EVERY, WorkerBeacons
+from chalicelib.fleet.idle import Traffic, TrafficLog
+from chalicelib.fleet.pool import Demand, IdlePlan, idle_plans
 from chalicelib.fleet.registry import RUNNING, GpuRecord, GpuRegistry
+from chalicelib.fleet.settings import FleetSettings
 from chalicelib.jobs.lanes import LaneQueues, total
 from chalicelib.jobs.models import JobStatus
 from chalicelib.jobs.queries import JobQueries
@@ -22,7 +25,10 @@ ALIVE_SECONDS = 3 * BEAT_EVERY  # a worker silent longer is not counted alive
 class HealthReport:
     def __init__(self, lanes: LaneQueues, dlq: Queue, store: JobStore, queries: JobQueries,
                  registry: GpuRegistry, beacons: WorkerBeacons, clock: Callable[[], float],
-                 cache_seconds: float = 0.0):
+                 cache_seconds: float = 0.0, fleet: FleetSettings | None = None,
+                 traffic: TrafficLog | None = None):
+        self.fleet = fleet  # the idle policy's settings: each idle instance's planned stop
+        self.traffic = traffic
         self.lanes = lanes
         self.dlq = dlq
         self.store = store
@@ -52,6 +58,9 @@ class HealthReport:
         workers = self.beacons.list()
         states = Counter(g.state for g in gpus)
         idle = [g for g in gpus if g.idle]
+        alive = sum(1 for w in workers if w["last_beat_seconds"] <= ALIVE_SECONDS)
+        policy, plans = self._idle_policy(gpus, Demand(queued=min(queue["messages"], queued.value),
+                                                       running=queue["in_flight"], workers=alive), now)
         return {
             "status": "ok",
             "queue": {**queue, "dead_letters": self.dlq.depth()["messages"],
@@ -59,7 +68,7 @@ class HealthReport:
                       "lanes": lanes},
             "jobs": {"queued": queued.value, "running": running.value,
                      "approximate": queued.approximate or running.approximate},
-            "workers": {"alive": sum(1 for w in workers if w["last_beat_seconds"] <= ALIVE_SECONDS),
+            "workers": {"alive": alive,
                         # Each worker: its id, the job it runs, seconds since its last beat.
                         "list": workers},
             "gpus": {"instances": len(gpus), "by_state": dict(states),
@@ -67,11 +76,41 @@ class HealthReport:
                      "idle_seconds": [_idle(g, now) for g in idle],
                      # Rented now, seconds since each launch (what Comput3 bills for), per instance.
                      "billed_seconds": round(sum(_rented(g, now) for g in gpus), 1),
+                     "idle_policy": policy,
                      "fleet": [{"slot": g.id, "state": g.state, "busy": g.busy, "ahead": g.ahead,
                                 "billed_seconds": round(_rented(g, now), 1),
-                                "idle_seconds": _idle(g, now) if g.idle else None}
+                                "idle_seconds": _idle(g, now) if g.idle else None,
+                                **_planned_stop(plans.get(g.id), now)}
                                for g in sorted(gpus, key=lambda g: g.id)]},
         }
+
+    def _idle_policy(self, gpus: list[GpuRecord], demand: Demand,
+                     now: float) -> tuple[dict[str, Any] | None, dict[str, IdlePlan]]:
+        """The idle policy in force and each idle instance's plan (decided as the pool decides)."""
+        s = self.fleet
+        if s is None:
+            return None, {}
+        policy: dict[str, Any] = {"policy": s.idle_policy, "idle_timeout": s.idle_timeout,
+                                  "surplus_idle": s.surplus_idle, "warm_spares": s.warm_spares}
+        traffic: Traffic | None = None
+        if s.idle_policy == "adaptive":
+            policy.update(wait_price=s.wait_price, floor=s.idle_floor)
+            try:
+                traffic = self.traffic.read() if self.traffic is not None else None
+            except Exception as exc:  # noqa: BLE001 - shown, and the pool falls back to its bounds too
+                policy["traffic_error"] = str(exc)
+            if traffic is not None:
+                policy.update(arrivals_learned=len(traffic.arrivals), launch_boot_seconds=round(traffic.boot_seconds, 2),
+                              last_arrival_seconds_ago=round(now - traffic.arrivals[-1], 1) if traffic.arrivals else None)
+        return policy, {p.record.id: p for p in idle_plans(gpus, demand, s, now, traffic)}
+
+
+def _planned_stop(plan: IdlePlan | None, now: float) -> dict[str, Any]:
+    """An idle instance's planned stop: when, in how long, and why."""
+    if plan is None:
+        return {}
+    return {"stop_at": round(plan.stop_at, 1), "stop_in_seconds": round(max(0.0, plan.stop_at - now), 1),
+            "stop_reason": plan.reason(max(now, plan.stop_at)), "stop_inputs": plan.inputs}
 
 
 def _rented(record: GpuRecord, now: float) -> float:

@@ -22,6 +22,7 @@ from chalicelib.delivery.events import EventPublisher
 from chalicelib.delivery.intake import IntakeHandler
 from chalicelib.delivery.webhooks import WebhookSender
 from chalicelib.fleet.reaper import reap_gpus
+from chalicelib.fleet.settings import FleetSettings
 from chalicelib.jobs.batches import BATCH, BatchService, BatchStore
 from chalicelib.jobs.models import KNOWN_FIELDS, JobStatus, JobType
 from chalicelib.jobs.outbox import Reconciler
@@ -85,7 +86,8 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     batches = BatchService(service, batch_store, ctx.outbox, ctx.clock, settings.outbox_grace,
                            settings.job_ttl_days)
     health_report = HealthReport(ctx.lanes, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
-                                 ctx.beacons, ctx.clock, settings.health_cache_seconds)
+                                 ctx.beacons, ctx.clock, settings.health_cache_seconds, FleetSettings(),
+                                 ctx.traffic)
     wait_holds = WaitHolds(ctx.dynamodb, settings.jobs_table, settings.max_wait_holds_per_key, ctx.clock)
     keys, operator_keys = settings.api_key_list, settings.operator_key_list
     if not keys:
@@ -325,7 +327,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
     def gpu_reaper(event: Any) -> dict[str, Any]:
         report = reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.lanes, beacons=ctx.beacons,
-                           queries=ctx.queries)
+                           queries=ctx.queries, traffic=ctx.traffic)
         sample_gpus()
         return report
 

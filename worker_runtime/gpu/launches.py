@@ -9,6 +9,7 @@ import time
 from typing import Callable
 
 from chalicelib.fleet.comput3 import Comput3Client, Comput3Error, Launch, LaunchAborted, LaunchFailed, Wait
+from chalicelib.fleet.idle import TrafficLog
 from chalicelib.fleet.reaper import Reaper
 from chalicelib.fleet.registry import GpuRecord, GpuRegistry, RecordLost
 from chalicelib.platform.logs import EventLogger
@@ -28,8 +29,9 @@ class LaunchHandedOver(LaunchAborted):
 
 class Launches:
     def __init__(self, settings: GpuSettings, client: Comput3Client, registry: GpuRegistry, reaper: Reaper,
-                 clock: Callable[[], float], log: EventLogger):
+                 clock: Callable[[], float], log: EventLogger, traffic: TrafficLog | None = None):
         self.settings = settings
+        self.traffic = traffic  # learns each launch + boot time (GPU_IDLE_POLICY=adaptive)
         self.client = client
         self.registry = registry
         self.reaper = reaper
@@ -93,6 +95,8 @@ class Launches:
         while True:
             problem = self.client.node_health(base, s.health_timeout)
             if problem is None:
+                if self.traffic is not None:  # intent to ready: what a relaunch costs
+                    self.traffic.record_boot(self.clock() - record.created_at)
                 return None
             if time.monotonic() >= deadline:
                 return f"{problem} (still not ready after GPU_BOOT_TIMEOUT={s.boot_timeout:g} s)"

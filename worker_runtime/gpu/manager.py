@@ -37,6 +37,7 @@ from typing import Callable
 from botocore.exceptions import ClientError
 
 from chalicelib.fleet.comput3 import Comput3Client, Comput3Error, LaunchAborted, Wait, with_attempts
+from chalicelib.fleet.idle import TrafficLog
 from chalicelib.fleet.pool import Demand, demand_reader
 from chalicelib.fleet.reaper import Reaper
 from chalicelib.fleet.registry import RUNNING, GpuRecord, GpuRegistry, RecordLost, SlotTaken
@@ -63,7 +64,7 @@ class GpuError(TaskError):
 class GpuManager:
     def __init__(self, settings: GpuSettings, client: Comput3Client, registry: GpuRegistry, worker_id: str,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 demand: Callable[[], Demand] | None = None):
+                 demand: Callable[[], Demand] | None = None, traffic: TrafficLog | None = None):
         if not settings.c3_api_key:
             raise ValueError("C3_API_KEY is not set: GPU tasks need a Comput3.AI API key "
                              "(`make run` starts the local simulator and sets one)")
@@ -74,12 +75,14 @@ class GpuManager:
         self.clock = clock
         self.rng = rng or random.Random()
         self.log = get_logger("c3.gpu", worker=worker_id)
-        self.reaper = Reaper(client, registry, settings, worker_id, clock, self.log)
+        # What GPU_IDLE_POLICY=adaptive learns from: job arrivals (acquire) and launch + boot times.
+        self.traffic = traffic if settings.idle_policy == "adaptive" else None
+        self.reaper = Reaper(client, registry, settings, worker_id, clock, self.log, traffic=self.traffic)
         # The jobs queue's depth; without it the pool keeps to the idle timeout, launches nothing ahead.
         self.demand: Callable[[], Demand | None] = demand_reader(demand, self.log) if demand else (lambda: None)
         self.held = Holdings(registry, self.log)
         self._lock = self.held.lock
-        self.launches = Launches(settings, client, registry, self.reaper, clock, self.log)
+        self.launches = Launches(settings, client, registry, self.reaper, clock, self.log, self.traffic)
         self._closed = threading.Event()
         self.keeper = PoolKeeper(settings, client, registry, self.reaper, self.held, self.launches,
                                  lambda: self.demand(), worker_id, clock, self._closed, self.log)
@@ -97,14 +100,17 @@ class GpuManager:
                 start_daemon(self.heartbeat.run, "gpu-heartbeat")
 
     def acquire(self, job_id: str, token: CancelToken, log: EventLogger,
-                on_phase: Callable[[str], None] | None = None) -> Node:
+                on_phase: Callable[[str], None] | None = None, arrived_at: float | None = None) -> Node:
         """An instance bound to ``job_id`` until ``release(job_id, ...)``. Never one whose
         earlier job's task is still alive: that binding ends only when its task has ended.
         ``on_phase`` hears "waiting_for_gpu" (every slot taken) and "launching_gpu" (a
-        launch in flight, until the new node answers); a warm instance reports neither."""
+        launch in flight, until the new node answers); a warm instance reports neither.
+        ``arrived_at``: when the job was submitted, an arrival the idle policy learns from."""
         self.maintain()
         if self._closed.is_set():
             raise GpuError("the worker is shutting down; no GPU instance is launched")
+        if self.traffic is not None:
+            self.traffic.record_arrival(arrived_at if arrived_at is not None else self.clock())
         self.keeper.nudge.set()  # the keeper looks at the queue now: more jobs may need instances
         with self._lock:
             held = [other for other in self._bound if other != job_id]

@@ -38,7 +38,7 @@ class GpuTask:
         inputs = self._step(ctx, prepare) if prepare is not None else None
         ctx.cancel.raise_if_cancelled()
         job_id = ctx.job.id
-        node = self.gpu.acquire(job_id, ctx.cancel, ctx.log, on_phase=ctx.report)
+        node = self.gpu.acquire(job_id, ctx.cancel, ctx.log, on_phase=ctx.report, arrived_at=ctx.job.created_at)
         ctx.node = node
         ctx.report("rendering")
         try:
