@@ -1,12 +1,16 @@
 """One call to a Gradio app on the node (CSM, Whisper), stoppable from the cancel token.
 
-The call is submitted asynchronously and polled: a cancel (client status, max_time,
-complete_by, shutdown, GPU loss) cancels the remote Gradio job through the client,
-which removes it from the app's queue or stops the running event."""
+The call is submitted asynchronously; its result arrives on Gradio's event stream, and
+the wait ends the moment the client's future completes (or the cancel token fires):
+no poll interval stands between the node's last byte and the job's next step. A cancel
+(client status, max_time, complete_by, shutdown, GPU loss) cancels the remote Gradio
+job through the client, which removes it from the app's queue or stops the running
+event. The app's gr.Progress is read every ``progress_interval`` while it runs."""
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -29,7 +33,7 @@ def connect(ctx: TaskContext, app: str, url: str) -> Client:
 
 
 def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, Any],
-         poll_interval: float) -> Any:
+         progress_interval: float) -> Any:
     """Run ``api_name`` with named ``inputs``; returns its result or raises TaskError
     (app failure) / TaskCancelled (token cancelled, remote job cancelled)."""
     client = connect(ctx, app, url)
@@ -43,7 +47,10 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
             job.cancel()
 
         ctx.cancel.on_cancel(cancel_remote)
-        while not job.done() and not ctx.cancel.wait(poll_interval):
+        ended = threading.Event()  # the result (or error) arrived, or the token fired
+        job.future.add_done_callback(lambda _future: ended.set())
+        ctx.cancel.on_cancel(ended.set)
+        while not ended.wait(progress_interval):
             progress = _progress(job)
             if progress is not None:
                 ctx.report(progress=progress)
