@@ -22,7 +22,9 @@ def build_worker() -> Worker:
     gpu = None
     if any(getattr(task, "needs_gpu", False) for task in tasks.values()):
         from .gpu import build_gpu_manager
+        from .isolation import warm_up
         gpu = build_gpu_manager(ctx, settings.worker_id)
+        warm_up(sorted({type(task).__module__ for task in tasks.values()}))  # GPU tasks' steps run in children
     return Worker(ctx, settings, tasks, gpu=gpu)
 
 

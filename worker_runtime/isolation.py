@@ -50,13 +50,24 @@ _context_lock = threading.Lock()
 _context: Any = None
 
 
-def _mp() -> Any:
+def _mp(preload: list[str] | None = None) -> Any:
     global _context
     with _context_lock:
         if _context is None:
             _context = multiprocessing.get_context("forkserver")
-            _context.set_forkserver_preload(PRELOAD)
+            _context.set_forkserver_preload(PRELOAD + [m for m in preload or [] if m not in PRELOAD])
         return _context
+
+
+def warm_up(modules: list[str]) -> None:
+    """Start the forkserver now, with ``modules`` (the task implementations: their steps
+    are what the children unpickle) imported in it once. A job's child then costs a fork,
+    not a fork plus the imports of gradio_client and the rest; and the first job does not
+    pay the forkserver's own start. Called once, when the worker starts."""
+    from multiprocessing import forkserver
+
+    _mp(modules)
+    forkserver.ensure_running()
 
 
 class StepKilled(TaskCancelled):
