@@ -9,6 +9,7 @@ from typing import Any
 from chalicelib.context import Context
 from chalicelib.platform.logs import configure, get_logger
 
+from .direct_delivery import build_direct_delivery
 from .settings import get_worker_settings
 from .tasks import load_tasks
 from .worker import Shutdown, Worker
@@ -25,7 +26,7 @@ def build_worker() -> Worker:
         from .isolation import warm_up
         gpu = build_gpu_manager(ctx, settings.worker_id)
         warm_up(sorted({type(task).__module__ for task in tasks.values()}))  # GPU tasks' steps run in children
-    return Worker(ctx, settings, tasks, gpu=gpu)
+    return Worker(ctx, settings, tasks, gpu=gpu, delivery=build_direct_delivery(ctx))
 
 
 def install_signal_handlers(worker: Worker) -> None:
