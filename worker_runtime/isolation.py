@@ -61,13 +61,18 @@ def _mp(preload: list[str] | None = None) -> Any:
 
 def warm_up(modules: list[str]) -> None:
     """Start the forkserver now, with ``modules`` (the task implementations: their steps
-    are what the children unpickle) imported in it once. A job's child then costs a fork,
-    not a fork plus the imports of gradio_client and the rest; and the first job does not
-    pay the forkserver's own start. Called once, when the worker starts."""
-    from multiprocessing import forkserver
+    are what the children unpickle) imported in it once, and wait until it forks: a job's
+    child then costs a fork (~10-50 ms here), not a fork plus the imports of gradio_client
+    and the rest (0.5-1 s here), and the first job does not pay the forkserver's start.
+    Called once, before the worker takes its first message."""
+    mp = _mp(modules)
+    child = mp.Process(target=_ready, name="task-warm-up", daemon=True)
+    child.start()  # returns once the forkserver runs; the join waits for its imports too
+    child.join(120)
 
-    _mp(modules)
-    forkserver.ensure_running()
+
+def _ready() -> None:
+    """The warm-up child: it exists once the forkserver has imported its modules."""
 
 
 class StepKilled(TaskCancelled):
