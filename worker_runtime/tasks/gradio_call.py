@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -36,10 +37,14 @@ def call(ctx: TaskContext, app: str, url: str, api_name: str, inputs: dict[str, 
          progress_interval: float) -> Any:
     """Run ``api_name`` with named ``inputs``; returns its result or raises TaskError
     (app failure) / TaskCancelled (token cancelled, remote job cancelled)."""
+    started = time.monotonic()
     client = connect(ctx, app, url)
+    connected = time.monotonic()
     try:
         job = client.submit(api_name=api_name, **inputs)
-        ctx.log.info("gradio.submitted", app=app, api_name=api_name, url=url)
+        ctx.log.info("gradio.submitted", app=app, api_name=api_name, url=url,
+                     connect_seconds=round(connected - started, 3),
+                     submit_seconds=round(time.monotonic() - connected, 3))
 
         def cancel_remote() -> None:
             ctx.log.info("gradio.cancelling", app=app, api_name=api_name,
