@@ -175,6 +175,9 @@ def breakdown(job: dict[str, Any], worker: list[dict[str, Any]], sim: list[dict[
         if node:  # its parts: prepare + getting the node, then the render step up to the node's start
             out.update(claimed_to_node=node - claimed, node_to_gradio_submit=submitted_gradio - node)
     out["gradio_submit_to_work"] = work_start - submitted_gradio
+    line = next((e for e in worker if e.get("event") == "gradio.submitted" and e.get("job_id") == jid), {})
+    if "connect_seconds" in line:  # inside the step before: gradio_client's connect and submit
+        out.update(gradio_connect=line["connect_seconds"], gradio_submit=line["submit_seconds"])
     out.update(node_work=work_end - work_start, work_end_to_result=done - work_end,
                result_to_final=job["finished"] - done, final_to_webhook=job["webhook"] - job["finished"],
                final_to_wait_answer=(job["wait_answer"] or job["finished"]) - job["finished"],
