@@ -9,15 +9,35 @@ event. The app's gr.Progress is read every ``progress_interval`` while it runs."
 
 from __future__ import annotations
 
+import importlib
 import os
+import ssl
 import threading
 import time
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The worker never talks to the Hugging Face Hub. Without this, gradio_client's headers
+# (huggingface_hub's build_hf_headers) fetch an "agent harnesses" registry from the Hub
+# whenever its day-long cache (a file in the HF cache dir) is missing: in every task
+# child, since a read-only container cannot write that cache (0.1-0.5 s per call here,
+# and a call to huggingface.co per job in production).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gradio_client import Client, handle_file  # noqa: E402,F401 - after the analytics switch
+import httpx  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402,F401 - after the switches above
 from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
+
+# Imported when the worker's forkserver preloads this module, not in each task child at
+# its first request: httpx's transport (httpcore) and the async backends it probes.
+for _name in ("httpcore", "h11", "anyio", "sniffio", "trio"):
+    try:
+        importlib.import_module(_name)
+    except ImportError:  # optional: what is missing, httpx does not import either
+        pass
+# One TLS context (httpx's own default, its CA bundle read once, in the forkserver) for every
+# call to a node; gradio_client otherwise has httpx build one per request (~25 ms each here).
+TLS: ssl.SSLContext = httpx.create_ssl_context()
 
 from .base import NodeFault, TaskContext, TaskError  # noqa: E402
 from .node_faults import call_failed  # noqa: E402
@@ -26,7 +46,7 @@ from .node_faults import call_failed  # noqa: E402
 def connect(ctx: TaskContext, app: str, url: str) -> Client:
     try:
         return Client(url, headers=ctx.node.headers, verbose=False, analytics_enabled=False,
-                      download_files=str(ctx.path("_gradio")))
+                      download_files=str(ctx.path("_gradio")), ssl_verify=TLS)  # type: ignore[arg-type]
     except AuthenticationError:
         raise TaskError(f"{app} app at {url} refused the node's API key") from None
     except Exception as exc:  # noqa: BLE001 - connection refused, bad config, HTTP errors ...
