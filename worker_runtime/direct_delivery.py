@@ -53,7 +53,8 @@ class DirectDelivery:
         log.info("delivery.direct", job_id=job_id, outcome=outcome)
 
     def close(self) -> None:
-        """Let attempts in flight end; queued ones are dropped (their messages deliver them)."""
+        """At the worker's exit: attempts in flight end (within WEBHOOK_TIMEOUT, each attempt's
+        hard deadline); queued ones are dropped (their delayed messages deliver them)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
