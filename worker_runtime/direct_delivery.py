@@ -12,7 +12,9 @@ the deliverer's receive) off the common case. The winner of the final write:
    lease means one attempt POSTs at a time, a delivered webhook is never sent again, and a
    refused attempt schedules the next one on the queue as any other.
 
-The fallback message that finds the job settled finds nothing owed and is dropped."""
+The fallback message that finds the job settled finds nothing owed and is dropped. A batch
+member's delivery also completes its batch (chalicelib/jobs/batches.py), which is the
+deliverer's: the worker queues those at once instead (worker_runtime/worker.py)."""
 
 from __future__ import annotations
 

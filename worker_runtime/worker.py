@@ -361,7 +361,9 @@ class Worker:
                 return False
         log.info("job.finished", status=status.value, error=final.error,
                  total_time=round(final.finished_at - final.created_at, 3) if final.finished_at else None)
-        if self.delivery is not None and final.outbox == NOTIFY:
+        # A batch member's delivery also completes its batch: that is the deliverer's (the
+        # API's handler has the batches), so a member goes through the queue at once.
+        if self.delivery is not None and final.outbox == NOTIFY and not final.batch_id:
             self.delivery.final(final)  # its webhook now, the queue as the fallback
             self.aws("ack", lease.ack)
         else:
