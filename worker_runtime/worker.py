@@ -52,8 +52,11 @@ class Shutdown(BaseException):
 
 class Worker:
     def __init__(self, ctx: Context, settings: WorkerSettings, tasks: dict[Any, Task],
-                 gpu: Any = None, clock: Callable[[], float] = time.time):
+                 gpu: Any = None, clock: Callable[[], float] = time.time, delivery: Any = None):
+        """``delivery``: a DirectDelivery (worker_runtime/direct_delivery.py) to deliver the
+        final webhooks of the jobs this worker finishes itself; None leaves them to the queue."""
         self.ctx = ctx
+        self.delivery = delivery
         self.settings = settings
         self.tasks = tasks
         self.outbox = ctx.outbox
@@ -123,6 +126,8 @@ class Worker:
             self.log.warning("worker.beacon_not_removed", reason="it ages out of /health's count")
         if self.gpu is not None:
             self.gpu.shutdown()
+        if self.delivery is not None:
+            self.delivery.close()
         self.log.info("worker.stopped", jobs=self.jobs_done)
 
     def touch_health(self) -> None:
@@ -373,7 +378,13 @@ class Worker:
                 return False
         log.info("job.finished", status=status.value, error=final.error,
                  total_time=round(final.finished_at - final.created_at, 3) if final.finished_at else None)
-        self.settle_final(final, lease)
+        # A batch member's delivery also completes its batch: that is the deliverer's (the
+        # API's handler has the batches), so a member goes through the queue at once.
+        if self.delivery is not None and final.outbox == NOTIFY and not final.batch_id:
+            self.delivery.final(final)  # its webhook now, the queue as the fallback
+            self.aws("ack", lease.ack)
+        else:
+            self.settle_final(final, lease)
         return True
 
     def release(self, job: Job, lease: Lease, log: Any) -> None:

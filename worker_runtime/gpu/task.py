@@ -35,7 +35,9 @@ class GpuTask:
 
     def run(self, ctx: TaskContext) -> TaskResult:
         prepare = getattr(self.task, "prepare", None)
-        inputs = self._step(ctx, prepare) if prepare is not None else None
+        needed = getattr(self.task, "needs_prepare", lambda request: True)
+        # Nothing to download or convert (inputs known good at parse): no child, straight to the node.
+        inputs = self._step(ctx, prepare) if prepare is not None and needed(ctx.request) else None
         ctx.cancel.raise_if_cancelled()
         job_id = ctx.job.id
         node = self.gpu.acquire(job_id, ctx.cancel, ctx.log, on_phase=ctx.report, arrived_at=ctx.job.created_at)
