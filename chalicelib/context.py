@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Callable
 
 from chalicelib.fleet.beacons import WorkerBeacons
+from chalicelib.fleet.idle import TrafficLog
 from chalicelib.fleet.registry import GpuRegistry
 from chalicelib.jobs.lanes import NORMAL, LaneQueues
 from chalicelib.jobs.links import ResultLinks
@@ -18,8 +19,11 @@ from chalicelib.jobs.stats import Stats
 from chalicelib.jobs.store import JobStore
 from chalicelib.jobs.usage import UsageBook
 from chalicelib.platform import aws
+from chalicelib.platform.logs import get_logger
 from chalicelib.platform.queue import JobQueue, Queue
 from chalicelib.platform.settings import Settings, get_settings
+
+log = get_logger("c3.context")
 
 
 @dataclass
@@ -80,10 +84,17 @@ class Context:
         return WorkerBeacons(self.dynamodb, self.settings.gpu_table, self.clock)
 
     @cached_property
+    def traffic(self) -> TrafficLog:
+        """The GPU arrivals and launch times the adaptive idle policy learns from."""
+        return TrafficLog(self.dynamodb, self.settings.gpu_table)
+
+    @cached_property
     def links(self) -> ResultLinks | None:
-        """Result links, when a secret signs them (RESULT_LINK_SECRET or WEBHOOK_SECRET)."""
+        """Result links, when RESULT_LINK_SECRET signs them (never the webhook secret)."""
         secret = self.settings.link_secret
         if not secret:
+            log.warning("result_links.disabled", reason="RESULT_LINK_SECRET is not set: webhooks and "
+                        "GET /result carry no result_link, GET /results/{id} answers 404")
             return None
         return ResultLinks(secret, self.settings.public_api_url, self.settings.presign_expires, self.clock)
 

@@ -14,8 +14,11 @@ Reports medians of several runs (this machine is small and noisy):
   over one simulated hour, before and after issue 21.
 - priority lanes and batches (infra/bench_lanes.py): dispatch latency of an idle receiver with three
   lanes vs one queue; submissions/s of one batch of 100 vs 100 single requests.
+- the GPU idle policy (infra/bench_idle.py): fixed 30/60/120/300 s against adaptive on the bursty,
+  Poisson and quiet traces (billed/busy, p50/p95, cold starts), a replay through the real policy code.
+- one job's latency step by step, warm and cold, on the simulator (infra/bench_latency.py).
 
-BENCH_SECTIONS=api,dispatch,features,gpu,backlog,lanes (default: all) picks what runs.
+BENCH_SECTIONS=api,dispatch,features,gpu,backlog,lanes,idle,latency (default: all) picks what runs.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 SUBMISSIONS = int(os.environ.get("BENCH_SUBMISSIONS", "300"))
 DISPATCH_JOBS = int(os.environ.get("BENCH_DISPATCH_JOBS", "20"))
 MEMORY_JOBS = int(os.environ.get("BENCH_MEMORY_JOBS", "300"))
-SECTIONS = set(os.environ.get("BENCH_SECTIONS", "api,dispatch,features,gpu,backlog,lanes").split(","))
+SECTIONS = set(os.environ.get("BENCH_SECTIONS", "api,dispatch,features,gpu,backlog,lanes,idle,latency").split(","))
 
 
 def submissions_per_second(base: str, clients: int) -> float:
@@ -129,10 +132,19 @@ def main() -> int:
             from infra.bench_lanes import lanes_report
 
             report["lanes"] = lanes_report(work)
+        if "latency" in SECTIONS:
+            from infra.bench_latency import latency_report
+
+            report["latency"] = latency_report(work)
         if "gpu" in SECTIONS:
             from infra.bench_gpu import gpu_report
 
             report["gpu"] = gpu_report(work)
+        if "idle" in SECTIONS:
+            from infra.bench_idle import idle_report, print_table
+
+            report["idle"] = idle_report(work)
+            print_table(report["idle"])
 
         if "dispatch" in SECTIONS:
             # 2. Dispatch latency and 3. worker memory, one idle worker in a long poll

@@ -64,13 +64,13 @@ def trace(seed: int = 11) -> list[tuple[float, str, float]]:
 class Fleet:
     """A fresh stack, the simulator with provider-like delays and ``workers`` worker processes."""
 
-    def __init__(self, work: Path, workers: int, name: str):
+    def __init__(self, work: Path, workers: int, name: str, env: dict[str, str] | None = None):
         prefix = f"bg{uuid.uuid4().hex[:8]}"
         self.env = {"JOBS_TABLE": f"{prefix}-jobs", "GPU_TABLE": f"{prefix}-gpus", "JOBS_QUEUE": f"{prefix}-jobs",
                     "JOBS_DLQ": f"{prefix}-dlq", "RESULTS_BUCKET": f"{prefix}-results", "LOG_LEVEL": "INFO",
                     "WORKER_TASKS": "tests.support.fake_gpu_tasks:fake_gpu_tasks", "RECEIVE_WAIT_SECONDS": "20",
                     "OUTPUT_DIR": str(work / f"out-{name}"), "GPU_IDLE_TIMEOUT": str(300 * SCALE),
-                    "GPU_SURPLUS_IDLE": str(30 * SCALE)}
+                    "GPU_SURPLUS_IDLE": str(30 * SCALE), **(env or {})}
         settings = Settings(**self.env)
         create_stack(settings)
         self.ctx = Context(settings)
@@ -129,8 +129,8 @@ def cold_start(work: Path, run: int) -> float:
         fleet.close()
 
 
-def run_trace(work: Path, workers: int) -> dict[str, Any]:
-    fleet = Fleet(work, workers, f"trace{workers}")
+def run_trace(work: Path, workers: int, env: dict[str, str] | None = None, name: str = "") -> dict[str, Any]:
+    fleet = Fleet(work, workers, f"trace{name}{workers}", env)
     try:
         jobs, started = [], time.time()
         for at, script, seconds in trace():

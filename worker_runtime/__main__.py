@@ -9,6 +9,7 @@ from typing import Any
 from chalicelib.context import Context
 from chalicelib.platform.logs import configure, get_logger
 
+from .direct_delivery import build_direct_delivery
 from .settings import get_worker_settings
 from .tasks import load_tasks
 from .worker import Shutdown, Worker
@@ -22,8 +23,10 @@ def build_worker() -> Worker:
     gpu = None
     if any(getattr(task, "needs_gpu", False) for task in tasks.values()):
         from .gpu import build_gpu_manager
+        from .isolation import warm_up
         gpu = build_gpu_manager(ctx, settings.worker_id)
-    return Worker(ctx, settings, tasks, gpu=gpu)
+        warm_up(sorted({type(task).__module__ for task in tasks.values()}))  # GPU tasks' steps run in children
+    return Worker(ctx, settings, tasks, gpu=gpu, delivery=build_direct_delivery(ctx))
 
 
 def install_signal_handlers(worker: Worker) -> None:

@@ -50,13 +50,29 @@ _context_lock = threading.Lock()
 _context: Any = None
 
 
-def _mp() -> Any:
+def _mp(preload: list[str] | None = None) -> Any:
     global _context
     with _context_lock:
         if _context is None:
             _context = multiprocessing.get_context("forkserver")
-            _context.set_forkserver_preload(PRELOAD)
+            _context.set_forkserver_preload(PRELOAD + [m for m in preload or [] if m not in PRELOAD])
         return _context
+
+
+def warm_up(modules: list[str]) -> None:
+    """Start the forkserver now, with ``modules`` (the task implementations: their steps
+    are what the children unpickle) imported in it once, and wait until it forks: a job's
+    child then costs a fork (~10-50 ms here), not a fork plus the imports of gradio_client
+    and the rest (0.5-1 s here), and the first job does not pay the forkserver's start.
+    Called once, before the worker takes its first message."""
+    mp = _mp(modules)
+    child = mp.Process(target=_ready, name="task-warm-up", daemon=True)
+    child.start()  # returns once the forkserver runs; the join waits for its imports too
+    child.join(120)
+
+
+def _ready() -> None:
+    """The warm-up child: it exists once the forkserver has imported its modules."""
 
 
 class StepKilled(TaskCancelled):
@@ -106,10 +122,12 @@ class TaskProcess:
                 proc.kill()
             proc.join(5)
             parent.close()
-        kind, value = reply
+        kind, value, *extra = reply
         if kind == "ok":
             return value
         if kind == "cancelled":
+            if extra and extra[0] is not None:  # work the step left running on the node
+                ctx.extras["node_busy_for"] = extra[0]
             raise TaskCancelled(value)
         raise value
 
@@ -185,10 +203,11 @@ def _child_main(conn: Connection, step: Callable[..., Any], args: tuple[Any, ...
     threading.Thread(target=_listen, args=(conn, token, finished, wind_down), daemon=True,
                      name="cancel-listener").start()
     log = spec.log
+    ctx = spec.build(token, report)
     try:
-        reply: tuple[str, Any] = ("ok", step(spec.build(token, report), *args))
+        reply: tuple[Any, ...] = ("ok", step(ctx, *args))
     except TaskCancelled as exc:
-        reply = ("cancelled", str(exc))
+        reply = ("cancelled", str(exc), ctx.extras.get("node_busy_for"))
     except TaskError as exc:
         reply = ("error", exc)
     except MemoryError:

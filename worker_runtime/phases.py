@@ -1,7 +1,7 @@
 """Where a running job is: its phase and the node's progress, written to the job record
 from the worker process without ever holding up the task.
 
-    downloading -> [waiting_for_gpu] -> [launching_gpu] -> rendering -> uploading
+    downloading -> [waiting_for_gpu | waiting_for_node] -> [launching_gpu] -> rendering -> uploading
 
 The claim enters "downloading" (chalicelib/jobs/store.py); the GPU task and the manager report
 the rest through ``TaskContext.report`` (from a task's child process, through its pipe:

@@ -52,8 +52,11 @@ class Shutdown(BaseException):
 
 class Worker:
     def __init__(self, ctx: Context, settings: WorkerSettings, tasks: dict[Any, Task],
-                 gpu: Any = None, clock: Callable[[], float] = time.time):
+                 gpu: Any = None, clock: Callable[[], float] = time.time, delivery: Any = None):
+        """``delivery``: a DirectDelivery (worker_runtime/direct_delivery.py) to deliver the
+        final webhooks of the jobs this worker finishes itself; None leaves them to the queue."""
         self.ctx = ctx
+        self.delivery = delivery
         self.settings = settings
         self.tasks = tasks
         self.outbox = ctx.outbox
@@ -68,6 +71,7 @@ class Worker:
         self.log = get_logger("c3.worker", worker=settings.worker_id)
         self.receiver = LaneReceiver(ctx.lanes, settings.receive_wait_seconds, settings.lease_seconds, self.log)
         self.jobs_done = 0
+        self.health_file_failing = False  # logged once per failing spell
         self.current_job: str | None = None  # shown with the worker's beacon (the operators' page)
         # Each attempt's GPU use (the GPU manager's charges at release) goes on the job's cost:
         # with its final write when this worker makes it, else by itself (charge_job).
@@ -129,6 +133,8 @@ class Worker:
             self.log.warning("worker.beacon_not_removed", reason="it ages out of /health's count")
         if self.gpu is not None:
             self.gpu.shutdown()
+        if self.delivery is not None:
+            self.delivery.close()
         self.log.info("worker.stopped", jobs=self.jobs_done)
 
     def touch_health(self) -> None:
@@ -138,8 +144,16 @@ class Worker:
             # Written aside and renamed over: a reader never sees the file empty mid-write.
             path = Path(self.settings.health_file)
             fresh = path.with_name(f".{path.name}.{threading.get_ident()}")
-            fresh.write_text(str(self.clock()))
-            os.replace(fresh, path)
+            try:
+                fresh.write_text(str(self.clock()))
+                os.replace(fresh, path)
+            except OSError as exc:  # a full or read-only disk: the platform's check says so, not a job
+                if not self.health_file_failing:
+                    self.log.error("worker.health_file_failed", path=str(path), error=str(exc),
+                                   reason="the container's health check will see a stale file; jobs go on")
+                self.health_file_failing = True
+            else:
+                self.health_file_failing = False
         try:
             self.ctx.beacons.beat(self.settings.worker_id, job=self.current_job)
         except Exception as exc:  # noqa: BLE001 - a missed beacon only makes /health undercount
@@ -288,12 +302,12 @@ class Worker:
         if outcome.stop is not None and self.settle_stop(job, outcome.stop, lease, log):
             return
         if outcome.error is not None:
-            self.write_final(job, JobStatus.FAILED, {"error": outcome.error}, lease, log)
+            with lease.kept(self.settings.heartbeat_interval, log):
+                self.write_final(job, JobStatus.FAILED, {"error": outcome.error}, lease, log)
             return
         result = outcome.result
         assert result is not None
         fields: dict[str, Any] = {"error": None}
-        key = None
         if result.path is not None:
             try:
                 # Still ours? Never upload for a job that was cancelled or taken over.
@@ -304,24 +318,32 @@ class Worker:
                 return
             if phases is not None:
                 phases.report("uploading")
-            ext = result.ext or result.path.suffix
-            # One key per attempt: a worker that loses the final write deletes only
-            # what it uploaded itself, never the winner's result.
-            key = result_key(job.id, job.attempts, ext)
-            ctype = content_type_for(ext)
-            try:
-                self.ctx.results.upload_file(str(result.path), key, ctype)
-            except Exception as exc:  # noqa: BLE001 - S3 refused after boto3's own retries
-                log.error("result.upload_failed", exc_info=True)
-                self.write_final(job, JobStatus.FAILED,
-                                 {"error": f"Could not upload the result to S3: {exc}"}, lease, log)
-                return
-            fields.update(result_key=key, result_content_type=ctype)
-            if phases is not None:
-                phases.close()  # "uploading" is written before the final state (or given up)
-        else:
-            fields["result_text"] = result.text
-        if not self.write_final(job, JobStatus.SUCCESS, fields, lease, log) and key is not None:
+            with lease.kept(self.settings.heartbeat_interval, log):
+                self.upload_and_write(job, result, fields, lease, log, phases)
+            return
+        fields["result_text"] = result.text
+        with lease.kept(self.settings.heartbeat_interval, log):
+            self.write_final(job, JobStatus.SUCCESS, fields, lease, log)
+
+    def upload_and_write(self, job: Job, result: Any, fields: dict[str, Any], lease: Lease, log: Any,
+                         phases: PhaseReporter | None) -> None:
+        """Upload the result, then write the job's final state (under the lease's renewal)."""
+        ext = result.ext or result.path.suffix
+        # One key per attempt: a worker that loses the final write deletes only
+        # what it uploaded itself, never the winner's result.
+        key = result_key(job.id, job.attempts, ext)
+        ctype = content_type_for(ext)
+        try:
+            self.ctx.results.upload_file(str(result.path), key, ctype)
+        except Exception as exc:  # noqa: BLE001 - S3 refused after boto3's own retries
+            log.error("result.upload_failed", exc_info=True)
+            self.write_final(job, JobStatus.FAILED,
+                             {"error": f"Could not upload the result to S3: {exc}"}, lease, log)
+            return
+        fields.update(result_key=key, result_content_type=ctype)
+        if phases is not None:
+            phases.close()  # "uploading" is written before the final state (or given up)
+        if not self.write_final(job, JobStatus.SUCCESS, fields, lease, log):
             current = self.aws("get_job", self.ctx.store.get, job.id)
             if current is None or current.result_key != key:
                 self.aws("delete_result", self.ctx.results.delete, key)
@@ -370,7 +392,13 @@ class Worker:
                 return False
         log.info("job.finished", status=status.value, error=final.error,
                  total_time=round(final.finished_at - final.created_at, 3) if final.finished_at else None)
-        self.settle_final(final, lease)
+        # A batch member's delivery also completes its batch: that is the deliverer's (the
+        # API's handler has the batches), so a member goes through the queue at once.
+        if self.delivery is not None and final.outbox == NOTIFY and not final.batch_id:
+            self.delivery.final(final)  # its webhook now, the queue as the fallback
+            self.aws("ack", lease.ack)
+        else:
+            self.settle_final(final, lease)
         return True
 
     def charge_job(self, job_id: str, use: dict[str, Any]) -> None:

@@ -1,14 +1,19 @@
 """``GET /health``: what the system is doing, from the queues' attributes and the
-tables' indexes (no key needed: counts only, no job data)."""
+tables' indexes (with a key; without one the route answers liveness only). A snapshot
+is reused for ``cache_seconds``, so callers cannot multiply the index reads."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any, Callable
 
 from chalicelib.fleet.beacons import BEAT_EVERY, WorkerBeacons
 from chalicelib.fleet.books import FleetBooks, live_idle, rental_billed
+from chalicelib.fleet.idle import Traffic, TrafficLog
+from chalicelib.fleet.pool import Demand, IdlePlan, idle_plans
 from chalicelib.fleet.registry import RUNNING, GpuRecord, GpuRegistry
+from chalicelib.fleet.settings import FleetSettings
 from chalicelib.jobs.lanes import LaneQueues, total
 from chalicelib.jobs.models import JobStatus
 from chalicelib.jobs.queries import JobQueries
@@ -21,7 +26,10 @@ ALIVE_SECONDS = 3 * BEAT_EVERY  # a worker silent longer is not counted alive
 class HealthReport:
     def __init__(self, lanes: LaneQueues, dlq: Queue, store: JobStore, queries: JobQueries,
                  registry: GpuRegistry, beacons: WorkerBeacons, clock: Callable[[], float],
-                 price: Callable[[str], float | None] = lambda _: None):
+                 cache_seconds: float = 0.0, fleet: FleetSettings | None = None,
+                 traffic: TrafficLog | None = None, price: Callable[[str], float | None] = lambda _: None):
+        self.fleet = fleet  # the idle policy's settings: each idle instance's planned stop
+        self.traffic = traffic
         self.lanes = lanes
         self.dlq = dlq
         self.store = store
@@ -31,9 +39,18 @@ class HealthReport:
         self.clock = clock
         self.price = price
         self.books = FleetBooks(registry.dynamodb, registry.table, clock)
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
 
     def snapshot(self) -> dict[str, Any]:
-        now = self.clock()
+        with self._lock:
+            now = self.clock()
+            if self._cached is None or now - self._cached[0] >= self.cache_seconds or now < self._cached[0]:
+                self._cached = (now, self._compute(now))
+            return self._cached[1]
+
+    def _compute(self, now: float) -> dict[str, Any]:
         lanes = self.lanes.depths()  # each priority lane's queue; the totals sum them
         queue = total(lanes.values())
         queued = self.queries.in_dispatch(JobStatus.QUEUED)
@@ -44,6 +61,9 @@ class HealthReport:
         workers = self.beacons.list()
         states = Counter(g.state for g in gpus)
         idle = [g for g in gpus if g.idle]
+        alive = sum(1 for w in workers if w["last_beat_seconds"] <= ALIVE_SECONDS)
+        policy, plans = self._idle_policy(gpus, Demand(queued=min(queue["messages"], queued.value),
+                                                       running=queue["in_flight"], workers=alive), now)
         return {
             "status": "ok",
             "queue": {**queue, "dead_letters": self.dlq.depth()["messages"],
@@ -51,7 +71,7 @@ class HealthReport:
                       "lanes": lanes},
             "jobs": {"queued": queued.value, "running": running.value,
                      "approximate": queued.approximate or running.approximate},
-            "workers": {"alive": sum(1 for w in workers if w["last_beat_seconds"] <= ALIVE_SECONDS),
+            "workers": {"alive": alive,
                         # Each worker: its id, the job it runs, seconds since its last beat.
                         "list": workers},
             "gpus": {"instances": len(gpus), "by_state": dict(states),
@@ -59,9 +79,11 @@ class HealthReport:
                      "idle_seconds": [_idle(g, now) for g in idle],
                      # Rented now, seconds since each launch (what Comput3 bills for), per instance.
                      "billed_seconds": round(sum(_rented(g, now) for g in gpus), 1),
+                     "idle_policy": policy,
                      "fleet": [{"slot": g.id, "state": g.state, "busy": g.busy, "ahead": g.ahead,
                                 "billed_seconds": round(_rented(g, now), 1),
-                                "idle_seconds": _idle(g, now) if g.idle else None}
+                                "idle_seconds": _idle(g, now) if g.idle else None,
+                                **_planned_stop(plans.get(g.id), now)}
                                for g in sorted(gpus, key=lambda g: g.id)],
                      "fleets": self._fleets(gpus, now)},
         }
@@ -85,6 +107,34 @@ class HealthReport:
             price = self.price(name)
             fleet["idle_usd"] = None if price is None else round(fleet["idle_seconds"] * price / 3600, 6)
         return fleets
+
+    def _idle_policy(self, gpus: list[GpuRecord], demand: Demand,
+                     now: float) -> tuple[dict[str, Any] | None, dict[str, IdlePlan]]:
+        """The idle policy in force and each idle instance's plan (decided as the pool decides)."""
+        s = self.fleet
+        if s is None:
+            return None, {}
+        policy: dict[str, Any] = {"policy": s.idle_policy, "idle_timeout": s.idle_timeout,
+                                  "surplus_idle": s.surplus_idle, "warm_spares": s.warm_spares}
+        traffic: Traffic | None = None
+        if s.idle_policy == "adaptive":
+            policy.update(wait_price=s.wait_price, floor=s.idle_floor)
+            try:
+                traffic = self.traffic.read() if self.traffic is not None else None
+            except Exception as exc:  # noqa: BLE001 - shown, and the pool falls back to its bounds too
+                policy["traffic_error"] = str(exc)
+            if traffic is not None:
+                policy.update(arrivals_learned=len(traffic.arrivals), launch_boot_seconds=round(traffic.boot_seconds, 2),
+                              last_arrival_seconds_ago=round(now - traffic.arrivals[-1], 1) if traffic.arrivals else None)
+        return policy, {p.record.id: p for p in idle_plans(gpus, demand, s, now, traffic)}
+
+
+def _planned_stop(plan: IdlePlan | None, now: float) -> dict[str, Any]:
+    """An idle instance's planned stop: when, in how long, and why."""
+    if plan is None:
+        return {}
+    return {"stop_at": round(plan.stop_at, 1), "stop_in_seconds": round(max(0.0, plan.stop_at - now), 1),
+            "stop_reason": plan.reason(max(now, plan.stop_at)), "stop_inputs": plan.inputs}
 
 
 def _rented(record: GpuRecord, now: float) -> float:

@@ -180,10 +180,15 @@ def openapi_document() -> dict[str, Any]:
     schemas["Redelivery"] = {"type": "object", "required": ["id", "event", "status", "webhook_id"], "properties": {
         "id": {"type": "string", "format": "uuid"}, "event": {"enum": ["start", "completed"]},
         "status": {"const": "pending"}, "webhook_id": {"type": "string"}}}
-    schemas["Health"] = {"type": "object", "required": ["status", "queue", "jobs", "workers", "gpus"],
-                         "properties": {"status": {"const": "ok"}, "queue": {"type": "object"},
-                                        "jobs": {"type": "object"}, "workers": {"type": "object"},
-                                        "gpus": {"type": "object"}}}
+    schemas["Health"] = {"oneOf": [
+        {"type": "object", "required": ["status", "queue", "jobs", "workers", "gpus"],
+         "properties": {"status": {"const": "ok"}, "queue": {"type": "object"},
+                        "jobs": {"type": "object"}, "workers": {"type": "object"},
+                        "gpus": {"type": "object"}}},
+        {"type": "object", "required": ["status", "service"], "additionalProperties": False,
+         "description": "liveness only: no valid key was sent (API keys configured)",
+         "properties": {"status": {"const": "ok"}, "service": {"const": "c3-render"}}},
+    ]}
     quantiles = {"type": "object", "required": ["p50", "p95"],
                  "properties": {"p50": {"type": ["number", "null"]}, "p95": {"type": ["number", "null"]}}}
     outcomes = {"type": "object", "required": ["success", "failed", "cancelled", "timed_out"],
@@ -252,13 +257,14 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/": {"get": {"summary": "Up", "responses": {"200": {"description": "Service is up"}}, **open_route}},
         **UI_PATHS,
-        "/health": {"get": {"summary": "Queue, jobs, workers and GPU instances", **open_route,
+        "/health": {"get": {"summary": "Liveness; with a key: queue, jobs, workers and GPU instances",
+                            "security": [{}, {"renderKey": []}, {"bearer": []}],
                             "responses": {"200": _json(_ref("Health"), "Health")}}},
         "/incidents": {"get": {"summary": "Operator keys: the last hour's dead letters and intake rejections",
                                "responses": {"200": _json(_ref("Incidents"), "Incidents"), **_errors(401, 403)}}},
         "/stats": {"get": {"summary": "The last hour a minute at a time: jobs finished by outcome, queue "
-                                      "wait and run time p50/p95, GPU billed and busy seconds", **open_route,
-                           "responses": {"200": _json(_ref("Stats"), "Stats")}}},
+                                      "wait and run time p50/p95, GPU billed and busy seconds",
+                           "responses": {"200": _json(_ref("Stats"), "Stats"), **_errors(401)}}},
         "/jobs": {"get": {"summary": "The key's jobs, newest first", "parameters": [
             {"name": "status", "in": "query", "schema": {"enum": ["queued", "running", "success", "failed",
                                                                     "cancelled", "timed_out"]}},

@@ -13,6 +13,7 @@ from chalicelib.api.health import HealthReport
 from chalicelib.api.openapi import openapi_document
 from chalicelib.api.ui import register_ui
 from chalicelib.api.waiting import preferred_wait, wait_final
+from chalicelib.api.wait_holds import WaitHolds
 from chalicelib.context import Context
 from chalicelib.delivery.batch_hooks import BatchHooks
 from chalicelib.delivery.dead_letters import handle_dead_letters
@@ -21,6 +22,7 @@ from chalicelib.delivery.events import EventPublisher
 from chalicelib.delivery.intake import IntakeHandler
 from chalicelib.delivery.webhooks import WebhookSender
 from chalicelib.fleet.reaper import reap_gpus
+from chalicelib.fleet.settings import FleetSettings
 from chalicelib.jobs.batches import BATCH, BatchService, BatchStore
 from chalicelib.jobs.models import KNOWN_FIELDS, JobStatus, JobType
 from chalicelib.jobs.outbox import Reconciler
@@ -84,7 +86,9 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     batches = BatchService(service, batch_store, ctx.outbox, ctx.clock, settings.outbox_grace,
                            settings.job_ttl_days)
     health_report = HealthReport(ctx.lanes, ctx.dlq, ctx.store, ctx.queries, ctx.registry,
-                                 ctx.beacons, ctx.clock, settings.price_per_hour)
+                                 ctx.beacons, ctx.clock, settings.health_cache_seconds, FleetSettings(),
+                                 ctx.traffic, settings.price_per_hour)
+    wait_holds = WaitHolds(ctx.dynamodb, settings.jobs_table, settings.max_wait_holds_per_key, ctx.clock)
     keys, operator_keys = settings.api_key_list, settings.operator_key_list
     if not keys:
         log.warning("api.open", reason="C3_RENDER_API_KEY is not set: every request is accepted (local development only)")
@@ -139,9 +143,15 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
             shown = service.view(job)
             return service.operator_view(job, shown) if operator else shown
 
-        if seconds is None:
+        who = owner() if seconds is not None else ""
+        if seconds is None or not wait_holds.acquire(who):
+            # Over the key's bound on concurrent holds (MAX_WAIT_HOLDS_PER_KEY): answered at
+            # once, and without Preference-Applied the client knows it did not wait.
             return _json_response({"id": job.id, "status": job.status.value} if brief else view(job))
-        job = wait_final(lambda: ctx.store.get(job.id) or job, seconds)
+        try:
+            job = wait_final(lambda: ctx.store.get(job.id) or job, seconds)
+        finally:
+            wait_holds.release(who)
         return _json_response(view(job), headers={"Preference-Applied": f"wait={seconds}"})
 
     def base_url() -> str:
@@ -276,6 +286,11 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.route("/health")
     @handled
     def service_health() -> dict[str, Any]:
+        """Liveness for anyone; the details (queue, fleet, spend) for a valid key."""
+        try:
+            owner()
+        except C3RenderError:
+            return {"status": "ok", "service": "c3-render"}
         return health_report.snapshot()
 
     @app.route("/incidents")
@@ -293,7 +308,9 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @handled
     def stats() -> dict[str, Any]:
         """The last hour, a minute at a time (the operators' plots): from the per-minute
-        counters chalicelib/jobs/stats.py keeps, one BatchGetItem."""
+        counters chalicelib/jobs/stats.py keeps, one BatchGetItem. Like /health's details,
+        fleet-wide figures need a valid key."""
+        owner()
         return ctx.stats.last_hour()
 
     webhooks = WebhookSender(
@@ -328,7 +345,7 @@ def create_app(ctx: Context, events: Any = None) -> Chalice:
     @app.schedule(Rate(1, unit=Rate.MINUTES), name="gpu_reaper")
     def gpu_reaper(event: Any) -> dict[str, Any]:
         report = reap_gpus(ctx.registry, clock=ctx.clock, queue=ctx.lanes, beacons=ctx.beacons,
-                           queries=ctx.queries)
+                           queries=ctx.queries, traffic=ctx.traffic)
         sample_gpus()
         return report
 

@@ -9,8 +9,13 @@ none, so a redelivered message finds its job instead of creating a second one.
 
 Per message the outcome is one of:
 - created / replayed: a ``job.submitted`` event goes out (reply_to or events queue);
-- rejected (not JSON, unknown type, a field breaking a rule): an ``intake.rejected``
-  event names each field and rule; no job; the message is deleted (not retried);
+- rejected (not JSON, unknown type, a field breaking a rule, or the integration's
+  in-flight cap MAX_IN_FLIGHT_PER_KEY reached): an ``intake.rejected`` event names each
+  field and rule (or the limit); no job; the message is deleted (not retried, so a full
+  cap never burns receive counts into the intake DLQ);
+
+Each integration (its ``reply_to`` queue; the events queue's senders share one) is an
+owner of its own, with its own in-flight cap: one integration cannot fill another's.
 - a transient failure (DynamoDB, SQS): the message is reported as a batch item
   failure, so SQS delivers it again and, past maxReceiveCount, dead-letters it.
   A job whose record was written is never failed for a send that did not go
@@ -31,7 +36,7 @@ from chalicelib.jobs.models import KNOWN_FIELDS, JobType, validation_details
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.stats import record_quietly
 from chalicelib.platform.auth import ANONYMOUS
-from chalicelib.platform.errors import Conflict, InvalidRequest
+from chalicelib.platform.errors import Conflict, InvalidRequest, TooManyRequests
 from chalicelib.platform.json_body import parse_json
 from chalicelib.platform.logs import get_logger
 from chalicelib.platform.metrics import METRICS
@@ -72,10 +77,13 @@ def _queue_name(name_or_url: str) -> str:
     return name_or_url
 
 
-def intake_owner(settings: Settings) -> str:
+def intake_owner(settings: Settings, reply_to: str | None = None) -> str:
     """With no API keys every HTTP caller is ``anonymous``; intake jobs join them so
-    that ``GET /status`` shows them locally. With keys they get their own owner."""
-    return INTAKE_OWNER if settings.api_key_list else ANONYMOUS
+    that ``GET /status`` shows them locally. With keys each integration, told apart by
+    its ``reply_to`` queue, gets an owner (and an in-flight cap) of its own."""
+    if not settings.api_key_list:
+        return ANONYMOUS
+    return f"{INTAKE_OWNER}:{_queue_name(reply_to)}" if reply_to else INTAKE_OWNER
 
 
 class IntakeHandler:
@@ -83,7 +91,6 @@ class IntakeHandler:
         self.service = service
         self.events = events
         self.settings = settings
-        self.owner = intake_owner(settings)
         # Events must never be sent into the system's own work queues.
         self._own_queues = {_queue_name(q) for q in
                             (*settings.lane_queues.values(), settings.jobs_dlq, settings.intake_queue,
@@ -112,9 +119,15 @@ class IntakeHandler:
         key = request.idempotency_key or message_id
         try:
             job, created = self.service.submit(
-                request.type, request.params, self.owner, key,
+                request.type, request.params, intake_owner(self.settings, request.reply_to), key,
                 reply_to=request.reply_to, source="intake",
             )
+        except TooManyRequests as exc:
+            limit = self.settings.max_in_flight_per_key
+            raise Rejected(exc.message, [{"field": "reply_to", "message": (
+                f"this integration may have at most {limit} jobs queued or running "
+                "(MAX_IN_FLIGHT_PER_KEY); send again when some finish")}],
+                request.reply_to, request.idempotency_key) from None
         except Conflict as exc:
             raise Rejected(exc.message, [{"field": "idempotency_key",
                                           "message": "was already used with a different request"}],

@@ -178,7 +178,11 @@ class Comput3Client:
             raise _Retryable(f"{call} answered HTTP {resp.status_code}", resp.status_code >= 500)
         if resp.status_code >= 400:
             raise LaunchFailed(f"{call} answered HTTP {resp.status_code}: {resp.text[:300]}", False)
-        return Workload.from_json(self._json(resp, call), call)
+        data = self._json(resp, call)
+        try:
+            return Workload.from_json(data, call)
+        except Comput3Error as exc:  # a success we cannot read may have started an instance: never retried
+            raise LaunchFailed(f"{exc}; whatever it started is found by its expires and stopped", True) from None
 
     # -- workloads and stop -------------------------------------------------------
     def workloads(self) -> list[Workload]:

@@ -4,6 +4,9 @@ pure decisions over a snapshot of it, acted on by conditional writes elsewhere:
 
     scale-in   ``idle_to_stop``: idle instances beyond the jobs waiting and GPU_WARM_SPARES
                stop once idle GPU_SURPLUS_IDLE; the spares once idle GPU_IDLE_TIMEOUT.
+               GPU_IDLE_POLICY=adaptive stops both sooner when the traffic learned says
+               no job is expected soon enough to pay for the wait (``idle_plans``,
+               chalicelib/fleet/idle.py).
                The spares kept are the instances furthest from their rental's end (the
                oldest goes first). Run by every worker's keeper thread (seconds) and by the
                API's scheduled gpu_reaper (every minute, when no worker runs).
@@ -26,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from chalicelib.fleet.idle import Traffic, adaptive_keep
 from chalicelib.fleet.registry import LAUNCHING, RUNNING, GpuRecord
 from chalicelib.fleet.settings import FleetSettings
 from chalicelib.jobs.models import JobStatus
@@ -85,32 +89,78 @@ def _keep_order(record: GpuRecord) -> tuple[int, float]:
     return (-record.expires, -(record.launched_at or record.created_at))
 
 
-def idle_to_stop(records: list[GpuRecord], demand: Demand | None, settings: FleetSettings,
-                 now: float) -> list[tuple[GpuRecord, str]]:
-    """Idle instances to stop now, each with its reason. Without a demand figure only the
-    idle timeout and the refresh age apply."""
+@dataclass(frozen=True)
+class IdlePlan:
+    """When an idle instance stops (``stop_at``), why, and what the decision used."""
+
+    record: GpuRecord
+    stop_at: float
+    describe: Callable[[float], str]  # the reason, given the time of the stop
+    inputs: dict[str, Any]
+
+    def reason(self, now: float) -> str:
+        return self.describe(now)
+
+
+def idle_plans(records: list[GpuRecord], demand: Demand | None, settings: FleetSettings, now: float,
+               traffic: Traffic | None = None) -> list[IdlePlan]:
+    """The planned stop of every idle instance. Instances kept for queued jobs, and every
+    one under GPU_IDLE_POLICY=fixed, stop at their bound: the spares (GPU_WARM_SPARES, the
+    oldest goes first) after GPU_IDLE_TIMEOUT, the surplus after GPU_SURPLUS_IDLE. Under
+    ``adaptive`` the others stop when the learned ``traffic`` says waiting no longer pays
+    (chalicelib/fleet/idle.py), within [GPU_IDLE_FLOOR, their bound]; with no traffic
+    readable they keep their bound. Without a demand figure every idle instance is a spare."""
     s = settings
-    out: list[tuple[GpuRecord, str]] = []
+    plans: list[IdlePlan] = []
     idle = []
     for r in records:
         if not r.idle or r.last_used is None:
             continue
         if r.age(now) >= s.refresh_after:
-            out.append((r, f"idle and up for {r.age(now):.0f} s (GPU_REFRESH_AFTER={s.refresh_after:g})"))
+            plans.append(IdlePlan(r, now, lambda n, r=r: f"idle and up for {r.age(n):.0f} s "
+                                                         f"(GPU_REFRESH_AFTER={s.refresh_after:g})", {}))
         else:
             idle.append(r)
     idle.sort(key=_keep_order)
-    keep = s.warm_spares + (demand.queued if demand is not None else len(idle))
+    queued = demand.queued if demand is not None else 0
+    keep = s.warm_spares + (queued if demand is not None else len(idle))
     kept = [r.id for r in idle[:keep]]
+    adaptive = s.idle_policy == "adaptive" and traffic is not None
     for rank, r in enumerate(idle):
-        idle_for = now - r.last_used  # type: ignore[operator]
-        if rank >= keep and idle_for >= s.surplus_idle:
-            out.append((r, f"surplus: idle for {idle_for:.0f} s (GPU_SURPLUS_IDLE={s.surplus_idle:g}) with "
-                            f"{len(idle)} idle and {demand}; kept {kept or 'none'} "
-                            f"(GPU_WARM_SPARES={s.warm_spares} + the jobs queued), the oldest goes first"))
-        elif idle_for >= s.idle_timeout:
-            out.append((r, f"idle for {idle_for:.0f} s (GPU_IDLE_TIMEOUT={s.idle_timeout:g})"))
-    return out
+        last_used: float = r.last_used  # type: ignore[assignment]
+        if rank < keep or s.surplus_idle > s.idle_timeout:
+            head, bound, rule = "", s.idle_timeout, f"(GPU_IDLE_TIMEOUT={s.idle_timeout:g})"
+        else:
+            head, bound = "surplus: ", s.surplus_idle
+            rule = (f"(GPU_SURPLUS_IDLE={s.surplus_idle:g}) with {len(idle)} idle and {demand}; kept "
+                    f"{kept or 'none'} (GPU_WARM_SPARES={s.warm_spares} + the jobs queued), the oldest goes first")
+        inputs: dict[str, Any] = {"policy": s.idle_policy, "bound_s": bound}
+        stop_at = last_used + bound
+        if adaptive and rank >= queued:
+            assert traffic is not None
+            answer = adaptive_keep(traffic, now, last_used, rank - queued,
+                                   demand.workers if demand is not None else None, s.wait_price)
+            inputs.update(answer.inputs)
+            if answer.until is not None:
+                floor = min(s.idle_floor, bound)
+                kept_for = min(max(answer.until - last_used, floor), bound)
+                stop_at = last_used + kept_for
+                limit = (f", raised to GPU_IDLE_FLOOR={s.idle_floor:g}" if kept_for == floor > answer.until - last_used
+                         else f", cut to its bound {rule}" if kept_for == bound < answer.until - last_used else "")
+                rule = f"(GPU_IDLE_POLICY=adaptive: {answer.why}; kept {kept_for:.0f} s{limit})"
+            else:
+                rule = f"{rule} (GPU_IDLE_POLICY=adaptive: {answer.why}: the bound applies)"
+        inputs["planned_idle_s"] = round(stop_at - last_used, 1)
+        plans.append(IdlePlan(r, stop_at, lambda n, h=head, t=rule, u=last_used: f"{h}idle for {n - u:.0f} s {t}",
+                              inputs))
+    return plans
+
+
+def idle_to_stop(records: list[GpuRecord], demand: Demand | None, settings: FleetSettings,
+                 now: float, traffic: Traffic | None = None) -> list[tuple[GpuRecord, str]]:
+    """Idle instances to stop now (their planned stop has come), each with its reason."""
+    return [(p.record, p.reason(now)) for p in idle_plans(records, demand, settings, now, traffic)
+            if now >= p.stop_at]
 
 
 def slots_to_launch(records: list[GpuRecord], demand: Demand, max_gpus: int) -> tuple[list[int], str]:

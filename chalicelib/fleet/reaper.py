@@ -10,7 +10,8 @@ Workers use the same claim/finish to stop their own instances.
 
 A claimed "launching" intent has no workload id: its worker died between the launch
 call and recording the answer. The instance is found in the workloads list by the
-``expires`` value the intent sent, among workloads no record knows.
+``expires`` value the intent sent, among workloads no record knows. And every pass stops
+any workload no record knows past GPU_UNKNOWN_GRACE (``stop_unknown``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any, Callable
 from chalicelib.fleet.books import FleetBooks, refund_of, rental_billed
 from chalicelib.fleet.comput3 import Comput3Client, Comput3Error, WorkloadNotFound
 from chalicelib.fleet.meter import meter_pass, meter_stopped, meter_unrecorded
-from chalicelib.fleet.pool import Demand, demand_reader, idle_to_stop, read_demand
+from chalicelib.fleet.idle import Traffic, TrafficLog
+from chalicelib.fleet.pool import Demand, demand_reader, idle_plans, read_demand
 from chalicelib.fleet.registry import LAUNCHING, STOPPING, GpuRecord, GpuRegistry, RecordLost
 from chalicelib.fleet.settings import FleetSettings
 from chalicelib.platform.logs import EventLogger, get_logger
@@ -39,8 +41,10 @@ class SweepDeferred(Comput3Error):
 class Reaper:
     def __init__(self, client: Comput3Client, registry: GpuRegistry, settings: FleetSettings, worker_id: str,
                  clock: Callable[[], float], log: EventLogger,
-                 live_ids: Callable[[], set[str]] = set):
+                 live_ids: Callable[[], set[str]] = set, traffic: TrafficLog | None = None):
         self.client = client
+        self.traffic = traffic  # the deployment's learned traffic (GPU_IDLE_POLICY=adaptive)
+        self._planned: dict[str, float] = {}  # serial -> planned stop last logged
         self.registry = registry
         self.settings = settings
         self.worker_id = worker_id
@@ -129,7 +133,7 @@ class Reaper:
         now = self.clock()
         live = self.live_ids()
         records = self.registry.all()
-        for_pool = {r.id: reason for r, reason in idle_to_stop(records, demand, self.settings, now)}
+        for_pool = {r.id: reason for r, reason in self.idle_decisions(records, demand, now)}
         for record in records:
             if record.owner == self.worker_id:
                 if record.state == STOPPING:  # an earlier stop of ours failed
@@ -146,18 +150,86 @@ class Reaper:
                              idle_for=self._idle_for(record, now))
             stopped += self.stop(record, reason)
         meter_pass(self.registry, records, self.clock())  # the stopped ones fail its condition
+        return stopped + self.stop_unknown()
+
+    def stop_unknown(self) -> int:
+        """Stop running workloads that no record knows, once past GPU_UNKNOWN_GRACE: a
+        launch that answered after its caller gave up, a duplicate that showed up after the
+        duplicate sweep, a launch whose answer could not be read. Their age is told by the
+        ``expires`` every launch sends (now + GPU_LIFETIME); a workload sharing its expires
+        with a launching intent is that intent's (its launch may answer any moment, and its
+        reaping sweeps it). The Comput3 account is c3-render's alone."""
+        try:
+            workloads = self.client.workloads()
+        except Comput3Error as exc:
+            self.log.warning("gpu.workloads_unavailable", error=str(exc), reason="unknown workloads checked next pass")
+            return 0
+        records = self.registry.all()  # read after the listing: a launch recorded meanwhile is known
+        now = self.clock()
+        known = {r.workload for r in records if r.workload}
+        pending = {r.expires for r in records if r.state == LAUNCHING}
+        stopped = 0
+        for w in workloads:
+            if w.workload in known or (w.expires is not None and w.expires in pending):
+                continue
+            # No expires (the listing did not say): its age cannot be told, and nothing of ours launches without.
+            launched = now if w.expires is None else w.expires - self.settings.lifetime
+            if w.expires is not None and now - launched < self.settings.unknown_grace:
+                continue
+            try:
+                self.client.stop(w.workload)
+            except WorkloadNotFound:
+                continue
+            except Comput3Error as exc:
+                self.log.warning("gpu.stop_failed", workload=w.workload, error=str(exc), reason="retried next pass")
+                continue
+            self.log.warning("gpu.unknown_stopped", workload=w.workload, node=w.node, expires=w.expires,
+                             running_for=round(now - launched, 1),
+                             reason=f"running at Comput3 but unknown to the registry past "
+                                    f"GPU_UNKNOWN_GRACE={self.settings.unknown_grace:g} s")
+            meter_unrecorded(w.workload, launched, now)
+            stopped += 1
         return stopped
 
     def stop_idle(self, records: list[GpuRecord], demand: Demand | None) -> list[GpuRecord]:
         """The pool's scale-in over ``records``: returns the records stopped."""
         now = self.clock()
         stopped = []
-        for record, reason in idle_to_stop(records, demand, self.settings, now):
+        for record, reason in self.idle_decisions(records, demand, now):
             self.log.info("gpu.pool_stopping", record=record.id, workload=record.workload, node=record.node,
                           previous_owner=record.owner, idle_for=self._idle_for(record, now), reason=reason)
             if self.stop(record, reason):
                 stopped.append(record)
         return stopped
+
+    def learned_traffic(self) -> Traffic | None:
+        """The traffic the adaptive policy decides from; None (the fixed bounds apply) under
+        GPU_IDLE_POLICY=fixed or when it cannot be read."""
+        if self.settings.idle_policy != "adaptive" or self.traffic is None:
+            return None
+        try:
+            return self.traffic.read()
+        except Exception as exc:  # noqa: BLE001 - keep to the fixed bounds this pass
+            self.log.warning("gpu.traffic_unavailable", error=str(exc),
+                             reason="learned traffic unreadable: idle instances keep their fixed bounds this pass")
+            return None
+
+    def idle_decisions(self, records: list[GpuRecord], demand: Demand | None,
+                       now: float) -> list[tuple[GpuRecord, str]]:
+        """The idle instances due to stop, each with its reason; logs each instance's planned
+        stop (and its inputs) whenever the plan moves."""
+        plans = idle_plans(records, demand, self.settings, now, self.learned_traffic())
+        for plan in plans:
+            r = plan.record
+            if abs(self._planned.get(r.serial, -1e18) - plan.stop_at) >= 1.0:
+                self._planned[r.serial] = plan.stop_at
+                self.log.info("gpu.idle_plan", record=r.id, workload=r.workload, stop_at=round(plan.stop_at, 1),
+                              stop_in=round(plan.stop_at - now, 1), inputs=plan.inputs,
+                              reason=plan.reason(plan.stop_at))
+        live = {p.record.serial for p in plans}
+        for serial in [k for k in self._planned if k not in live]:
+            del self._planned[serial]
+        return [(p.record, p.reason(now)) for p in plans if now >= p.stop_at]
 
     @staticmethod
     def _idle_for(record: GpuRecord, now: float) -> float | None:
@@ -198,9 +270,10 @@ class Reaper:
 
 def reap_gpus(registry: GpuRegistry, settings: FleetSettings | None = None,
               clock: Callable[[], float] = time.time, queue: Any = None, beacons: Any = None,
-              queries: Any = None) -> dict[str, Any]:
+              queries: Any = None, traffic: TrafficLog | None = None) -> dict[str, Any]:
     """One pass of the scheduled reaper (the API's ``gpu_reaper`` handler); the jobs
-    ``queue`` (and worker ``beacons``) give the pool's demand (no queue: idle timeout only)."""
+    ``queue`` (and worker ``beacons``) give the pool's demand (no queue: idle timeout only),
+    ``traffic`` what GPU_IDLE_POLICY=adaptive learned (none: the fixed bounds)."""
     log = get_logger("c3.gpu_reaper", worker=REAPER_ID)
     if settings is None:
         load_secrets(wanted=REAPER_SECRETS, required=tuple(REAPER_SECRETS))  # on AWS: from SSM
@@ -208,7 +281,7 @@ def reap_gpus(registry: GpuRegistry, settings: FleetSettings | None = None,
     if not settings.c3_api_key:
         log.warning("gpu.reaper_skipped", reason="C3_API_KEY is not set: no Comput3 account to reap")
         return {"stopped": 0, "skipped": "C3_API_KEY is not set"}
-    reaper = Reaper(settings.client(), registry, settings, REAPER_ID, clock, log)
+    reaper = Reaper(settings.client(), registry, settings, REAPER_ID, clock, log, traffic=traffic)
     now_demand = demand_reader(lambda: read_demand(queue, beacons, queries), log)() if queue is not None else None
     stopped = reaper.reap_pass(now_demand)
     log.info("gpu.reap_pass", stopped=stopped, demand=str(now_demand) if now_demand else None)

@@ -59,6 +59,7 @@ class GpuRecord:
     ahead: bool = False  # launched by the pool ahead of the queue; no job has taken it yet
     metered_at: float | None = None  # billed time up to here is counted in GpuBilledSeconds
     charged: float = 0.0  # seconds of its rental charged to jobs (chalicelib/fleet/books.py)
+    draining_until: float | None = None  # busy with a cancelled job's work the node could not stop
 
     @property
     def slot(self) -> int | None:

@@ -4,7 +4,7 @@ when an instance is nobody's to pay for any more. Every number an environment va
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,9 +41,20 @@ class FleetSettings(BaseSettings):
     # spares are stopped once idle GPU_SURPLUS_IDLE; the spares after GPU_IDLE_TIMEOUT.
     warm_spares: int = Field(1, ge=0, validation_alias="GPU_WARM_SPARES")
     surplus_idle: float = Field(30.0, ge=0, validation_alias="GPU_SURPLUS_IDLE")
+    # How long an idle instance is kept (chalicelib/fleet/idle.py): "fixed" keeps the two
+    # bounds above; "adaptive" keeps it only while the learned traffic says a job is expected
+    # soon enough for waiting to cost less than a relaunch, each second a job waits for a
+    # launch counted as GPU_WAIT_PRICE GPU seconds; never less than GPU_IDLE_FLOOR (against
+    # flapping), never more than the bounds above.
+    idle_policy: Literal["fixed", "adaptive"] = Field("fixed", validation_alias="GPU_IDLE_POLICY")
+    wait_price: float = Field(2.0, ge=0, validation_alias="GPU_WAIT_PRICE")
+    idle_floor: float = Field(15.0, ge=0, validation_alias="GPU_IDLE_FLOOR")
     # Liveness of owners: a job, launch or stop whose owner is silent this long is taken over.
     heartbeat_interval: float = Field(30.0, gt=0, validation_alias="GPU_HEARTBEAT_INTERVAL")
     owner_grace: float = Field(120.0, gt=0, validation_alias="GPU_OWNER_GRACE")
+    # A workload running at Comput3 that no record knows (nor any launching intent) is stopped
+    # by the reaper once this old: at most this plus a reap interval of unaccounted rent.
+    unknown_grace: float = Field(180.0, gt=0, validation_alias="GPU_UNKNOWN_GRACE")
 
     @model_validator(mode="after")
     def _consistent(self) -> "FleetSettings":

@@ -44,6 +44,9 @@ class ResultLinks:
             return "expires must be a whole number of seconds"
         if not hmac.compare_digest(self.token(job_id, when).encode(), token.encode("utf-8", "replace")):
             return "the token does not match this job and expiry"
-        if when < self._clock():
+        now = self._clock()
+        if when < now:
             return "the link has expired; GET /result/{id} gives a new one"
+        if when > now + self.lifetime:
+            return f"expires is more than PRESIGN_EXPIRES ({self.lifetime} s) from now"
         return None

@@ -30,7 +30,8 @@ WEBHOOK_EVENTS = ("start", "completed")
 DEFAULT_WEBHOOK_EVENTS = ("completed",)
 # Where a job is (GET /status "phase"): queued, the worker's phases while running
 # (worker_runtime/phases.py), then "delivering" while a final job's webhooks are pending.
-PHASES = ("queued", "downloading", "waiting_for_gpu", "launching_gpu", "rendering", "uploading", "delivering")
+PHASES = ("queued", "downloading", "waiting_for_gpu", "waiting_for_node", "launching_gpu", "rendering", "uploading",
+          "delivering")
 MAX_TEXT_LENGTH = 20_000
 
 

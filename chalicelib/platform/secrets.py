@@ -22,7 +22,7 @@ log = get_logger("c3.secrets")
 
 # Parameter name (under SECRETS_PATH) -> environment variable, for the API's needs only.
 API_SECRETS = {"api-keys": "C3_RENDER_API_KEY", "operator-keys": "C3_RENDER_OPERATOR_KEYS",
-               "webhook-secret": "WEBHOOK_SECRET"}
+               "webhook-secret": "WEBHOOK_SECRET", "result-link-secret": "RESULT_LINK_SECRET"}
 # What the worker's task definition injects (ECS "secrets"); listed here so the deploy
 # and the template use one list of names.
 WORKER_SECRETS = {"comput3-api-key": "C3_API_KEY", "webhook-secret": "WEBHOOK_SECRET"}

@@ -94,11 +94,19 @@ class Settings(EgressSettings):
 
     # The API's public base URL (result links in webhooks); unset: derived from each request.
     public_api_url: str | None = Field(None, validation_alias="PUBLIC_API_URL")
-    # Signs result links (GET /results/{id}); unset: WEBHOOK_SECRET; neither: no result links.
+    # Signs result links (GET /results/{id}); its own secret (every webhook receiver holds
+    # WEBHOOK_SECRET, so it must never sign links); unset: no result links.
     result_link_secret: str | None = Field(None, validation_alias="RESULT_LINK_SECRET")
     # Fair use: queued + running jobs one key may have (429 above); 0 = no cap. The AWS
     # template sets 100 (one small indexed count per submission there; moto scans for it).
     max_in_flight_per_key: int = Field(0, ge=0, validation_alias="MAX_IN_FLIGHT_PER_KEY")
+    # Requests one key may hold open at once with ``Prefer: wait`` (each holds a Lambda);
+    # over it a request answers at once, without Preference-Applied. 0 = no bound.
+    max_wait_holds_per_key: int = Field(2, ge=0, validation_alias="MAX_WAIT_HOLDS_PER_KEY")
+
+    # GET /health computes its details at most once per this many seconds per process
+    # (its index reads are bounded however often it is called).
+    health_cache_seconds: float = Field(5.0, ge=0, validation_alias="HEALTH_CACHE_SECONDS")
 
     # What a GPU hour costs, in USD, per instance type: "1.2" (every type) or
     # "media:fast=1.2,media:slow=2.5" (a bare number is the default for the others). The
@@ -130,7 +138,7 @@ class Settings(EgressSettings):
 
     @property
     def link_secret(self) -> str | None:
-        return self.result_link_secret or self.webhook_secret
+        return self.result_link_secret or None
 
     @property
     def api_key_list(self) -> list[str]:

@@ -179,6 +179,10 @@ def check_stage_config(stage: str) -> None:
     if stage not in config.get("stages", {}):
         raise ParameterError(f"stage {stage!r} has no entry in .chalice/config.json: add one "
                              "(copy the prod stage) and a .chalice/policy-<stage>.json")
+    gateway_stage = config["stages"][stage].get("api_gateway_stage", "api")
+    if gateway_stage != stage:
+        raise ParameterError(f"stage {stage!r}: api_gateway_stage is {gateway_stage!r} in .chalice/config.json; "
+                             "it must equal the stage (app.yaml builds PUBLIC_API_URL from it)")
     policy = config["stages"][stage].get("iam_policy_file")
     if not policy or not (CHALICE_CONFIG.parent / policy).exists():
         raise ParameterError(f"stage {stage!r}: .chalice/{policy or 'policy-<stage>.json'} is missing")

@@ -11,6 +11,10 @@ handler reports a partial failure. Kept messages reappear after the queue's own
 visibility timeout, as on AWS.
 
     python -m infra.local.lambda_poller        # polls until SIGINT/SIGTERM
+
+One function alone, as its own Lambda (the production-shaped profile runs one process
+per function, each with its role): ``--handler ATTR`` (app.py's attribute, the
+template's ``Handler``) with ``--queue NAME`` (its event source) or ``--every SECONDS``.
 """
 
 from __future__ import annotations
@@ -151,13 +155,14 @@ class QueuePoller:
     """One event source mapping: one queue feeding one handler."""
 
     def __init__(self, app: Chalice, source: SQSEventConfig, sqs: Any, region: str,
-                 settings: PollerSettings):
+                 settings: PollerSettings, queue_url: str | None = None):
         if source.queue is None:
             raise ValueError(f"handler {source.name}: only queues given by name can be polled locally")
         self.handler = app.handler_map[source.name]
         self.name = source.name
         self.batch_size = min(source.batch_size, 10)
-        self.queue = Queue(sqs, source.queue)
+        # Lambda's event source mapping knows its queue by ARN (no GetQueueUrl): the URL may be given.
+        self.queue = Queue(sqs, queue_url or source.queue)
         self.sqs = sqs
         self.region = region
         self.settings = settings
@@ -268,11 +273,43 @@ def run_pollers(app: Chalice, settings: Settings, stop_event: threading.Event,
                         reason="handler still busy at shutdown; its messages will be redelivered")
 
 
+def one_function(module: Any, handler: str, queue: str | None, every: float | None, wait: int,
+                 region: str, queue_url: str | None = None) -> "QueuePoller | ScheduleRunner":
+    """The runner of one function named by its template ``Handler`` attribute."""
+    app = module.app
+    wrapped = getattr(module, handler)
+    names = [name for name, fn in app.handler_map.items() if fn is wrapped]
+    if not names:
+        raise SystemExit(f"app.{handler} is not an event handler of the app")
+    source = next(s for s in app.event_sources if s.name == names[0])
+    knobs = PollerSettings(LAMBDA_POLL_WAIT_SECONDS=wait, LOCAL_SCHEDULE_INTERVAL=every)
+    if isinstance(source, SQSEventConfig):
+        if queue != source.queue:
+            raise SystemExit(f"app.{handler} subscribes to {source.queue!r}, its event source is {queue!r}")
+        return QueuePoller(app, source, aws.client("sqs", region), region, knobs, queue_url)
+    if every is None:
+        raise SystemExit(f"app.{handler} is a schedule handler: give --every")
+    return ScheduleRunner(app, source, region, knobs)
+
+
 def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--handler", help="only this function (app.py attribute)")
+    parser.add_argument("--queue", help="its SQS event source's queue name")
+    parser.add_argument("--queue-url", help="that queue's URL (else looked up with GetQueueUrl)")
+    parser.add_argument("--every", type=float, help="its schedule, in seconds")
+    parser.add_argument("--wait", type=int, default=20, help="long-poll seconds")
+    args = parser.parse_args()
+    # The Lambda entry point itself, so the handlers are the deployed ones; imported first, as
+    # Lambda does, so that the secrets it loads from SSM are in the settings read after it.
+    import app as module
+
     settings = get_settings()
     configure(settings.log_level)
-    from app import app  # the Lambda entry point itself, so the handlers are the deployed ones
 
+    app = module.app
     stop = threading.Event()
 
     def handle(signum: int, _frame: Any) -> None:
@@ -281,6 +318,15 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    if args.handler:
+        runner = one_function(module, args.handler, args.queue, args.every, args.wait, settings.aws_region,
+                              args.queue_url)
+        thread = PollerThread(runner, stop)
+        log.info("poller.ready", handlers=[runner.name])
+        thread.start()
+        stop.wait()
+        runner.wait_idle(timeout=PollerSettings().stop_timeout)
+        return 0
     log.info("poller.ready", handlers=[s.name for s in sqs_sources(app)],
              schedules=[s.name for s in scheduled_sources(app)])
     run_pollers(app, settings, stop)

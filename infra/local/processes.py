@@ -49,10 +49,11 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = N
 
 
 def start(args: list[str], env: dict[str, str] | None = None, log_path: Path | None = None,
-          cwd: Path = ROOT, stdout: IO[bytes] | None = None) -> subprocess.Popen:
-    """Start a process in its own session, output appended to ``log_path``."""
+          cwd: Path = ROOT, stdout: IO[bytes] | None = None, clean: bool = False) -> subprocess.Popen:
+    """Start a process in its own session, output appended to ``log_path``; with ``clean``,
+    its environment is ``env`` alone (not this process's plus ``env``)."""
     out = stdout or (open(log_path, "ab") if log_path else subprocess.DEVNULL)
-    return subprocess.Popen(args, env={**os.environ, **(env or {})}, cwd=cwd, stdout=out,
+    return subprocess.Popen(args, env=dict(env or {}) if clean else {**os.environ, **(env or {})}, cwd=cwd, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -66,9 +67,9 @@ def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.wait()
 
 
-def start_moto(port: int, log_path: Path | None = None) -> subprocess.Popen:
-    proc = start([sys.executable, "-m", "infra.local.moto_server", "-H", "127.0.0.1", "-p", str(port)],
-                 log_path=log_path)
+def start_moto(port: int, log_path: Path | None = None, iam: bool = False) -> subprocess.Popen:
+    proc = start([sys.executable, "-m", "infra.local.moto_server", "-H", "127.0.0.1", "-p", str(port),
+                  *(["--iam"] if iam else [])], log_path=log_path)
     wait_http(f"http://127.0.0.1:{port}/moto-api/", proc=proc)
     return proc
 

@@ -14,6 +14,9 @@ import requests
 from chalice.test import Client
 
 from chalicelib.api.routes import create_app
+from chalicelib.api.wait_holds import STALE_AFTER, WaitHolds
+from chalicelib.platform.auth import owner_of
+from chalicelib.jobs.links import ResultLinks
 from chalicelib.context import Context
 from chalicelib.jobs.models import JobStatus
 from chalicelib.platform.settings import Settings
@@ -204,6 +207,57 @@ def test_expired_result_link_is_403(stack_env):
     assert resp.status_code == 403 and "expired" in json.loads(resp.body)["details"][0]["message"]
 
 
+def test_a_link_signed_for_longer_than_presign_expires_is_refused(client, ctx):
+    job_id = post(client, "/csm", CSM)[1]["id"]
+    key = f"results/{job_id}/1.mp3"
+    ctx.s3.put_object(Bucket=ctx.settings.results_bucket, Key=key, Body=b"x")
+    finish(ctx, job_id, result_key=key)
+    far = int(time.time()) + 75 * 365 * 86400  # the year 2100, signed with the right secret
+    resp = client.http.get(f"/results/{job_id}?expires={far}&token={ctx.links.token(job_id, far)}")
+    assert resp.status_code == 403
+    assert "PRESIGN_EXPIRES" in json.loads(resp.body)["details"][0]["message"]
+
+
+def test_the_webhook_secret_never_signs_result_links(stack_env, caplog):
+    """Without RESULT_LINK_SECRET there are no links (and a log line says why): a webhook
+    receiver, who holds WEBHOOK_SECRET, cannot mint one to another tenant's result."""
+    ctx = Context(Settings(**stack_env, C3_RENDER_API_KEY="key-one", WEBHOOK_SECRET="whsec_shared",
+                           PUBLIC_API_URL="http://api.test"))
+    with Client(create_app(ctx)) as client:
+        job_id = post(client, "/csm", CSM)[1]["id"]
+        key = f"results/{job_id}/1.mp3"
+        ctx.s3.put_object(Bucket=ctx.settings.results_bucket, Key=key, Body=b"x")
+        finish(ctx, job_id, result_key=key)
+        assert "result_link" not in get(client, f"/result/{job_id}")[1]
+        expires = int(time.time()) + 3600
+        forged = ResultLinks("whsec_shared", None, 3600, time.time).token(job_id, expires)
+        assert client.http.get(f"/results/{job_id}?expires={expires}&token={forged}").status_code == 404
+    assert any(r.msg == "result_links.disabled" or "result_links.disabled" in r.getMessage() for r in caplog.records)
+
+
+def test_prefer_wait_holds_are_bounded_per_key(stack_env):
+    """Over MAX_WAIT_HOLDS_PER_KEY a request answers at once, without Preference-Applied;
+    another key still waits; a counter left by dead holds is taken over once stale."""
+    now = [time.time()]
+    ctx = Context(make_ctx(stack_env, MAX_WAIT_HOLDS_PER_KEY="1").settings, clock=lambda: now[0])
+    holds = WaitHolds(ctx.dynamodb, ctx.settings.jobs_table, 1, ctx.clock)
+    with Client(create_app(ctx)) as client:
+        job_id = post(client, "/csm", CSM)[1]["id"]
+        assert holds.acquire(owner_of("key-one"))  # another API process holds key-one's one wait
+        resp, view = get(client, f"/status/{job_id}", {**K1, "Prefer": "wait=1"})
+        assert resp.status_code == 200 and view["status"] == "queued"
+        assert "Preference-Applied" not in resp.headers
+        other = post(client, "/csm", CSM, K2)[1]["id"]
+        resp, _ = get(client, f"/status/{other}", {**K2, "Prefer": "wait=1"})
+        assert resp.headers["Preference-Applied"] == "wait=1"  # key-two is not held back
+        holds.release(owner_of("key-one"))
+        resp, _ = get(client, f"/status/{job_id}", {**K1, "Prefer": "wait=1"})
+        assert resp.headers["Preference-Applied"] == "wait=1"
+        assert holds.acquire(owner_of("key-one")) and not holds.acquire(owner_of("key-one"))
+        now[0] += STALE_AFTER + 1  # the holder died: its increment is taken over
+        assert holds.acquire(owner_of("key-one"))
+
+
 # -- fair use -------------------------------------------------------------------------------------------
 def test_in_flight_cap_per_key_is_429_with_retry_after(stack_env):
     ctx = make_ctx(stack_env, MAX_IN_FLIGHT_PER_KEY="2")
@@ -221,18 +275,35 @@ def test_in_flight_cap_per_key_is_429_with_retry_after(stack_env):
 
 
 # -- /health -----------------------------------------------------------------------------------------------
-def test_health_counts_queue_jobs_workers_and_gpus_without_a_key(client, ctx):
+def test_health_without_a_valid_key_answers_liveness_only(client):
+    for headers in ({}, {"X-C3-RENDER-KEY": "wrong"}):
+        resp, health = get(client, "/health", headers)
+        assert resp.status_code == 200 and health == {"status": "ok", "service": "c3-render"}
+
+
+def test_health_details_are_computed_at_most_once_per_cache_period(stack_env):
+    now = [time.time()]
+    ctx = Context(make_ctx(stack_env).settings, clock=lambda: now[0])
+    with Client(create_app(ctx)) as client:
+        assert get(client, "/health")[1]["jobs"]["queued"] == 0
+        post(client, "/csm", CSM)
+        assert get(client, "/health")[1]["jobs"]["queued"] == 0  # the same snapshot, no new reads
+        now[0] += ctx.settings.health_cache_seconds
+        assert get(client, "/health")[1]["jobs"]["queued"] == 1
+
+
+def test_health_counts_queue_jobs_workers_and_gpus_with_a_key(client, ctx):
     ids = [post(client, "/csm", {"text": str(n)})[1]["id"] for n in range(3)]
     ctx.store.claim(ids[0], "w1", 60)
     ctx.beacons.beat("worker-a", force=True)
-    resp, health = get(client, "/health", {})
+    resp, health = get(client, "/health")
     assert resp.status_code == 200
     assert health["jobs"] == {"queued": 2, "running": 1, "approximate": False}
     assert health["queue"]["messages"] + health["queue"]["in_flight"] == 3
     assert health["queue"]["oldest_queued_seconds"] >= 0
     assert health["workers"]["alive"] == 1 and health["gpus"]["instances"] == 0
     assert (health["gpus"]["fleet"], health["gpus"]["billed_seconds"]) == ([], 0)
-    wait_until(lambda: get(client, "/health", {})[1]["status"] == "ok")
+    wait_until(lambda: get(client, "/health")[1]["status"] == "ok")
 
 
 def test_health_lists_each_gpu_instance_with_its_billed_and_idle_seconds(client, ctx):
@@ -244,7 +315,7 @@ def test_health_lists_each_gpu_instance_with_its_billed_and_idle_seconds(client,
     ctx.registry.update(idle, state="running", workload="wl-b", node="n", launched_at=now - 50, last_used=now - 20,
                         busy=False)
     ctx.registry.create_intent("w3", expires=int(now) + 3600, workload_type="media:fast", slot=2)
-    gpus = get(client, "/health", {})[1]["gpus"]
+    gpus = get(client, "/health")[1]["gpus"]
     fleet = {g["slot"]: g for g in gpus["fleet"]}
     assert [fleet[f"gpu-slot-{k}"]["state"] for k in range(3)] == ["running", "running", "launching"]
     assert 100 <= fleet["gpu-slot-0"]["billed_seconds"] < 130 and fleet["gpu-slot-0"]["idle_seconds"] is None

@@ -288,7 +288,7 @@ def test_a_failed_job_shows_its_error_as_text(stack, jobs, driver) -> None:
 @in_browser
 def test_health_shows_workers_queue_and_gpus(stack, jobs, driver) -> None:
     signed_in(driver, stack)
-    health = requests.get(f"{stack['api']}/health", timeout=10).json()
+    health = requests.get(f"{stack['api']}/health", headers={"X-C3-RENDER-KEY": KEY}, timeout=10).json()
 
     def shown(name: str) -> str:
         # Read in the page in one step: the panel is re-rendered every poll, so an element
@@ -481,7 +481,7 @@ def test_the_plots_draw_the_last_hour_from_stats(stack, jobs, driver) -> None:
     # The fixture's jobs (4 successes, 1 failure) are counted once the page has read /stats again.
     drawn = until(driver, lambda c: (d := c.execute_script(script)) and d["success"] >= 4 and d["failed"] >= 1 and d,
                   timeout=40)
-    stats = requests.get(f"{stack['api']}/stats", timeout=10).json()
+    stats = requests.get(f"{stack['api']}/stats", headers={"X-C3-RENDER-KEY": KEY}, timeout=10).json()
     assert drawn["success"] <= stats["hour"]["finished"]["success"], (drawn, stats["hour"])
     assert 1 <= drawn["failed"] <= stats["hour"]["finished"]["failed"]
     assert drawn["runs"] >= 1 and drawn["waits"] >= 1 and drawn["minutes"] >= 1

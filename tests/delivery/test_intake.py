@@ -85,6 +85,29 @@ def test_owner_is_the_intake_owner_when_the_api_has_keys(stack_env):
     assert keyed.store.get(event["id"]).owner == INTAKE_OWNER
 
 
+def test_each_integration_has_its_own_cap_and_a_full_one_is_rejected_not_retried(stack_env):
+    """Owners per reply_to queue: one integration at its in-flight cap gets an
+    intake.rejected event naming the limit (the message deleted, no receive burnt), while
+    another integration's job is still created."""
+    keyed = Context(Settings(**stack_env, C3_RENDER_API_KEY="k1", MAX_IN_FLIGHT_PER_KEY="1"))
+    app = create_app(keyed)
+    poller = QueuePoller(app, next(s for s in sqs_sources(app) if s.name == "intake"), keyed.sqs,
+                         keyed.settings.aws_region, FAST_POLL)
+    prefix = stack_env["JOBS_QUEUE"].removesuffix("-jobs")
+    replies = {n: ensure_queue(keyed.sqs, f"{prefix}-reply-{n}") for n in ("a", "b")}
+    for n, text in (("a", "one"), ("a", "two"), ("b", "three")):
+        send(keyed, {"type": "csm", "params": {"text": text}, "reply_to": f"{prefix}-reply-{n}"})
+        process(poller)
+    a = sorted(take(keyed.sqs, replies["a"], 2), key=lambda e: e["type"], reverse=True)
+    assert [e["type"] for e in a] == ["job.submitted", "intake.rejected"], a
+    assert "MAX_IN_FLIGHT_PER_KEY" in a[1]["details"][0]["message"]
+    [b] = take(keyed.sqs, replies["b"])
+    assert b["type"] == "job.submitted"
+    assert keyed.store.get(b["id"]).owner == f"{INTAKE_OWNER}:{prefix}-reply-b"
+    assert keyed.store.get(a[0]["id"]).owner == f"{INTAKE_OWNER}:{prefix}-reply-a"
+    assert depth(keyed.sqs, keyed.settings.intake_queue) == 0
+
+
 @pytest.mark.parametrize(
     "body, field, rule",
     [

@@ -113,13 +113,23 @@ def test_sweep_waits_while_a_live_launch_shares_the_expires(reg, c3, c3_sim):
     assert c3_sim.ledger()["running"] == 0
 
 
-def test_untracked_workloads_of_others_are_left_alone(reg, c3, c3_sim):
-    c3.launch("media:fast", int(time.time()) + 800)  # someone else's, no intent anywhere
-    stale = reg.update(intent(reg, "crashed", int(time.time()) + 850),
-                       heartbeat=time.time() - 60)
-    assert reaper(reg, c3, "me").reap_pass() == 1  # the stale intent is resolved...
+def test_workloads_unknown_to_the_registry_are_stopped_past_the_grace(reg, c3, c3_sim):
+    """Every pass lists Comput3's workloads: one no record knows (a late launch answer, a
+    duplicate after the sweep) is stopped once past GPU_UNKNOWN_GRACE (its age told by the
+    expires every launch sends, now + GPU_LIFETIME); a younger one, or one sharing its
+    expires with a launching intent (its answer may be about to be recorded), is left."""
+    now = int(time.time())
+    lifetime, grace = 7200, 180  # the settings' defaults
+    escaped = c3.launch("media:fast", now + lifetime - grace - 30).workload  # launched 210 s ago
+    young = c3.launch("media:fast", now + lifetime - 20).workload
+    pending = intent(reg, "launcher", now + lifetime - 600)
+    answering = c3.launch("media:fast", pending.expires).workload  # its launch answered, not recorded yet
+    stale = reg.update(intent(reg, "crashed", now + 850), heartbeat=time.time() - 60)
+    assert reaper(reg, c3, "me").reap_pass() == 2  # the stale intent is resolved, the escaped one stopped
     assert reg.get(stale.id) is None
-    assert c3_sim.ledger()["running"] == 1  # ...but an instance it did not launch keeps running
+    running = {i["workload"] for i in c3_sim.ledger()["instances"] if i["running"]}
+    assert running == {young.workload, answering.workload}
+    assert escaped.workload not in running
 
 
 def test_intent_is_written_once_with_a_ttl(reg, ctx):

@@ -108,10 +108,12 @@ def test_app_template_wiring():
     env = t["Globals"]["Function"]["Environment"]["Variables"]
     assert set(env) >= {"JOBS_TABLE", "JOBS_QUEUE", "JOBS_DLQ", "INTAKE_QUEUE", "EVENTS_QUEUE",
                         "RESULTS_BUCKET", "SECRETS_PATH"}
-    # Lambda roles: exactly the policy file (autogen off), never a wildcard action.
-    for role in ("ApiHandlerRole", "IntakeRole", "DeadLettersRole"):
+    # Lambda roles: each function exactly its own policy file (autogen off), never a wildcard action.
+    for role, name in (("ApiHandlerRole", ""), ("IntakeRole", "-intake"), ("DeadLettersRole", "-dead-letters"),
+                       ("WebhooksRole", "-webhooks"), ("ReconcileRole", "-reconcile")):
         [policy] = res[role]["Properties"]["Policies"]
-        assert policy["PolicyDocument"] == POLICY["prod"]
+        assert policy["PolicyDocument"] == json.loads((ROOT / ".chalice" / f"policy-prod{name}.json").read_text())
+        assert not any(a.endswith("*") for s in policy["PolicyDocument"]["Statement"] for a in _as_list(s["Action"]))
     # The GPU reaper runs every minute whatever the workers do, on a role of its own: the
     # registry (read through its index) and the Comput3 key, which no other Lambda can read.
     reaper = res["GpuReaper"]["Properties"]
@@ -152,12 +154,11 @@ def test_policy_files_name_only_their_stage():
     dev, prod = POLICY["dev"], POLICY["prod"]
     assert [s["Action"] for s in dev["Statement"]] == [s["Action"] for s in prod["Statement"]]
     actions = {a for s in prod["Statement"] for a in s["Action"]}
-    assert actions == {
-        "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+    assert actions == {  # the API's (each event-triggered function has its own file)
+        "logs:CreateLogStream", "logs:PutLogEvents",
         "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-        "sqs:GetQueueUrl", "sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage",
-        "sqs:GetQueueAttributes", "s3:GetObject", "s3:DeleteObject", "ssm:GetParameters",
-        "dynamodb:Query", "s3:ListBucket", "dynamodb:BatchGetItem",  # GET /usage's day items
+        "sqs:GetQueueUrl", "sqs:SendMessage", "sqs:GetQueueAttributes", "s3:GetObject", "s3:DeleteObject",
+        "ssm:GetParameters", "dynamodb:Query", "s3:ListBucket", "dynamodb:BatchGetItem",
     }
     text = json.dumps(prod)
     assert "c3-render-dev" not in text and "c3-render-prod" in text
@@ -167,11 +168,16 @@ def test_policy_files_name_only_their_stage():
     # The names the data stack creates for a stage are the ones the policy grants.
     data = load_template(DATA_TEMPLATE)
     resolver = Resolver({"Stage": "prod"}, {"AWS::Region": "r", "AWS::AccountId": "1", "AWS::StackName": "s"})
+    every = [json.loads(p.read_text()) for p in (ROOT / ".chalice").glob("policy-prod*.json")]
     for logical_id in ("JobsTable", "StatsTable", "JobsQueue", "JobsDeadLetterQueue", "IntakeQueue", "EventsQueue"):
         props = data["Resources"][logical_id]["Properties"]
         name = resolver.resolve(props.get("TableName") or props["QueueName"])
         assert any(r.endswith(f":{name}") or r.endswith(f"/{name}")
-                   for s in prod["Statement"] for r in _as_list(s["Resource"])), name
+                   for doc in every for s in doc["Statement"] for r in _as_list(s["Resource"])), name
+    for path in (ROOT / ".chalice").glob("policy-dev*.json"):
+        twin = json.loads(Path(str(path).replace("policy-dev", "policy-prod")).read_text())
+        assert [s["Action"] for s in json.loads(path.read_text())["Statement"]] == [s["Action"] for s in twin["Statement"]]
+        assert "c3-render-dev" not in json.dumps(twin) and "c3-render/dev" not in json.dumps(twin)
 
 
 def _as_list(value):
@@ -253,7 +259,8 @@ def test_per_service_endpoints_never_reach_aws(moto, stage, monkeypatch, capsys)
     # The app stack's alarms, topic and dashboard need CloudWatch and SNS endpoints too.
     assert skipped.pop("AlarmTopic").endswith("skipped no emulator endpoint for sns (AWS_ENDPOINT_URL_SNS "
                                               "is not set); not sent to AWS")
-    assert sorted(skipped) == ["Dashboard", "GpuSpendAlarm", "JobFailureRatioAlarm", "JobsDeadLetterAlarm",
+    assert sorted(skipped) == ["Dashboard", "GpuSpendAlarm", "IntakeDeadLetterAlarm", "JobFailureRatioAlarm",
+                               "JobsDeadLetterAlarm",
                                "JobsQueueAgeAlarm", "WebhookGiveUpAlarm", "WorkerHeartbeatAlarm"]
     assert all("depends on skipped" in line for line in skipped.values())
     assert f"RESULTS_BUCKET=c3-render-{stage}-results-000000000000" in out  # no STS: placeholder account
@@ -312,12 +319,14 @@ def test_secrets_from_the_deploy_to_the_lambda(moto, stage):
     assert len(problems) == 2 and "C3_API_KEY" in problems[0] + problems[1]
     writes, problems = plan_secrets(ssm, stage, {"C3_API_KEY": "c3-secret", "C3_RENDER_API_KEY": "k1,k2"})
     assert problems == [] and writes["webhook-secret"].startswith("whsec_")
+    # Result links get their own secret, generated like the webhook secret, never derived from it.
+    assert len(writes["result-link-secret"]) >= 40 and writes["result-link-secret"] not in writes["webhook-secret"]
     store_secrets(ssm, stage, writes)
     assert plan_secrets(ssm, stage, {}) == ({}, [])  # stored: nothing to ask for or to write again
     param = ssm.get_parameter(Name=f"/c3-render/{stage}/api-keys")["Parameter"]
     assert param["Type"] == "SecureString"
     lambda_env = {"SECRETS_PATH": f"/c3-render/{stage}/", "AWS_LAMBDA_FUNCTION_NAME": "f"}
-    assert sorted(load_secrets(lambda_env, ssm)) == ["C3_RENDER_API_KEY", "WEBHOOK_SECRET"]
+    assert sorted(load_secrets(lambda_env, ssm)) == ["C3_RENDER_API_KEY", "RESULT_LINK_SECRET", "WEBHOOK_SECRET"]
     assert lambda_env["C3_RENDER_API_KEY"] == "k1,k2" and "C3_API_KEY" not in lambda_env  # not the API's
     assert load_secrets({"SECRETS_PATH": f"/c3-render/{stage}/"}, ssm) == []  # outside Lambda: nothing
     reaper_env = {"SECRETS_PATH": f"/c3-render/{stage}/", "AWS_LAMBDA_FUNCTION_NAME": "gpu_reaper"}

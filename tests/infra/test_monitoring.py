@@ -73,6 +73,7 @@ def in_catalog(metric: str, dimensions: dict[str, str]) -> bool:
 
 ALARMS = {  # logical id -> name suffix
     "JobsDeadLetterAlarm": "jobs-dead-lettered",
+    "IntakeDeadLetterAlarm": "intake-dead-lettered",
     "JobsQueueAgeAlarm": "jobs-queue-age",
     "JobFailureRatioAlarm": "job-failure-ratio",
     "WebhookGiveUpAlarm": "webhook-give-ups",
@@ -86,7 +87,8 @@ CLOUDWATCH = get_session().get_service_model("cloudwatch")
 def test_catalog_values_match_the_code():
     assert sorted(JOB_OUTCOMES) == sorted(s.value for s in TERMINAL_STATES)
     assert TYPES == ["csm", "whisper", "portrait", "analyze"]  # the issue says tts/stt: these are the values
-    assert WORKER_PHASES == ["downloading", "waiting_for_gpu", "launching_gpu", "rendering", "uploading"]
+    assert WORKER_PHASES == ["downloading", "waiting_for_gpu", "waiting_for_node", "launching_gpu", "rendering",
+                             "uploading"]
 
 
 @pytest.fixture(scope="module")

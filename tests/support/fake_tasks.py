@@ -64,3 +64,10 @@ class TextTask:
 
 def fake_tasks(**_: object) -> dict[str, object]:
     return {"csm": ScriptTask(), "whisper": TextTask()}
+
+
+def loaded_modules(ctx: TaskContext) -> list[str]:
+    """A task step that reports which modules its child process had imported."""
+    import sys
+
+    return sorted(sys.modules)

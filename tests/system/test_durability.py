@@ -20,6 +20,7 @@ import requests
 from chalicelib.context import Context
 from chalicelib.delivery.dead_letters import fail_dead_letter
 from chalicelib.jobs.models import JobStatus
+from chalicelib.platform.queue import Queue
 from chalicelib.platform.settings import Settings
 from infra.local.fault_proxy import Rule
 from infra.local.lambda_poller import lambda_record
@@ -227,6 +228,45 @@ def test_worker_killed_after_the_final_write_still_gets_its_webhook_delivered(we
     counted = emf.named(emf.parse(capsys.readouterr().out.splitlines()), "JobsFinished", job_id=job_id)
     assert [p.get("outcome") for p in counted] == ["success"]
     assert emf.named(emf.read(tmp_path / "w.log"), "JobsFinished") == []
+
+
+def test_the_worker_delivers_the_final_webhook_itself_and_the_queue_copy_finds_it_settled(
+        wenv, tmp_path, children, receiver):
+    """No deliverer runs while the worker finishes the job: the webhook and the job event
+    come from the worker process. Its fallback message (delayed by WEBHOOK_TIMEOUT + slack)
+    then reaches a deliverer, which finds nothing owed: one webhook."""
+    ctx = Context(Settings(**wenv))
+    worker = start_worker_process(wenv, tmp_path / "w.log")
+    children.append(worker)
+    job_id = submit(ctx, "csm", {"text": "quick", "notify_url": receiver.url})
+    wait_until(lambda: receiver.accepted_for(job_id), 30)
+    job = wait_until(lambda: (j := ctx.store.get(job_id)).outbox is None and j, 10)
+    assert (job.status, job.webhook, job.webhook_attempts) == (JobStatus.SUCCESS, "delivered", 1)
+    assert job.event_sent_at is not None
+    assert [e["job_id"] for e in log_events(tmp_path / "w.log", "delivery.direct")] == [job_id]
+    fallback = Queue(ctx.sqs, wenv["WEBHOOKS_QUEUE"])
+    assert fallback.depth()["delayed"] == 1  # the queue's copy, should the worker have died
+    with Handlers(ctx.settings):
+        wait_until(lambda: depth(ctx.sqs, wenv["WEBHOOKS_QUEUE"]) == 0
+                   and fallback.depth()["delayed"] == 0, 30)
+    assert [r.answered for r in receiver.for_job(job_id)] == [200]
+
+
+def test_a_refused_direct_webhook_is_retried_through_the_queue(wenv, tmp_path, children, receiver):
+    """The worker's own attempt is attempt 1 of the same schedule: refused, the deliverer
+    makes attempt 2 from the queue, same webhook-id, one accepted delivery."""
+    ctx = Context(Settings(**wenv))
+    receiver.script = [503]
+    worker = start_worker_process(wenv, tmp_path / "w.log")
+    children.append(worker)
+    with Handlers(ctx.settings):
+        job_id = submit(ctx, "csm", {"text": "quick", "notify_url": receiver.url})
+        job = settled(ctx, job_id, timeout=40)
+    hooks = receiver.for_job(job_id)
+    assert (job.webhook, job.webhook_attempts) == ("delivered", 2)
+    assert [h.answered for h in hooks] == [503, 200]
+    assert len({h.headers["webhook-id"] for h in hooks}) == 1
+    assert [e["outcome"] for e in log_events(tmp_path / "w.log", "delivery.direct")] == ["retrying"]
 
 
 def test_deliverer_killed_between_attempts_resumes_them_in_a_new_process(wenv, tmp_path, children, receiver):

@@ -95,10 +95,29 @@ def test_cancel_interrupts_the_running_prompt(sim: SimNode, inputs: SampleServer
     ctx.cancel.cancel("job was marked cancelled while running", "client")
     thread.join(10)
     assert isinstance(box.get("error"), TaskCancelled)
-    [interrupt] = wait_until(lambda: sim.state.events("comfyui", "interrupt"), timeout=5)
+    [interrupt] = sim.state.events("comfyui", "interrupt")
     assert interrupt["stopped"] is True
     assert sim.state.events("comfyui", "queue_delete")
-    wait_until(lambda: sim.state.events("comfyui", "interrupted"), timeout=5)
+    # Confirmed before the task ended: the prompt was gone from the node's queue.
+    assert sim.state.events("comfyui", "interrupted") and "node_busy_for" not in ctx.extras
+
+
+def test_an_interrupt_the_node_does_not_confirm_in_time_marks_it_busy(sim: SimNode, inputs: SampleServer,
+                                                                      tmp_path: Path) -> None:
+    """ComfyUI stops a run at its next step only: with 5 s steps the prompt is still in
+    /queue's queue_running when the confirmation gives up (3 s), so the node counts as busy for
+    an unknown time (the worker then stops the instance rather than wait)."""
+    sim.state.faults.update(comfyui="slow", slow_seconds=100)
+    params = {"image_url": inputs.url("portrait.jpg"), "audio_url": inputs.url("speech.mp3")}
+    ctx = make_context("portrait", params, tmp_path, sim.node)
+    thread, box = run_in_thread(lambda: task_for("portrait").run(ctx))
+    wait_until(lambda: sim.state.events("comfyui", "prompt"), timeout=10)
+    ctx.cancel.cancel("job was marked cancelled while running", "client")
+    thread.join(15)
+    assert isinstance(box.get("error"), TaskCancelled)
+    assert ctx.extras["node_busy_for"] == float("inf")
+    assert not sim.state.events("comfyui", "interrupted")
+    wait_until(lambda: sim.state.events("comfyui", "interrupted"), timeout=15)  # at the step's end
 
 
 def test_max_time_interrupts_comfyui(sim: SimNode, inputs: SampleServer, tmp_path: Path) -> None:

@@ -18,4 +18,5 @@ def build_gpu_manager(ctx: Context, worker_id: str, settings: GpuSettings | None
     client = s.client()
     registry = GpuRegistry(ctx.dynamodb, ctx.settings.gpu_table, ctx.clock)
     return GpuManager(s, client, registry, worker_id, clock=ctx.clock,
-                      demand=lambda: read_demand(ctx.lanes, ctx.beacons, ctx.queries))  # every lane
+                      demand=lambda: read_demand(ctx.lanes, ctx.beacons, ctx.queries),  # every lane
+                      traffic=ctx.traffic)

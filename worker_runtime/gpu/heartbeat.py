@@ -31,15 +31,17 @@ class Heartbeat:
         with held.lock:
             if held.current is not None:
                 held.write_current(heartbeat=self.clock())
-            if held.intent is not None:
+            for job_id, intent in list(held.intents.items()):
                 try:
-                    held.intent = held.registry.update(held.intent, heartbeat=self.clock())
+                    held.intents[job_id] = held.registry.update(intent, heartbeat=self.clock())
                 except RecordLost as exc:
-                    held.intent = None
-                    self.log.error("gpu.intent_lost", reason=f"{exc}: another worker is reconciling it")
-            for record_id, record in list(held.ahead.items()):
-                try:
-                    held.ahead[record_id] = held.registry.update(record, heartbeat=self.clock())
-                except RecordLost as exc:
-                    del held.ahead[record_id]
-                    self.log.error("gpu.intent_lost", reason=f"{exc}: another worker is reconciling it")
+                    del held.intents[job_id]
+                    self.log.error("gpu.intent_lost", job_id=job_id,
+                                   reason=f"{exc}: another worker is reconciling it")
+            for records in (held.ahead, held.draining):
+                for record_id, record in list(records.items()):
+                    try:
+                        records[record_id] = held.registry.update(record, heartbeat=self.clock())
+                    except RecordLost as exc:
+                        del records[record_id]
+                        self.log.error("gpu.intent_lost", reason=f"{exc}: another worker is reconciling it")

@@ -1,7 +1,7 @@
 """What one worker holds in the GPU registry, and the one lock over it.
 
 The locking rule, for every part of the worker's GPU code (manager, keeper, heartbeat,
-monitor callbacks): ``Holdings.lock`` guards ``current``, ``intent`` and ``ahead`` and every
+monitor callbacks): ``Holdings.lock`` guards ``current``, ``intents`` and ``ahead`` and every
 registry write about them, so no thread acts on a stale record version. Comput3 calls that
 may take long (launch, stop, health checks) happen outside the lock.
 """
@@ -21,8 +21,12 @@ class Holdings:
     log: EventLogger
     lock: threading.RLock = field(default_factory=threading.RLock)
     current: GpuRecord | None = None  # this worker's launched instance
-    intent: GpuRecord | None = None  # a launch in flight for a job
+    # Launches in flight for jobs, by job id: one per job, so a cancelled job's launch that
+    # answers late never takes the intent of the next job's launch.
+    intents: dict[str, GpuRecord] = field(default_factory=dict)
     ahead: dict[str, GpuRecord] = field(default_factory=dict)  # launches for the pool (no job yet), until they boot
+    # Instances busy with a cancelled job's work (by record id), until it ends: no job gets them.
+    draining: dict[str, GpuRecord] = field(default_factory=dict)
 
     def write_current(self, **changes: object) -> GpuRecord | None:
         """Update this worker's record (lock held); forgets it if another worker took it."""

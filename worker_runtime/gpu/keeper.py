@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from chalicelib.fleet.comput3 import Comput3Client, Comput3Error
+from chalicelib.fleet.comput3 import Comput3Client, Comput3Error, Launch
 from chalicelib.fleet.pool import Demand, slots_to_launch
 from chalicelib.fleet.reaper import Reaper
 from chalicelib.fleet.registry import LAUNCHING, RUNNING, GpuRecord, GpuRegistry, RecordLost, SlotTaken
@@ -86,16 +86,45 @@ class PoolKeeper:
 
     def _launch_ahead(self, intent: GpuRecord) -> None:
         """Launch, record and boot one instance for the pool, then leave it idle for any job."""
-        held = self.held
         try:
             launch = self.client.launch(self.settings.workload_type, intent.expires, wait=self.closed.wait)
         except Comput3Error as exc:
-            with held.lock:
-                intent = held.ahead.pop(intent.id, intent)
-            self.log.error("gpu.launch_failed", record=intent.id, error=str(exc), reason="pool launch")
-            METRICS.gpu_launch(False, error=str(exc)[:200], pool=True)
-            self.launches.abandon(intent, getattr(exc, "maybe_launched", False), str(exc))
+            self._launch_failed(intent, exc)
             return
+        self._settle(intent, launch)
+
+    def take_over(self, job_id: str, launch: Launch | None, error: Comput3Error | None) -> None:
+        """The launch of a job that was cancelled while the call was in flight has answered:
+        the pool takes it as one of its own (recorded, booted, idle for whichever job comes
+        first, stopped by the pool's rules when none does); a failure is reconciled."""
+        with self.held.lock:
+            intent = self.held.intents.pop(job_id, None)
+            if intent is not None:
+                self.held.ahead[intent.id] = intent
+        if intent is None:  # the reaper took the intent meanwhile (this worker was silent)
+            if launch is not None:
+                self.log.error("gpu.launch_unrecorded", job_id=job_id, workload=launch.workload.workload,
+                               reason="the cancelled job's intent was reaped before its launch answered")
+                self.client.stop(launch.workload.workload)
+            return
+        self.log.info("gpu.launch_handed_to_pool", job_id=job_id, record=intent.id,
+                      workload=launch.workload.workload if launch else None, error=str(error) if error else None,
+                      reason="its job was cancelled during the launch call; the pool keeps or stops it")
+        if launch is None:
+            self._launch_failed(intent, error or Comput3Error("launch gave no answer"))
+        else:
+            self._settle(intent, launch, ahead=True)
+
+    def _launch_failed(self, intent: GpuRecord, exc: Comput3Error) -> None:
+        with self.held.lock:
+            intent = self.held.ahead.pop(intent.id, intent)
+        self.log.error("gpu.launch_failed", record=intent.id, error=str(exc), reason="pool launch")
+        METRICS.gpu_launch(False, error=str(exc)[:200], pool=True)
+        self.launches.abandon(intent, getattr(exc, "maybe_launched", False), str(exc))
+
+    def _settle(self, intent: GpuRecord, launch: Launch, ahead: bool = False) -> None:
+        """Record a pool launch's answer, wait for the node's boot, then leave it idle."""
+        held = self.held
         now = self.clock()
         workload, node = launch.workload.workload, launch.workload.node
         METRICS.gpu_launch(True, workload=workload, pool=True)
@@ -103,7 +132,7 @@ class PoolKeeper:
             try:
                 record = self.registry.update(held.ahead.pop(intent.id, intent), state=RUNNING, workload=workload,
                                               node=node, launched_at=now, last_used=now, busy=True, heartbeat=now,
-                                              metered_at=now)
+                                              metered_at=now, **({"ahead": True} if ahead else {}))
                 held.ahead[record.id] = record
             except RecordLost as exc:
                 record = None

@@ -1,25 +1,37 @@
 """The steps every launch shares, for a job (manager) or ahead of the queue (keeper):
-a unique ``expires``, the boot wait on the node's own health URL, the duplicate sweep,
-and what to do with an intent whose launch failed."""
+a unique ``expires``, the launch call that honours a cancel, the boot wait on the node's own
+health URL, the duplicate sweep, and what to do with an intent whose launch failed."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable
 
-from chalicelib.fleet.comput3 import Comput3Client, Wait
+from chalicelib.fleet.comput3 import Comput3Client, Comput3Error, Launch, LaunchAborted, LaunchFailed, Wait
+from chalicelib.fleet.idle import TrafficLog
 from chalicelib.fleet.reaper import Reaper
 from chalicelib.fleet.registry import GpuRecord, GpuRegistry, RecordLost
 from chalicelib.platform.logs import EventLogger
 
 from ..node import Node
 from .settings import GpuSettings
+from .threads import safely, start_daemon
+
+# settle(launch, error): what becomes of a launch whose caller stopped waiting for it.
+LateLaunch = Callable[[Launch | None, Comput3Error | None], None]
+
+
+class LaunchHandedOver(LaunchAborted):
+    """The caller was cancelled while the launch call was in flight: the call goes on in its
+    own thread and its answer (or failure) is settled by the ``late`` handler."""
 
 
 class Launches:
     def __init__(self, settings: GpuSettings, client: Comput3Client, registry: GpuRegistry, reaper: Reaper,
-                 clock: Callable[[], float], log: EventLogger):
+                 clock: Callable[[], float], log: EventLogger, traffic: TrafficLog | None = None):
         self.settings = settings
+        self.traffic = traffic  # learns each launch + boot time (GPU_IDLE_POLICY=adaptive)
         self.client = client
         self.registry = registry
         self.reaper = reaper
@@ -35,6 +47,40 @@ class Launches:
             expires -= 1
         return expires
 
+    def call(self, intent: GpuRecord, wait: Wait, late: LateLaunch) -> Launch:
+        """Launch for ``intent``, returning as soon as ``wait`` says stop (a job's cancel)
+        even while the HTTP call hangs: an HTTP call cannot be taken back, so it runs in a
+        thread of its own and, once the caller has gone, its outcome goes to ``late``."""
+        box: dict[str, object] = {}
+        done = threading.Event()
+        gate = threading.Lock()  # decides once: the caller takes the outcome, or ``late`` does
+
+        def run() -> None:
+            try:
+                box["launch"] = self.client.launch(self.settings.workload_type, intent.expires, wait=wait)
+            except Comput3Error as exc:
+                box["error"] = exc
+            except Exception as exc:  # noqa: BLE001 - an unexpected failure may still have launched
+                box["error"] = LaunchFailed(f"POST /launch failed: {type(exc).__name__}: {exc}", True)
+            with gate:
+                done.set()
+                handed_over = "late" in box
+            if handed_over:
+                outcome, error = box.get("launch"), box.get("error")
+                safely(lambda: late(outcome, error), "late launch answer", self.log)  # type: ignore[arg-type]
+
+        start_daemon(run, f"gpu-launch-{intent.id}")
+        while not done.is_set():
+            if wait(0.05):
+                with gate:
+                    if not done.is_set():
+                        box["late"] = True
+                        raise LaunchHandedOver("the job was cancelled while the launch call was in flight; "
+                                               "its answer is settled when it comes", True)
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["launch"]  # type: ignore[return-value]
+
     def node(self, record: GpuRecord) -> Node:
         assert record.workload and record.node
         return Node(workload=record.workload, name=record.node, api_key=self.client.api_key,
@@ -49,6 +95,8 @@ class Launches:
         while True:
             problem = self.client.node_health(base, s.health_timeout)
             if problem is None:
+                if self.traffic is not None:  # intent to ready: what a relaunch costs
+                    self.traffic.record_boot(self.clock() - record.created_at)
                 return None
             if time.monotonic() >= deadline:
                 return f"{problem} (still not ready after GPU_BOOT_TIMEOUT={s.boot_timeout:g} s)"

@@ -9,10 +9,14 @@
     watch(job_id, node, token)    health monitor while the job runs; on failure it
                                   cancels the job ("node_failed") and stops the instance
     unwatch(job_id)
-    release(job_id, node_fault)   the job's task has ended: idle again; stopped when the
-                                  node failed it or the instance is past GPU_REFRESH_AFTER.
-                                  The job's GPU seconds (its work, plus the boot of a launch
-                                  it waited for) are charged to the instance's record
+    release(job_id, node_fault, busy_for)
+                                  the job's task has ended: idle again; stopped when the
+                                  node failed it or the instance is past GPU_REFRESH_AFTER;
+                                  kept from every job while the node is busy with the
+                                  cancelled job's work (``busy_for`` s), or stopped when
+                                  that would last past GPU_CANCELLED_WORK_LIMIT. The job's
+                                  GPU seconds (its work, plus the boot of a launch it waited
+                                  for) are charged to the instance's record
                                   (chalicelib/fleet/books.py), then handed to ``on_charged``
                                   (the worker adds them to the job's cost)
     maintain()                    starts the keeper thread (the pool's scale-in and
@@ -28,6 +32,7 @@ the same ``Holdings`` (holdings.py), whose docstring states the one locking rule
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -37,6 +42,7 @@ from typing import Any, Callable
 from botocore.exceptions import ClientError
 
 from chalicelib.fleet.comput3 import Comput3Client, Comput3Error, LaunchAborted, Wait, with_attempts
+from chalicelib.fleet.idle import TrafficLog
 from chalicelib.fleet.pool import Demand, demand_reader
 from chalicelib.fleet.reaper import Reaper
 from chalicelib.fleet.registry import RUNNING, GpuRecord, GpuRegistry, RecordLost, SlotTaken
@@ -50,10 +56,10 @@ from ..tasks.base import NodeFault, TaskError
 from .heartbeat import Heartbeat
 from .holdings import Holdings
 from .keeper import PoolKeeper
-from .launches import Launches
+from .launches import LaunchHandedOver, Launches
 from .monitor import Listing, Monitor
 from .settings import GpuSettings
-from .threads import start_daemon
+from .threads import safely, start_daemon
 
 
 class GpuError(TaskError):
@@ -80,7 +86,7 @@ class JobUsage:
 class GpuManager:
     def __init__(self, settings: GpuSettings, client: Comput3Client, registry: GpuRegistry, worker_id: str,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 demand: Callable[[], Demand] | None = None):
+                 demand: Callable[[], Demand] | None = None, traffic: TrafficLog | None = None):
         if not settings.c3_api_key:
             raise ValueError("C3_API_KEY is not set: GPU tasks need a Comput3.AI API key "
                              "(`make run` starts the local simulator and sets one)")
@@ -91,12 +97,14 @@ class GpuManager:
         self.clock = clock
         self.rng = rng or random.Random()
         self.log = get_logger("c3.gpu", worker=worker_id)
-        self.reaper = Reaper(client, registry, settings, worker_id, clock, self.log)
+        # What GPU_IDLE_POLICY=adaptive learns from: job arrivals (acquire) and launch + boot times.
+        self.traffic = traffic if settings.idle_policy == "adaptive" else None
+        self.reaper = Reaper(client, registry, settings, worker_id, clock, self.log, traffic=self.traffic)
         # The jobs queue's depth; without it the pool keeps to the idle timeout, launches nothing ahead.
         self.demand: Callable[[], Demand | None] = demand_reader(demand, self.log) if demand else (lambda: None)
         self.held = Holdings(registry, self.log)
         self._lock = self.held.lock
-        self.launches = Launches(settings, client, registry, self.reaper, clock, self.log)
+        self.launches = Launches(settings, client, registry, self.reaper, clock, self.log, self.traffic)
         self._closed = threading.Event()
         self.keeper = PoolKeeper(settings, client, registry, self.reaper, self.held, self.launches,
                                  lambda: self.demand(), worker_id, clock, self._closed, self.log)
@@ -117,14 +125,17 @@ class GpuManager:
                 start_daemon(self.heartbeat.run, "gpu-heartbeat")
 
     def acquire(self, job_id: str, token: CancelToken, log: EventLogger,
-                on_phase: Callable[[str], None] | None = None) -> Node:
+                on_phase: Callable[[str], None] | None = None, arrived_at: float | None = None) -> Node:
         """An instance bound to ``job_id`` until ``release(job_id, ...)``. Never one whose
         earlier job's task is still alive: that binding ends only when its task has ended.
         ``on_phase`` hears "waiting_for_gpu" (every slot taken) and "launching_gpu" (a
-        launch in flight, until the new node answers); a warm instance reports neither."""
+        launch in flight, until the new node answers); a warm instance reports neither.
+        ``arrived_at``: when the job was submitted, an arrival the idle policy learns from."""
         self.maintain()
         if self._closed.is_set():
             raise GpuError("the worker is shutting down; no GPU instance is launched")
+        if self.traffic is not None:
+            self.traffic.record_arrival(arrived_at if arrived_at is not None else self.clock())
         self.keeper.nudge.set()  # the keeper looks at the queue now: more jobs may need instances
         with self._lock:
             held = [other for other in self._bound if other != job_id]
@@ -134,7 +145,7 @@ class GpuManager:
         asked = self.clock()
         node, cold = self._reuse(token, log), False
         if node is None:
-            node, cold = self._launch(token, log, on_phase or _no_phase)
+            node, cold = self._launch(job_id, token, log, on_phase or _no_phase)
         handed = self.clock()
         with self._lock:
             self._bound[job_id] = node.workload
@@ -162,10 +173,12 @@ class GpuManager:
         if monitor is not None:
             monitor.stop()
 
-    def release(self, job_id: str, node_fault: NodeFault | None) -> bool:
+    def release(self, job_id: str, node_fault: NodeFault | None, busy_for: float | None = None) -> bool:
         """``job_id``'s task has ended: its instance is idle again, or stopped when the
         node failed it (or it is past GPU_REFRESH_AFTER). Anything else that ended the job
-        (a bad input, the client's cancel, a max_time the node honoured) keeps it.
+        (a bad input, the client's cancel, a max_time the node honoured) keeps it; but a
+        cancel that left work running on the node (``busy_for`` s more, inf: unknown) keeps
+        it from every job until then, or stops it when that is past GPU_CANCELLED_WORK_LIMIT.
         Returns True when the job's instance is no longer running (stopped now or before)."""
         self.unwatch(job_id)
         charged_use = None
@@ -186,10 +199,19 @@ class GpuManager:
             elif record.age(now) >= self.settings.refresh_after:
                 reason = (f"up for {record.age(now):.0f} s, past GPU_REFRESH_AFTER="
                           f"{self.settings.refresh_after:g}: the next job gets a fresh instance")
+            elif busy_for is not None and busy_for > self.settings.cancelled_work_limit:
+                left = "for an unknown time" if math.isinf(busy_for) else f"for ~{busy_for:.0f} s more"
+                reason = (f"the node goes on with cancelled job {job_id}'s work {left}, past "
+                          f"GPU_CANCELLED_WORK_LIMIT={self.settings.cancelled_work_limit:g}: a fresh instance "
+                          "costs less than a GPU rendering for nobody")
             if reason is None:
-                written = self.held.write_current(busy=False, last_used=now, heartbeat=now, charged=charged)
+                if busy_for is not None and busy_for > 0:
+                    written = self._drain(job_id, busy_for, now, charged)
+                else:
+                    written = self.held.write_current(busy=False, last_used=now, heartbeat=now, charged=charged)
                 charged_use = use if written is not None else None
-            # A job whose node failed it is not charged: its seconds are the fleet's idle time.
+            # A job whose node failed it (or whose instance is stopped now) is not charged: its
+            # seconds are the fleet's idle time.
         self._report_charge(job_id, charged_use)
         if reason is None:
             return False
@@ -205,6 +227,39 @@ class GpuManager:
             self.log.error("gpu.job_charge_unrecorded", job_id=job_id, use=use,
                            reason=f"{type(exc).__name__}: {exc}; the seconds show as the fleet's idle time")
 
+    def _drain(self, job_id: str, busy_for: float, now: float, charged: float) -> GpuRecord | None:
+        """Keep this worker's instance from every job (busy in the registry, heartbeated)
+        until the cancelled job's work on the node ends, then leave it idle (lock held).
+        The record written (with the job's charge), or None when another worker took it."""
+        until = now + busy_for
+        record = self.held.write_current(busy=True, draining_until=until, heartbeat=now, charged=charged)
+        if record is None:
+            return None
+        self.held.current = None
+        self.held.draining[record.id] = record
+        self.log.info("gpu.draining", job_id=job_id, workload=record.workload, busy_for=round(busy_for, 1),
+                      reason="the cancelled job's call goes on on the node (Gradio cannot stop a running call); "
+                             "no job gets the instance until it ends")
+        start_daemon(lambda: safely(lambda: self._drained(record.id, until), "drain", self.log),
+                     f"gpu-drain-{record.id}")
+        return record
+
+    def _drained(self, record_id: str, until: float) -> None:
+        if self._closed.wait(max(0.0, until - self.clock())):
+            return  # shutting down: shutdown() stops it
+        with self._lock:
+            record = self.held.draining.pop(record_id, None)
+            if record is None:
+                return
+            now = self.clock()
+            try:
+                self.registry.update(record, busy=False, draining_until=None, last_used=now, heartbeat=now)
+            except RecordLost as exc:
+                self.log.info("gpu.drain_lost", record=record_id, reason=str(exc))
+                return
+        self.log.info("gpu.drained", workload=record.workload,
+                      reason="the cancelled job's work has run its course; idle for any job")
+
     def shutdown(self) -> None:
         if self._closed.is_set():
             return
@@ -212,14 +267,18 @@ class GpuManager:
         with self._lock:
             monitors = list(self._monitors.values())
             self._monitors.clear()
-            current, intent = self.held.current, self.held.intent
+            current, intents = self.held.current, [i.id for i in self.held.intents.values()]
             ahead = list(self.held.ahead)
+            draining = list(self.held.draining.values())
+            self.held.draining.clear()
         for monitor in monitors:
             monitor.stop()
         if current is not None:
             self._retire(current.workload, "the worker is shutting down")
-        if intent is not None:
-            self.log.warning("gpu.launch_in_flight", record=intent.id,
+        for record in draining:
+            self.reaper.stop(record, "the worker is shutting down while its instance is busy with cancelled work")
+        if intents:
+            self.log.warning("gpu.launch_in_flight", records=intents,
                              reason="a launch is still in flight at shutdown; if it outlives this process, "
                                     "the scheduled gpu_reaper reaps its intent after GPU_OWNER_GRACE")
         if ahead:
@@ -287,34 +346,43 @@ class GpuManager:
             return self.launches.node(adopted)
         return None
 
-    def _take_idle(self, record: GpuRecord) -> GpuRecord | None:
-        """Adopt ``record`` by a conditional write (lock held). Its owner's heartbeat may bump
-        the version between the read and the write: while the instance is still idle, the
-        fresh record is tried again, rather than launching another instance for nothing."""
-        for _ in range(3):
+    def _take_idle(self, record: GpuRecord, tries: int = 5) -> GpuRecord | None:
+        """The adopting conditional write. Losing it to a write that left the record idle
+        (its owner's heartbeat, a metering pass) is no reason to launch: re-read and retry;
+        None once another worker adopted or claimed it (or it is gone)."""
+        for _ in range(tries):
             try:
                 return self.registry.update(record, require_idle=True, owner=self.worker_id, busy=True,
                                             heartbeat=self.clock(), ahead=False)
             except RecordLost as exc:
                 fresh = exc.current
-                if fresh is None or not fresh.idle or fresh.serial != record.serial:
+                if fresh is None or fresh.serial != record.serial or not fresh.idle:
                     return None
+                self.log.info("gpu.adoption_retried", record=record.id, workload=record.workload,
+                              reason=f"{exc}, still idle: read again and retried")
                 record = fresh
         return None
 
-    def _launch(self, token: CancelToken, log: EventLogger, on_phase: Callable[[str], None]) -> tuple[Node, bool]:
+    def _launch(self, job_id: str, token: CancelToken, log: EventLogger,
+                on_phase: Callable[[str], None]) -> tuple[Node, bool]:
         """A new instance, or one that came free meanwhile; True when the job waited for a
         launch to boot (its own, or the pool's)."""
         s = self.settings
         records = self.registry.all()
         booting = self.keeper.booting_for_pool(records)
         waited_for_boot = bool(booting)
-        intent = None if booting else self._claim_slot(records)
+        intent = None if booting else self._claim_slot(job_id, records)
         while intent is None:  # a pool launch is booting, or all MAX_GPUS slots are in use
-            on_phase("launching_gpu" if booting else "waiting_for_gpu")
+            draining = [] if booting else _draining(records, self.clock())
+            on_phase("launching_gpu" if booting else "waiting_for_node" if draining else "waiting_for_gpu")
             if booting:
                 log.info("gpu.awaiting_pool_launch", records=booting, retry_in=s.boot_poll,
                          reason="instances launched ahead of the queue are booting; the first idle one is taken")
+            elif draining:
+                log.info("gpu.waiting_for_node", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
+                         draining={r.workload: round(r.draining_until - self.clock(), 1) for r in draining},
+                         reason="every launch slot is taken and these instances are busy with a cancelled "
+                                "job's work the node could not stop (seconds left); the first free one is taken")
             else:
                 log.info("gpu.at_capacity", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
                          reason="every launch slot is taken; waiting for an idle instance or a free slot")
@@ -328,21 +396,26 @@ class GpuManager:
                 return node, waited_for_boot
             booting = self.keeper.booting_for_pool(records)
             waited_for_boot = waited_for_boot or bool(booting)
-            intent = None if booting else self._claim_slot(records)
+            intent = None if booting else self._claim_slot(job_id, records)
         on_phase("launching_gpu")
         log.info("gpu.launching", record=intent.id, workload_type=s.workload_type, expires=intent.expires,
                  reason="intent recorded first, so a crash mid-launch leaves a trace to reconcile")
         try:
-            launch = self.client.launch(s.workload_type, intent.expires, wait=token.wait)
+            # Returns at the job's cancel even while the call hangs; the pool then takes its answer.
+            launch = self.launches.call(intent, token.wait,
+                                        lambda answer, error: self.keeper.take_over(job_id, answer, error))
+        except LaunchHandedOver:
+            token.raise_if_cancelled()
+            raise
         except Comput3Error as exc:
-            self._abandon_intent(getattr(exc, "maybe_launched", False), str(exc))
+            self._abandon_intent(job_id, getattr(exc, "maybe_launched", False), str(exc))
             if isinstance(exc, LaunchAborted):
                 token.raise_if_cancelled()
             log.error("gpu.launch_failed", error=str(exc))
             METRICS.gpu_launch(False, job_id=log.fields.get("job_id"), error=str(exc)[:200])
             raise GpuError(str(exc)) from None
         METRICS.gpu_launch(True, workload=launch.workload.workload, job_id=log.fields.get("job_id"))
-        record = self._record_launch(launch.workload.workload, launch.workload.node)
+        record = self._record_launch(job_id, launch.workload.workload, launch.workload.node)
         log.info("gpu.launched", record=record.id, workload=record.workload, node=record.node,
                  launch_attempts=launch.attempts, expires=record.expires)
         if launch.maybe_duplicated:
@@ -361,7 +434,7 @@ class GpuManager:
                  boot_seconds=round(self.clock() - (record.launched_at or record.created_at), 2))
         return self.launches.node(record), True
 
-    def _claim_slot(self, records: list[GpuRecord]) -> GpuRecord | None:
+    def _claim_slot(self, job_id: str, records: list[GpuRecord]) -> GpuRecord | None:
         """Create the "launching" record of a free slot (the intent, written before the
         launch call); None when all MAX_GPUS slots are in use."""
         taken = {r.slot for r in records}
@@ -377,14 +450,14 @@ class GpuManager:
                 raise GpuError(f"Could not record the GPU launch intent in table {self.registry.table}: "
                                f"{exc.response['Error'].get('Code')}; no GPU was launched") from None
             with self._lock:
-                self.held.intent = intent
+                self.held.intents[job_id] = intent
             return intent
         return None
 
-    def _record_launch(self, workload: str, node: str) -> GpuRecord:
+    def _record_launch(self, job_id: str, workload: str, node: str) -> GpuRecord:
         now = self.clock()
         with self._lock:
-            intent, self.held.intent = self.held.intent, None
+            intent = self.held.intents.pop(job_id, None)
             try:
                 if intent is None:
                     raise RecordLost("launch intent", None)
@@ -402,9 +475,9 @@ class GpuManager:
                              reason="left to the worker that claimed the intent")
         raise GpuError(f"GPU instance {workload} could not be recorded ({lost}); it was stopped")
 
-    def _abandon_intent(self, maybe_launched: bool, why: str) -> None:
+    def _abandon_intent(self, job_id: str, maybe_launched: bool, why: str) -> None:
         with self._lock:
-            intent, self.held.intent = self.held.intent, None
+            intent = self.held.intents.pop(job_id, None)
         if intent is not None:
             self.launches.abandon(intent, maybe_launched, why)
 
@@ -457,6 +530,10 @@ class GpuManager:
             claimed = self.reaper.claim(record, reason)
         self.log.info("gpu.stopping", workload=workload, node=record.node, reason=reason)
         return claimed is not None and self.reaper.finish(claimed)
+
+
+def _draining(records: list[GpuRecord], now: float) -> list[GpuRecord]:
+    return [r for r in records if r.state == RUNNING and r.draining_until is not None and r.draining_until > now]
 
 
 def _no_phase(phase: str) -> None:

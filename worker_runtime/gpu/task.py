@@ -35,10 +35,12 @@ class GpuTask:
 
     def run(self, ctx: TaskContext) -> TaskResult:
         prepare = getattr(self.task, "prepare", None)
-        inputs = self._step(ctx, prepare) if prepare is not None else None
+        needed = getattr(self.task, "needs_prepare", lambda request: True)
+        # Nothing to download or convert (inputs known good at parse): no child, straight to the node.
+        inputs = self._step(ctx, prepare) if prepare is not None and needed(ctx.request) else None
         ctx.cancel.raise_if_cancelled()
         job_id = ctx.job.id
-        node = self.gpu.acquire(job_id, ctx.cancel, ctx.log, on_phase=ctx.report)
+        node = self.gpu.acquire(job_id, ctx.cancel, ctx.log, on_phase=ctx.report, arrived_at=ctx.job.created_at)
         ctx.node = node
         ctx.report("rendering")
         try:
@@ -53,7 +55,7 @@ class GpuTask:
             message = f"{exc}; the instance was stopped" if stopped else str(exc)
             raise (TaskCancelled if isinstance(exc, StepKilled) else type(exc))(message) from None
         except BaseException:
-            self.gpu.release(job_id, _cancel_fault(ctx.cancel))
+            self.gpu.release(job_id, _cancel_fault(ctx.cancel), busy_for=ctx.extras.get("node_busy_for"))
             raise
         self.gpu.release(job_id, _cancel_fault(ctx.cancel))
         return result

@@ -80,6 +80,11 @@ class NodeTask:
         """Both steps at once, on the node already in ``ctx.node``."""
         return self.render(ctx, self.prepare(ctx))
 
+    def needs_prepare(self, request: Any) -> bool:
+        """False when ``prepare`` has nothing to do for ``request`` (no input to fetch or
+        convert): the worker then asks for the node at once, without a child process."""
+        return True
+
     def prepare(self, ctx: TaskContext) -> Any:
         raise NotImplementedError
 

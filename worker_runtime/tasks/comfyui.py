@@ -18,6 +18,8 @@ from .base import NodeFault
 from .node_faults import stopped_answering, transport_cause
 
 STOP_TIMEOUT = 10.0
+CONFIRM_TIMEOUT = 3.0  # within the task's wind-down: the prompt must be gone from /queue by then
+CONFIRM_POLL = 0.1
 
 
 class ComfyUI:
@@ -125,15 +127,38 @@ class ComfyUI:
             pass
         return None
 
-    def stop(self, prompt_id: str) -> None:
-        """Remove the prompt if still pending and interrupt it if running (best effort).
-        Runs in the canceller's thread, so each call gets a short timeout."""
+    def stop(self, prompt_id: str) -> bool:
+        """Remove the prompt if still pending and interrupt it if running, then confirm:
+        True once ``/queue`` shows it neither running nor pending (ComfyUI stops a run only
+        at its next step), False when that was not seen within CONFIRM_TIMEOUT (the node
+        may still be busy with it). Runs in the canceller's thread: short timeouts."""
         for path, body in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
             try:
                 self._check(self._call("POST", path, json=body, timeout=STOP_TIMEOUT), path)
             except NodeFault as exc:
                 self.log.warning("comfyui.stop_failed", prompt_id=prompt_id, reason=str(exc))
-        self.log.info("comfyui.stopped", prompt_id=prompt_id, reason="job cancelled or out of time")
+        deadline = time.monotonic() + CONFIRM_TIMEOUT
+        while True:
+            left = self._still_queued(prompt_id)
+            if left is False:
+                self.log.info("comfyui.stopped", prompt_id=prompt_id,
+                              reason="job cancelled or out of time; /queue shows the prompt gone")
+                return True
+            if time.monotonic() >= deadline:
+                self.log.warning("comfyui.stop_unconfirmed", prompt_id=prompt_id,
+                                 reason=f"/queue still shows the prompt {CONFIRM_TIMEOUT:g} s after /interrupt"
+                                        if left else "/queue did not answer")
+                return False
+            time.sleep(CONFIRM_POLL)
+
+    def _still_queued(self, prompt_id: str) -> bool | None:
+        """Whether ``GET /queue`` lists the prompt as running or pending; None if it did not say."""
+        try:
+            body = self.session.get(self.base + "/queue", timeout=STOP_TIMEOUT).json()
+            entries = list(body.get("queue_running") or []) + list(body.get("queue_pending") or [])
+            return any(isinstance(e, list) and len(e) > 1 and e[1] == prompt_id for e in entries)
+        except (requests.RequestException, ValueError, TypeError, AttributeError):
+            return None
 
     def download(self, item: dict[str, Any], dest: Path) -> Path:
         params = {"filename": item["filename"], "subfolder": item.get("subfolder", ""),

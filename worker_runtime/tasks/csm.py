@@ -43,6 +43,9 @@ class CsmTask(NodeTask):
     settings: TaskSettings
     downloader: Downloader
 
+    def needs_prepare(self, request: CsmRequest) -> bool:
+        return request.voice == "clone"
+
     def prepare(self, ctx: TaskContext) -> Path | None:
         """The voice to clone, if any, as a mono WAV."""
         request: CsmRequest = ctx.request

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +12,10 @@ from pathlib import Path
 from chalicelib.jobs.models import PortraitRequest
 
 from .. import media
+from ..cancel import TaskCancelled
 from ..downloads import Downloader
 from .base import NodeTask, TaskContext, TaskResult
-from .comfyui import ComfyUI, find_video
+from .comfyui import CONFIRM_TIMEOUT, STOP_TIMEOUT, ComfyUI, find_video
 from .settings import TaskSettings
 from .sonic_workflow import VIDEO_NODE, sonic_workflow
 
@@ -67,8 +70,21 @@ class PortraitTask(NodeTask):
                                       prefix=f"c3render/{ctx.job.id}")
             prompt_id = comfy.queue(workflow, client_id=uuid.uuid4().hex)
             ctx.log.info("portrait.queued", prompt_id=prompt_id, seed=seed)
-            ctx.cancel.on_cancel(lambda: comfy.stop(prompt_id))
-            outputs = comfy.wait(prompt_id, ctx.cancel, s.comfyui_poll_interval, ctx.report)
+            stopped = threading.Event()
+
+            def stop() -> None:
+                try:
+                    if not comfy.stop(prompt_id):  # the node may still be rendering it: for how long, unknown
+                        ctx.extras["node_busy_for"] = math.inf
+                finally:
+                    stopped.set()
+
+            ctx.cancel.on_cancel(stop)
+            try:
+                outputs = comfy.wait(prompt_id, ctx.cancel, s.comfyui_poll_interval, ctx.report)
+            except TaskCancelled:
+                stopped.wait(STOP_TIMEOUT * 2 + CONFIRM_TIMEOUT)  # the interrupt confirmed (or not) first
+                raise
             video = comfy.download(find_video(outputs, prefer=VIDEO_NODE), ctx.path(".mp4"))
         finally:
             comfy.close()

@@ -36,7 +36,9 @@ class TaskSettings(EgressSettings):
     # -- node apps --
     node_request_timeout: float = Field(60.0, gt=0, validation_alias="NODE_REQUEST_TIMEOUT",
                                         description="One HTTP call to a node app (seconds)")
-    gradio_poll_interval: float = Field(1.0, gt=0, validation_alias="GRADIO_POLL_INTERVAL")
+    gradio_poll_interval: float = Field(1.0, gt=0, validation_alias="GRADIO_POLL_INTERVAL",
+                                        description="How often a running Gradio call's progress is read; "
+                                                    "its result ends the wait at once")
     comfyui_poll_interval: float = Field(2.0, gt=0, validation_alias="COMFYUI_POLL_INTERVAL")
     comfyui_ready_timeout: float = Field(300.0, ge=0, validation_alias="COMFYUI_READY_TIMEOUT",
                                          description="How long ComfyUI may take to answer /system_stats")

@@ -76,6 +76,10 @@ def build_control_app(sim: Simulator) -> FastAPI:
             log.warning("sim.launch_slow", workload=instance.workload, seconds=delay,
                         reason="simulated slow launch; the instance already bills")
             await asyncio.sleep(delay)
+        if fault == "odd_body":
+            log.warning("sim.launch_fault", fault="odd_body", workload=instance.workload,
+                        reason="simulated 200 whose body lacks workload and node; the instance already bills")
+            return {"id": instance.workload, "status": "starting", "simulated": True}
         return {"workload": instance.workload, "node": instance.node, "type": instance.type,
                 "expires": instance.expires, "simulated": True}
 

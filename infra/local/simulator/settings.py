@@ -18,6 +18,8 @@ class Faults(BaseModel):
 
     launch_5xx: int = Field(0, ge=0, description="next N launches answer HTTP 503 (JSON error)")
     launch_html: int = Field(0, ge=0, description="next N launches answer HTTP 200 with a CDN-like HTML page")
+    launch_odd_body: int = Field(0, ge=0, description="next N launches start an instance but answer 200 with a "
+                                 "JSON body lacking 'workload' and 'node'")
     launch_delay: float = Field(0.0, ge=0, description="seconds a launch takes to answer (billing starts at once)")
     launch_delay_count: int | None = Field(None, ge=0, description="only the next N launches are slow (None: all)")
     stop_delay: float = Field(0.0, ge=0, description="seconds a stop takes to answer (the instance bills until then)")
@@ -38,6 +40,7 @@ class SimulatorSettings(BaseSettings):
 
     launch_5xx: int = Field(0, ge=0, validation_alias="C3_SIM_LAUNCH_5XX")
     launch_html: int = Field(0, ge=0, validation_alias="C3_SIM_LAUNCH_HTML")
+    launch_odd_body: int = Field(0, ge=0, validation_alias="C3_SIM_LAUNCH_ODD_BODY")
     launch_delay: float = Field(0.0, ge=0, validation_alias="C3_SIM_LAUNCH_DELAY")
     launch_delay_count: int | None = Field(None, ge=0, validation_alias="C3_SIM_LAUNCH_DELAY_COUNT")
     stop_delay: float = Field(0.0, ge=0, validation_alias="C3_SIM_STOP_DELAY")

@@ -63,6 +63,7 @@ class Counters:
     launches: int = 0
     launch_5xx: int = 0
     launch_html: int = 0
+    launch_odd_body: int = 0
     refused: int = 0
     stops: int = 0
     workloads_requests: int = 0
@@ -105,6 +106,10 @@ class Simulator:
                 self.faults.launch_html -= 1
                 self.counters.launch_html += 1
                 return "html"
+            if self.faults.launch_odd_body > 0:
+                self.faults.launch_odd_body -= 1
+                self.counters.launch_odd_body += 1
+                return "odd_body"
         return None
 
     def take_launch_delay(self) -> float:

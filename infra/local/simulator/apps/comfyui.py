@@ -7,8 +7,9 @@ the running prompt between frames; POST /queue {"delete": [...]} removes pending
 
 Fault switches (node_state.faults["comfyui"]): "down" (/system_stats 503),
 "node_error" (/prompt rejects the graph), "exec_error" (the sampler fails),
-"slow" (the run waits up to faults["slow_seconds"] unless interrupted, stepping its
-sampler through SLOW_STEPS steps).
+"slow" (the run takes faults["slow_seconds"] unless interrupted, stepping its sampler
+through SLOW_STEPS steps; like ComfyUI, an /interrupt takes effect at the next step's
+start, so the prompt stays in /queue's queue_running until then).
 
 Progress: ComfyUI sends ``{"type": "progress", "data": {"value", "max", "prompt_id",
 "node"}}`` on its websocket as a sampler steps. The simulator keeps the latest of those
@@ -100,7 +101,9 @@ class ComfyUISim:
                 for step in range(SLOW_STEPS):
                     with self.cv:
                         self.progress = {"value": step, "max": SLOW_STEPS, "prompt_id": prompt_id, "node": "7"}
-                    if self.interrupt.wait(slow_seconds(self.state) / SLOW_STEPS):
+                    # A step runs to its end: ComfyUI looks at /interrupt between steps only.
+                    time.sleep(slow_seconds(self.state) / SLOW_STEPS)
+                    if self.interrupt.is_set():
                         raise Interrupted()
             if switch == "exec_error":
                 raise ExecutionFailed("7", "SONICSampler", "torch.OutOfMemoryError",

@@ -2,8 +2,13 @@
 endpoints' api names and parameters, so the worker's gradio_client is exercised
 against a real Gradio server.
 
-Both handlers are coroutines: Gradio's /cancel cancels the running asyncio task, so
-a cancelled job stops here (recorded as event "cancelled") as it would on the node.
+Both handlers are plain (non-generator, synchronous) functions, as on a real node, so
+Gradio runs them in a worker thread that nothing can stop: a cancel removes a call that
+is still queued, but a running one goes on to its end (recorded as event "finished").
+Gradio then frees the app's queue slot, yet the node's one GPU is still busy: the next
+call, of either app, waits for it (``gpu``, one per node), as it did on a real node (a
+1 s job waited 28.7 s behind a cancelled render). This is the behaviour the worker must live with
+(``gradio_client``'s ``Job.cancel`` says so too).
 
 Gradio keeps the Blocks under construction in process-wide class attributes
 (``gradio.context.Context.root_block`` / ``.block``), not per thread. Nodes launched
@@ -14,10 +19,10 @@ without its api_name)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,17 +48,19 @@ def _blocks(title: str) -> Iterator[gr.Blocks]:
 
 def mount(app: Any, node_state: Any, media: Path) -> None:
     """Build CSM and Whisper and mount them at /csm and /whisper of the node's FastAPI app."""
+    gpu = threading.Lock()  # the node's one GPU, shared by its apps
     with BUILD_LOCK:
-        gr.mount_gradio_app(app, csm_blocks(node_state, media), path="/csm", allowed_paths=[str(media)])
-        gr.mount_gradio_app(app, whisper_blocks(node_state, media), path="/whisper", allowed_paths=[str(media)])
+        gr.mount_gradio_app(app, csm_blocks(node_state, media, gpu), path="/csm", allowed_paths=[str(media)])
+        gr.mount_gradio_app(app, whisper_blocks(node_state, media, gpu), path="/whisper",
+                            allowed_paths=[str(media)])
 
 
 SLOW_STEPS = 20  # the gr.Progress steps a "slow" job reports
 
 
-async def _maybe_slow(node_state: Any, app: str, log: Any, progress: Any = None) -> None:
-    """Raise for the "error" switch; sleep (cancellably) for "slow", reporting gr.Progress
-    steps as the real apps do (gradio_client sees them in Job.status().progress_data)."""
+def _maybe_slow(node_state: Any, app: str, log: Any, progress: Any = None) -> None:
+    """Raise for the "error" switch; sleep for "slow" (no cancel reaches it), reporting
+    gr.Progress steps as the real apps do (gradio_client sees them in Job.status().progress_data)."""
     switch = fault(node_state, app)
     if switch == "error":
         log.warning("sim.failing", reason="fault switch 'error' is on")
@@ -64,23 +71,26 @@ async def _maybe_slow(node_state: Any, app: str, log: Any, progress: Any = None)
         for step in range(SLOW_STEPS):
             if progress is not None:
                 progress((step, SLOW_STEPS), desc="generating", unit="steps")
-            await asyncio.sleep(seconds / SLOW_STEPS)
+            time.sleep(seconds / SLOW_STEPS)
 
 
-async def _cancellable(node_state: Any, app: str, log: Any, work: Any, progress: Any = None) -> Any:
-    try:
-        await _maybe_slow(node_state, app, log, progress)
-        return await asyncio.to_thread(work)
-    except asyncio.CancelledError:
-        record(node_state, app, "cancelled")
-        log.info("sim.cancelled", reason="the Gradio job was cancelled by the client")
-        raise
+def _run(node_state: Any, app: str, log: Any, gpu: threading.Lock, work: Any, progress: Any = None) -> Any:
+    """The call's work on the node's GPU, to its end whatever the client does meanwhile."""
+    with gpu:
+        started = time.time()
+        record(node_state, app, "started")
+        try:
+            _maybe_slow(node_state, app, log, progress)
+            return work()
+        finally:
+            record(node_state, app, "finished", seconds=round(time.time() - started, 3))
 
 
-def csm_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
+def csm_blocks(node_state: Any, outdir: Path, gpu: threading.Lock | None = None) -> gr.Blocks:
     log = sim_log("csm", node_state)
+    node_gpu = gpu or threading.Lock()
 
-    async def generate_monologue_audio(monologue_json: str, speaker_voice: str, speaker_text: str,
+    def generate_monologue_audio(monologue_json: str, speaker_voice: str, speaker_text: str,
                                        speaker_audio: str | None, temperature: float, topk: int,
                                        max_audio_length: int, pause_duration: int,
                                        progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008 - Gradio's idiom
@@ -105,7 +115,7 @@ def csm_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
                      voice=speaker_voice, reason="simulated speech: a synthetic voiced buzz, not CSM")
             return str(dest)
 
-        return await _cancellable(node_state, "csm", log, work, progress)
+        return _run(node_state, "csm", log, node_gpu, work, progress)
 
     with _blocks("CSM (simulated)") as demo:
         gr.Markdown("Simulated CSM text-to-speech (c3-render local simulator)")
@@ -125,10 +135,11 @@ def csm_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
     return demo
 
 
-def whisper_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
+def whisper_blocks(node_state: Any, outdir: Path, gpu: threading.Lock | None = None) -> gr.Blocks:
     log = sim_log("whisper", node_state)
+    node_gpu = gpu or threading.Lock()
 
-    async def transcribe_audio(audio_file: str | None, model: str, task: str, language: str, device: str,
+    def transcribe_audio(audio_file: str | None, model: str, task: str, language: str, device: str,
                                compute_type: str, batch_size: int, vad_method: str, word_timestamps: bool,
                                segment_resolution: str,
                                progress: gr.Progress = gr.Progress()) -> tuple[str, list[str]]:  # noqa: B008
@@ -149,7 +160,7 @@ def whisper_blocks(node_state: Any, outdir: Path) -> gr.Blocks:
                      reason="simulated transcript: deterministic text, not Whisper")
             return text, [str(dest)]
 
-        return await _cancellable(node_state, "whisper", log, work, progress)
+        return _run(node_state, "whisper", log, node_gpu, work, progress)
 
     with _blocks("Whisper (simulated)") as demo:
         gr.Markdown("Simulated WhisperX speech-to-text (c3-render local simulator)")
