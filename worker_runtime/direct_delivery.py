@@ -3,8 +3,8 @@
 The webhooks queue stays the durable path; this only takes the hop through it (the send,
 the deliverer's receive) off the common case. The winner of the final write:
 
-1. sends the job's delivery message with a delay of FALLBACK_DELAY (the longest an
-   attempt may hold the webhook lease, WEBHOOK_TIMEOUT + HOLD_SLACK): should this
+1. sends the job's delivery message with a delay of the longest an attempt may hold the
+   webhook lease (WEBHOOK_TIMEOUT + HOLD_SLACK) plus SETTLE_MARGIN: should this
    process die before or during its attempt, the deliverer takes the job from there (and
    the job's outbox entry brings it back to the reconciler should that message be lost);
 2. hands the job to the deliveries handler (chalicelib/delivery/deliveries.py) in a thread
@@ -31,13 +31,17 @@ from chalicelib.jobs.store import NOTIFY
 from chalicelib.platform.logs import get_logger
 
 log = get_logger("c3.worker.delivery")
+SETTLE_MARGIN = 20.0  # seconds past the attempt's lease before the fallback copy is delivered
 
 
 class DirectDelivery:
     def __init__(self, handler: DeliveryHandler, outbox: Any, webhook_timeout: float, threads: int = 2):
         self.handler = handler
         self.outbox = outbox
-        self.fallback_delay = min(900, math.ceil(webhook_timeout + HOLD_SLACK))  # SQS: 900 s at most
+        # SQS: 900 s at most. Past the attempt's lease, the margin leaves the direct attempt's
+        # settle write time to land (its throttle retries, a descheduled thread on a loaded
+        # host) before the fallback may find the lease lapsed and send an accepted webhook again.
+        self.fallback_delay = min(900, math.ceil(webhook_timeout + HOLD_SLACK + SETTLE_MARGIN))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deliver")
 
     def final(self, job: Job) -> None:

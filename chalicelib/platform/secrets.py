@@ -25,7 +25,8 @@ API_SECRETS = {"api-keys": "C3_RENDER_API_KEY", "operator-keys": "C3_RENDER_OPER
                "webhook-secret": "WEBHOOK_SECRET", "result-link-secret": "RESULT_LINK_SECRET"}
 # What the worker's task definition injects (ECS "secrets"); listed here so the deploy
 # and the template use one list of names.
-WORKER_SECRETS = {"comput3-api-key": "C3_API_KEY", "webhook-secret": "WEBHOOK_SECRET"}
+WORKER_SECRETS = {"comput3-api-key": "C3_API_KEY", "webhook-secret": "WEBHOOK_SECRET",
+                  "result-link-secret": "RESULT_LINK_SECRET"}
 ALL_SECRETS = {**API_SECRETS, **WORKER_SECRETS}
 
 

@@ -141,7 +141,7 @@ def test_app_template_wiring():
     grace_max = t["Parameters"]["ShutdownGrace"]["MaxValue"]
     assert container["StopTimeout"] <= 120 and 2 * grace_max + 30 <= container["StopTimeout"]
     assert container["HealthCheck"]["Command"] == ["CMD", "python", "-m", "worker_runtime.health"]
-    assert {s["Name"] for s in container["Secrets"]} == {"C3_API_KEY", "WEBHOOK_SECRET"}
+    assert {s["Name"] for s in container["Secrets"]} == {"C3_API_KEY", "WEBHOOK_SECRET", "RESULT_LINK_SECRET"}
     assert all(":parameter/c3-render/${Stage}/" in s["ValueFrom"]["Fn::Sub"] for s in container["Secrets"])
     # Secrets are never template parameters.
     for name, spec in t["Parameters"].items():

@@ -227,10 +227,14 @@ def test_processes_emit_metrics_for_success_failure_takeover_cancel_give_up_and_
     wait_until(lambda: emf.named(emf.read(tmp / "worker2.log"), "Takeovers", job_id=slow), 60)
     assert post(api, f"/job/{slow}", {"status": "cancelled"}).status_code == 200
 
-    wait_until(lambda: emf.named(emf.read(tmp / "handlers.log"), "JobsFinished", job_id=slow), 30)
+    logs = (tmp / "handlers.log", tmp / "worker1.log", tmp / "worker2.log")
+    wait_until(lambda: emf.named(emf.read(*logs), "JobsFinished", job_id=slow), 30)
     api_points = emf.read(tmp / "api.log")
     workers = emf.read(tmp / "worker1.log", tmp / "worker2.log")
     handlers = emf.read(tmp / "handlers.log")
+    # The notify delivery runs in the deliveries handler, or first straight from the worker that
+    # wrote the final state (its direct delivery, the same handler code): either counts the job.
+    deliveries = handlers + workers
 
     # Submitted: three jobs of type csm, counted by the API that created them.
     assert sorted(p.get("job_id") for p in emf.named(api_points, "JobsSubmitted", type="csm")) == sorted(
@@ -238,22 +242,22 @@ def test_processes_emit_metrics_for_success_failure_takeover_cancel_give_up_and_
     # Bad input: one point per field named, the made-up key as "other".
     assert sorted(p.get("field") for p in emf.named(api_points, "BadInputRejections")) == ["other", "temperature"]
     # Success and failure, counted once each on the durable path every final job takes: its
-    # notify delivery (the handlers), not the worker that wrote the final state.
-    (done,) = emf.named(handlers, "JobsFinished", job_id=ok)
-    (lost,) = emf.named(handlers, "JobsFinished", job_id=failed)
+    # notify delivery (the handler's code, wherever it ran), not the final write itself.
+    (done,) = emf.named(deliveries, "JobsFinished", job_id=ok)
+    (lost,) = emf.named(deliveries, "JobsFinished", job_id=failed)
     assert (done.get("outcome"), done.get("type"), lost.get("outcome")) == ("success", "csm", "failed")
-    assert [p.value for p in emf.named(handlers, "Attempts", job_id=ok)] == [1]
-    assert emf.named(handlers, "RunTime", job_id=ok)[0].value >= 0
-    assert {p.get("phase") for p in emf.named(handlers, "PhaseTime", job_id=ok)} >= {"downloading"}
+    assert [p.value for p in emf.named(deliveries, "Attempts", job_id=ok)] == [1]
+    assert emf.named(deliveries, "RunTime", job_id=ok)[0].value >= 0
+    assert {p.get("phase") for p in emf.named(deliveries, "PhaseTime", job_id=ok)} >= {"downloading"}
     assert {p.get("job_id") for p in emf.named(workers, "QueueWait")} == {ok, failed, slow}
     # The takeover: counted by the worker that took over, at attempt 2; the API's cancel too.
     assert [p.get("attempt") for p in emf.named(workers, "Takeovers")] == [2]
-    (cancelled,) = emf.named(handlers, "JobsFinished", job_id=slow)
+    (cancelled,) = emf.named(deliveries, "JobsFinished", job_id=slow)
     assert (cancelled.get("outcome"), cancelled.get("type")) == ("cancelled", "csm")
     # Webhooks: delivered for the success; refused then given up for the failure.
-    assert [p.get("outcome") for p in emf.named(handlers, "WebhookDeliveries", job_id=ok)] == ["delivered"]
-    assert [p.get("outcome") for p in emf.named(handlers, "WebhookDeliveries", job_id=failed)] == [
-        "refused", "gave_up"]
+    assert [p.get("outcome") for p in emf.named(deliveries, "WebhookDeliveries", job_id=ok)] == ["delivered"]
+    assert sorted(p.get("outcome") for p in emf.named(deliveries, "WebhookDeliveries", job_id=failed)) == [
+        "gave_up", "refused"]  # from two processes' logs: the set of outcomes, not their order
     # Heartbeats from both workers.
     assert {p.get("worker") for p in emf.named(workers, "WorkerHeartbeats")} and len(
         emf.named(emf.read(tmp / "worker2.log"), "WorkerHeartbeats")) >= 1

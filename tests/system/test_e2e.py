@@ -103,7 +103,7 @@ def test_all_four_job_types_complete_with_real_media(system, tmp_path: Path):
     ledger = system["sim"].ledger()
     assert ledger["launches"] == 1 and ledger["running"] == 1, ledger
     node = system["sim"].node(ledger["instances"][0]["workload"])
-    csm_calls = [r for r in node["requests"] if r.get("app") == "csm"]
+    csm_calls = [r for r in node["requests"] if r.get("app") == "csm" and r.get("event") == "request"]
     assert csm_calls, node["requests"]
     assert csm_calls[-1]["temperature"] == 0.7 and csm_calls[-1]["topk"] == 40
     assert csm_calls[-1]["speaker_voice"] == "conversational_a"

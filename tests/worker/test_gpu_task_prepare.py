@@ -34,13 +34,14 @@ class Steps:
 
 
 class OneNode:
-    def acquire(self, job_id: str, token: CancelToken, log: Any, on_phase: Any = None) -> str:
+    def acquire(self, job_id: str, token: CancelToken, log: Any, on_phase: Any = None,
+                arrived_at: float | None = None) -> str:
         return "node-1"
 
     def watch(self, job_id: str, node: Any, token: CancelToken) -> None:
         pass
 
-    def release(self, job_id: str, node_fault: Any) -> bool:
+    def release(self, job_id: str, node_fault: Any, busy_for: float | None = None) -> bool:
         return False
 
 
