@@ -68,7 +68,7 @@ def test_cold_and_warm_receipts_and_the_books_match_the_simulators_ledger(genv, 
     assert c["queued_seconds"] >= 0 and w["queued_seconds"] >= 0
 
     with Client(create_app(Context(Settings(**genv)))) as client:
-        health = json.loads(client.http.get("/health").body)
+        health = json.loads(client.http.get("/health", headers={"X-C3-RENDER-KEY": "key-one"}).body)
         fleet = health["gpus"]["fleets"]["media:fast"]
     x = cancelled.cost_view()
     assert cancelled.status is JobStatus.CANCELLED and x["gpu_seconds"] > 0 and not x["cold_start"]
