@@ -71,7 +71,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "audio": samples.audio_file(folder / "voice.wav", 1.2)}
 
 
-def answers(session: requests.Session, url: str) -> bool:
+def session_answers(session: requests.Session, url: str) -> bool:
     """The booting node answers (a request it drops or holds past the timeout is a no, not an error)."""
     try:
         return session.get(url, timeout=5).ok
@@ -85,7 +85,7 @@ def comfy(log_dir: Path, media: dict[str, Path]) -> Iterator[tuple[ComfyNode, st
     sim = SimulatorProcess.start(log_path=log_dir / "c3sim-fidelity.log")
     try:
         node = ComfyNode(sim, launch(sim)["node"])
-        wait_until(lambda: answers(node.session, f"{node.base}/system_stats"), 60)
+        wait_until(lambda: session_answers(node.session, f"{node.base}/system_stats"), 60)
         yield node, node.upload(media["image"]), node.upload(media["audio"])
     finally:
         sim.stop()
