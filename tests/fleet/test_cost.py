@@ -48,8 +48,8 @@ def test_cold_and_warm_receipts_and_the_books_match_the_simulators_ledger(genv, 
     c3_sim.set_faults(node_init_seconds=1.0)  # a boot the cold job waits for
     with gpu_worker(genv) as tw:
         ctx = tw.ctx
-        cold = settled(ctx, submit(ctx, "csm", {"text": "sleep:0.5"}, owner="o1"))
-        warm = settled(ctx, submit(ctx, "csm", {"text": "sleep:0.3"}, owner="o1"))
+        cold = settled(ctx, submit(ctx, "csm", {"text": "sleep:3"}, owner="o1"))
+        warm = settled(ctx, submit(ctx, "csm", {"text": "sleep:2"}, owner="o1"))
         # A job its client cancels mid-run pays for the GPU seconds it used.
         cancelled = submit(ctx, "csm", {"text": "sleep:30"}, owner="o1")
         wait_until(lambda: ctx.store.get(cancelled).phase == "rendering", 30)
