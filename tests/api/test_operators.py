@@ -16,6 +16,7 @@ from chalicelib.platform.auth import owner_of, tenant_label
 from chalicelib.context import Context
 from chalicelib.platform.secrets import API_SECRETS
 from chalicelib.platform.settings import Settings
+from tests.conftest import PROFILE
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +128,7 @@ def test_an_operator_reads_the_last_hours_dead_letters_and_intake_rejections(cli
     assert code == 403 and refused["details"][0]["message"] == "must be an operator key"
 
 
+@pytest.mark.skipif(PROFILE != "moto", reason="SSM is on the moto profile; the LocalStack profile runs SQS, S3 and DynamoDB Local")
 def test_operator_keys_go_from_the_deploy_to_ssm_to_the_lambda(aws_endpoints):
     """Stored like the API keys: the deploy writes C3_RENDER_OPERATOR_KEYS as a SecureString
     beside them (optional: nothing is asked for or generated without it), and the Lambda

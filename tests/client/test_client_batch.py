@@ -56,7 +56,8 @@ def test_cli_batch_file_with_wait_shows_progress_and_exits_by_outcome(stack_env,
         bad.write_text(lines[0] + "\n" + json.dumps({"type": "csm", "params": {"text": "x", "topk": 0}}) + "\n")
         res = runner.invoke(app, ["batch", str(bad), "--json"], env=env)
         assert res.exit_code == EXIT_USAGE
-        doc = json.loads(res.stdout[res.stdout.index('{\n  "batches"'):])
+        # The in-process worker's metric lines share captured stdout: read the CLI's document only.
+        doc, _ = json.JSONDecoder().raw_decode(res.stdout[res.stdout.index('{\n  "batches"'):])
         assert doc["batches"][0]["accepted"] == 1
         assert doc["batches"][0]["items"][1]["details"][0]["field"] == "items.1.params.topk"
         broken = tmp_path / "broken.jsonl"
