@@ -58,13 +58,7 @@ class JobQueries:
         """The owner's jobs, newest first, ``limit`` at most, and the cursor for the next page."""
         names = {"#owner": "owner"}
         values: dict[str, Any] = {":owner": {"S": owner}}
-        filters = []
-        if status is not None:
-            names["#status"], values[":status"] = "status", {"S": status.value}
-            filters.append("#status = :status")
-        if job_type is not None:
-            names["#type"], values[":type"] = "type", {"S": job_type.value}
-            filters.append("#type = :type")
+        filters = _status_and_type(status, job_type, names, values)
         query: dict[str, Any] = {
             "TableName": self._table, "IndexName": OWNER_INDEX, "ScanIndexForward": False,
             "KeyConditionExpression": "#owner = :owner", "ExpressionAttributeNames": names,
@@ -98,13 +92,7 @@ class JobQueries:
         while pages come back empty, at most MAX_PAGES pages that hold items."""
         names = {"#day": "created_day"}
         values: dict[str, Any] = {}
-        filters = []
-        if status is not None:
-            names["#status"], values[":status"] = "status", {"S": status.value}
-            filters.append("#status = :status")
-        if job_type is not None:
-            names["#type"], values[":type"] = "type", {"S": job_type.value}
-            filters.append("#type = :type")
+        filters = _status_and_type(status, job_type, names, values)
         now = self._clock()
         start: dict[str, Any] | None = None
         day_at = now
@@ -221,3 +209,16 @@ class JobQueries:
 def datetime_day_start(at: float) -> float:
     """The start (UTC) of the day ``at`` falls in."""
     return at - at % DAY
+
+
+def _status_and_type(status: JobStatus | None, job_type: JobType | None, names: dict[str, str],
+                     values: dict[str, Any]) -> list[str]:
+    """The listing's optional filters: their placeholders go into ``names``/``values``."""
+    filters = []
+    if status is not None:
+        names["#status"], values[":status"] = "status", {"S": status.value}
+        filters.append("#status = :status")
+    if job_type is not None:
+        names["#type"], values[":type"] = "type", {"S": job_type.value}
+        filters.append("#type = :type")
+    return filters
