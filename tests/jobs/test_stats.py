@@ -38,8 +38,8 @@ def final_job(status: JobStatus, waited: float, ran: float, finished_at: float) 
 
 
 def test_finished_jobs_and_gpu_samples_show_in_the_last_hour(stack_env) -> None:
-    ctx = Context(Settings(**stack_env))
-    now = time.time()
+    now = (time.time() // 60) * 60 + 30  # mid-minute: "now - 1" is this minute whenever the test runs
+    ctx = Context(Settings(**stack_env), clock=lambda: now)
     jobs = [final_job(JobStatus.SUCCESS, 3, 15, now - 1), final_job(JobStatus.SUCCESS, 4, 25, now - 1),
             final_job(JobStatus.FAILED, 40, 0.5, now - 1), final_job(JobStatus.CANCELLED, 1, 2, now - 180)]
     for job in jobs:
