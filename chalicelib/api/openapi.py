@@ -35,13 +35,18 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+EDGE_429 = ("Over the edge's rate for this key, or for this address without a key (AWS WAF rules of the "
+            "deployed stage: ApiTenantRateLimit, ApiAnonymousRateLimit, ApiAddressRateLimit per "
+            "ApiRateWindowSeconds); see Retry-After")
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or wrong API key", 404: "Unknown job",
             403: "The result link does not open this job, or the route needs an operator key",
             405: "Method not allowed on this route",
             409: "Conflict with the job's state", 413: "Body too large",
             415: "Content-Type is not application/json", 422: "Invalid fields",
-            429: "The key has its cap of jobs in flight (see Retry-After)",
+            429: "The key has its cap of jobs in flight, or is over the edge's rate (see Retry-After)",
             503: "A backing AWS service is unavailable; nothing was accepted"}
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
@@ -347,6 +352,9 @@ def openapi_document() -> dict[str, Any]:
     paths["/result/{id}"] = {"get": {"summary": "Job result", "operationId": "getResult", "parameters": [job_id],
                                      "responses": {"200": _json(_ref("Result"), "Result"),
                                                    **_errors(400, 401, 404, 409)}}}
+    for operations in paths.values():  # the edge (WAF on AWS) may refuse any request over its rate
+        for operation in operations.values():
+            operation["responses"].setdefault("429", _json(_ref("Error"), EDGE_429))
     return {
         "openapi": "3.1.0",
         "info": {"title": "c3-render", "version": "1.0.0"},

@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from chalice.cli.factory import CLIFactory
 from chalice.local import ChaliceRequestHandler, ForbiddenError, LocalDevServer, LocalGatewayException
 
+from infra.local.edge import Edge, Request, Verdict
 from infra.local.processes import ROOT
 
 
@@ -28,6 +30,7 @@ def not_found_body(method: str, path: str) -> dict[str, object]:
 
 class NoDelayHandler(ChaliceRequestHandler):
     disable_nagle_algorithm = True
+    edge: Edge | None = None  # app.yaml's WAF rules in front of the API (--edge-acl)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._multi: dict[str, list[str]] = {}
@@ -71,6 +74,12 @@ class NoDelayHandler(ChaliceRequestHandler):
     def _generic_handle(self) -> None:
         """A client that hangs up before its answer (Ctrl-C during a held `Prefer: wait`, a
         closed browser tab) is an ordinary event: one log line, no traceback."""
+        if self.edge is not None:
+            verdict = self.edge.check(Request(self.client_address[0],
+                                              {name.lower(): value for name, value in self.headers.items()}))
+            if verdict is not None:
+                self._send_verdict(verdict)
+                return
         try:
             super()._generic_handle()
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -78,6 +87,22 @@ class NoDelayHandler(ChaliceRequestHandler):
             print(json.dumps({"level": "INFO", "event": "api.client_gone", "path": self.path.split("?", 1)[0],
                               "reason": f"the client closed the connection before the answer ({type(exc).__name__})"}),
                   flush=True)
+
+    def _send_verdict(self, verdict: Verdict) -> None:
+        """The edge's answer, as WAF gives it: the function never sees the request, whose body
+        is left unread (the connection is closed after the answer)."""
+        print(json.dumps({"level": "INFO", "event": "edge.blocked", "rule": verdict.rule,
+                          "address": self.client_address[0], "path": self.path.split("?", 1)[0],
+                          "reason": f"the web ACL's rule {verdict.rule} is over its rate for this caller"}),
+              flush=True)
+        self.close_connection = True
+        self.send_response(verdict.status)
+        for name, value in verdict.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(verdict.body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(verdict.body)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _generic_handle
 
@@ -103,7 +128,11 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--stage", default="dev")
+    parser.add_argument("--edge-acl", type=Path, help="a JSON file of app.yaml's ApiWebAcl properties, resolved: "
+                        "its rate rules answer before the API, as WAF does on AWS")
     args = parser.parse_args()
+    if args.edge_acl is not None:
+        NoDelayHandler.edge = Edge(json.loads(args.edge_acl.read_text()))
     os.environ["AWS_CHALICE_CLI_MODE"] = "true"
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
     factory = CLIFactory(project_dir=str(ROOT), environ=os.environ)

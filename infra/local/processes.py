@@ -74,9 +74,12 @@ def start_moto(port: int, log_path: Path | None = None, iam: bool = False) -> su
     return proc
 
 
-def start_api(port: int, env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
-    """Serve app.py with Chalice's local server (stage dev) on 127.0.0.1."""
+def start_api(port: int, env: dict[str, str], log_path: Path | None = None,
+              edge_acl: Path | None = None) -> subprocess.Popen:
+    """Serve app.py with Chalice's local server (stage dev) on 127.0.0.1; with ``edge_acl``
+    (app.yaml's web ACL, resolved, as JSON) behind its WAF rate rules (infra/local/edge.py)."""
+    edge = ["--edge-acl", str(edge_acl)] if edge_acl is not None else []
     proc = start([sys.executable, "-m", "infra.local.api_server", "--host", "127.0.0.1", "--port", str(port),
-                  "--stage", "dev"], env=env, log_path=log_path)
+                  "--stage", "dev", *edge], env=env, log_path=log_path)
     wait_http(f"http://127.0.0.1:{port}/", timeout=60, proc=proc)
     return proc

@@ -14,7 +14,9 @@ Derived by code, nothing by hand:
 - each role is created on moto from its policy documents and assumed (STS AssumeRole):
   every process runs with its own role's temporary credentials, moto's access control
   on (``/moto-api/reset-auth``, INITIAL_NO_AUTH_ACTION_COUNT), and the in-process policy
-  check of infra/local/iam_guard.py on every call.
+  check of infra/local/iam_guard.py on every call;
+- the API answers behind the web ACL the template associates with its stage (its WAF
+  rate rules, enforced by infra/local/edge.py).
 
 The only values that differ from AWS are where things are (LOCAL_OVERRIDES): the AWS
 and Comput3 endpoints, the API stage URL (the local API server), writable paths, and
@@ -167,6 +169,11 @@ class Templates:
     def policies(self, role: str) -> list[dict[str, Any]]:
         return [p["PolicyDocument"] for p in self.roles[role].get("Policies", [])]
 
+    def web_acl(self) -> dict[str, Any]:
+        """The WAF web ACL in front of the API's stage (enforced locally by infra/local/edge.py)."""
+        acl = next(spec for spec in self.app["Resources"].values() if spec["Type"] == "AWS::WAFv2::WebACL")
+        return self.resolver.resolve(acl["Properties"])
+
 
 def role_name(stage: str, logical_id: str) -> str:
     return f"c3-render-{stage}-{logical_id}"
@@ -298,9 +305,11 @@ class ProdProfile:
                   log_name: str = "api") -> Any:
         """The API function's process on ``port`` (another one: with other policy documents)."""
         api = self.templates.api_function()
+        edge = self.work / "edge-acl.json"
+        edge.write_text(json.dumps(self.templates.web_acl()))
         return processes.start(
             self.guarded(api.role, ["infra.local.api_server", "--host", "127.0.0.1", "--port", str(port),
-                                    "--stage", self.stage], policies, record),
+                                    "--stage", self.stage, "--edge-acl", str(edge)], policies, record),
             env=self.function_env(api), log_path=self.work / f"{log_name}.log", clean=True)
 
     def start(self, schedule_every: float = 2.0, workers: int = 1) -> None:

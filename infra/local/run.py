@@ -8,6 +8,7 @@ real C3_API_KEY is set. ALLOW_PRIVATE_URLS defaults to true here (local mode).""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -230,7 +231,7 @@ def main() -> int:
                     "RESULT_LINK_SECRET": os.environ.get("RESULT_LINK_SECRET", secrets.token_urlsafe(24))})
         os.environ.update(env)
         say(f"starting the API on http://127.0.0.1:{API_PORT}")
-        api = processes.start_api(API_PORT, env, RUN_DIR / "logs" / "api.log")
+        api = processes.start_api(API_PORT, env, RUN_DIR / "logs" / "api.log", edge_acl_file())
         sup.adopt("api", api)
         for n in range(1, workers + 1):
             sup.spawn(f"worker-{n}", [sys.executable, "-m", "worker_runtime"],
@@ -259,6 +260,22 @@ def samples_profile(sup: Supervisor) -> dict[str, str]:
                           "--directory", str(folder)], {})
     processes.wait_http(f"http://127.0.0.1:{SAMPLES_PORT}/", timeout=15)
     return {}
+
+
+def edge_acl_file() -> Path | None:
+    """API_EDGE=on: the API answers behind app.yaml's WAF rate rules (their defaults), as on
+    AWS; off by default, so that local load (make bench, scripts) is not throttled."""
+    raw = os.environ.get("API_EDGE", "").strip().lower() or "off"
+    if raw not in ("on", "off"):
+        raise StartFailed(f"API_EDGE={raw!r}: must be on or off")
+    if raw == "off":
+        return None
+    from infra.local.edge import web_acl_from_template
+
+    path = RUN_DIR / "edge-acl.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(web_acl_from_template()))
+    return path
 
 
 def worker_count() -> int:

@@ -148,6 +148,11 @@ def test_app_template_wiring():
         assert not any(w in name.lower() for w in ("key", "secret", "password", "token")), name
     statements = res["WorkerTaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     assert all("*" not in action for s in statements for action in s["Action"])
+    # The edge's web ACL guards the API's own stage (a rate rule per credential header and per address).
+    arn = json.dumps(res["ApiWebAclAssociation"]["Properties"]["ResourceArn"])
+    assert '{"Ref": "RestAPI"}' in arn and '{"Ref": "RestAPI.Stage"}' in arn
+    rules = {r["Name"]: r["Statement"]["RateBasedStatement"] for r in res["ApiWebAcl"]["Properties"]["Rules"]}
+    assert set(rules) == {"per-address", "per-key-header", "per-key-bearer", "per-address-without-key"}
 
 
 def test_policy_files_name_only_their_stage():

@@ -19,7 +19,7 @@ from infra.local.prod_profile import (CREDENTIALS, LAMBDA_RUNTIME, LOCAL_OVERRID
 from infra.local.samples import write_samples
 from infra.local.simulator import SimulatorProcess
 from tests.support import samples
-from tests.support.harness import wait_until
+from tests.support.harness import get_from, wait_until
 from tests.support.receiver import Receiver
 
 KEY = {"X-C3-RENDER-KEY": "prod-key-a"}
@@ -120,6 +120,18 @@ def test_health_with_a_key_reads_the_queues_and_fleet_under_the_api_role(prod: d
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["queue"]["dead_letters"] == 0 and "fleet" in body["gpus"]
+
+
+def test_the_api_answers_behind_the_templates_edge_rules(prod: dict[str, Any]) -> None:
+    """The web ACL the template associates with the stage, at its default limits: one address
+    without a key is refused past ApiAnonymousRateLimit a window, and a key from it is not."""
+    acl = prod["profile"].templates.web_acl()
+    limit = next(int(r["Statement"]["RateBasedStatement"]["Limit"]) for r in acl["Rules"]
+                 if r["Name"] == "per-address-without-key")
+    port = int(prod["api"].rsplit(":", 1)[1])
+    statuses = [get_from("127.0.0.9", port, "/health")[0] for _ in range(limit + 1)]
+    assert statuses == [200] * limit + [429]
+    assert get_from("127.0.0.9", port, "/health", KEY)[0] == 200
 
 
 def test_a_removed_permission_is_caught_naming_role_action_and_resource(prod: dict[str, Any]) -> None:

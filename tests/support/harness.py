@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sys
@@ -142,3 +143,16 @@ def log_events(log_path: Path, event: str) -> list[dict[str, Any]]:
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+def get_from(source: str, port: int, path: str,
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """GET http://127.0.0.1:port/path sent from ``source``, an address of the loopback network
+    (127.0.0.0/8): the API's edge tells callers apart by address, as WAF does."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
