@@ -3,11 +3,14 @@ child exiting ends the wait, and stop_all stops everything. Real child processes
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
+
+import pytest
 
 from infra.local.run import Supervisor
 from tests.support.harness import wait_until
@@ -64,3 +67,21 @@ def test_a_worker_that_keeps_dying_is_restarted_with_a_growing_delay(tmp_path: P
             assert child.proc is not before
     finally:
         sup.stop_all()
+
+
+def test_api_edge_chooses_the_templates_web_acl_or_none(tmp_path: Path, monkeypatch) -> None:
+    from infra.local import run
+    from infra.local.processes import StartFailed
+
+    monkeypatch.setattr(run, "RUN_DIR", tmp_path)
+    monkeypatch.delenv("API_EDGE", raising=False)
+    assert run.edge_acl_file() is None
+    monkeypatch.setenv("API_EDGE", "on")
+    path = run.edge_acl_file()
+    assert path is not None and path.parent == tmp_path
+    acl = json.loads(path.read_text())
+    assert [r["Name"] for r in acl["Rules"]] == ["per-address", "per-key-header", "per-key-bearer",
+                                                 "per-address-without-key"]
+    monkeypatch.setenv("API_EDGE", "yes")
+    with pytest.raises(StartFailed, match="API_EDGE='yes': must be on or off"):
+        run.edge_acl_file()
