@@ -27,11 +27,8 @@ from chalicelib.fleet.pool import Demand, demand_reader, idle_plans, read_demand
 from chalicelib.fleet.registry import LAUNCHING, STOPPING, GpuRecord, GpuRegistry, RecordLost
 from chalicelib.fleet.settings import FleetSettings
 from chalicelib.platform.logs import EventLogger, get_logger
-from chalicelib.platform.secrets import load_secrets
 
 REAPER_ID = "gpu-reaper"
-# Only the reaper's function reads the Comput3 key (the API's functions never see it).
-REAPER_SECRETS = {"comput3-api-key": "C3_API_KEY"}
 
 
 class SweepDeferred(Comput3Error):
@@ -276,7 +273,6 @@ def reap_gpus(registry: GpuRegistry, settings: FleetSettings | None = None,
     ``traffic`` what GPU_IDLE_POLICY=adaptive learned (none: the fixed bounds)."""
     log = get_logger("c3.gpu_reaper", worker=REAPER_ID)
     if settings is None:
-        load_secrets(wanted=REAPER_SECRETS, required=tuple(REAPER_SECRETS))  # on AWS: from SSM
         settings = FleetSettings()
     if not settings.c3_api_key:
         log.warning("gpu.reaper_skipped", reason="C3_API_KEY is not set: no Comput3 account to reap")

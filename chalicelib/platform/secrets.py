@@ -13,7 +13,7 @@ Without ``SECRETS_PATH``, or outside a Lambda runtime, nothing happens.
 from __future__ import annotations
 
 import os
-from typing import Any, MutableMapping
+from typing import Any, Mapping, MutableMapping
 
 from chalicelib.platform import aws
 from chalicelib.platform.logs import get_logger
@@ -30,27 +30,49 @@ WORKER_SECRETS = {"comput3-api-key": "C3_API_KEY", "webhook-secret": "WEBHOOK_SE
 ALL_SECRETS = {**API_SECRETS, **WORKER_SECRETS}
 
 
-# On AWS the API must never come up open: without its keys the function fails to start.
-REQUIRED = ("api-keys",)
+# Secrets a function cannot run without: the API must never come up open, and the GPU
+# reaper cannot stop instances without the Comput3 key. The others are optional (a missing
+# result-link secret disables links; operator keys are optional).
+REQUIRED = ("api-keys", "comput3-api-key")
 
 
 class MissingSecret(RuntimeError):
     pass
 
 
+def wanted_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """The parameters this function reads: ``SECRETS_WANTED`` (comma-separated parameter
+    names, set per function by the template, so that each role is granted only its own),
+    or the API's when it is unset."""
+    raw = environ.get("SECRETS_WANTED")
+    if raw is None:
+        return API_SECRETS
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_SECRETS]
+    if unknown:
+        raise MissingSecret(f"SECRETS_WANTED names unknown parameter(s) {', '.join(unknown)}: "
+                            f"must be among {', '.join(sorted(ALL_SECRETS))}")
+    return {n: ALL_SECRETS[n] for n in names}
+
+
 def load_secrets(environ: MutableMapping[str, str] = os.environ, ssm: Any = None,
-                 wanted: dict[str, str] = API_SECRETS, required: tuple[str, ...] = REQUIRED) -> list[str]:
-    """Copy the ``wanted`` parameters under ``SECRETS_PATH`` into ``environ``.
+                 wanted: dict[str, str] | None = None) -> list[str]:
+    """Copy the ``wanted`` parameters (default: ``wanted_secrets``) under ``SECRETS_PATH``
+    into ``environ``.
 
     Returns the environment variables set. A variable already set explicitly wins
-    (an operator override). Raises MissingSecret when a ``required`` one is absent,
-    and boto3's error when SSM cannot be read."""
+    (an operator override). Raises MissingSecret when a REQUIRED one among them is
+    absent, and boto3's error when SSM cannot be read."""
     path = environ.get("SECRETS_PATH")
     # Only inside the Lambda runtime: `chalice package` and `chalice deploy` import
     # app.py with the stage's variables (SECRETS_PATH too) but must not read secrets.
     if not path or not environ.get("AWS_LAMBDA_FUNCTION_NAME"):
         return []
     path = path.rstrip("/") + "/"
+    if wanted is None:
+        wanted = wanted_secrets(environ)
+    if not wanted:
+        return []
     if ssm is None:
         region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         ssm = aws.client("ssm", region)
@@ -64,7 +86,7 @@ def load_secrets(environ: MutableMapping[str, str] = os.environ, ssm: Any = None
             loaded.append(env_name)
     missing = resp.get("InvalidParameters", [])
     log.info("secrets.loaded", path=path, variables=loaded, missing=missing)
-    absent = [name for name in required if not environ.get(wanted[name])]
+    absent = [name for name in REQUIRED if name in wanted and not environ.get(wanted[name])]
     if absent:
         raise MissingSecret(f"SSM parameter(s) {', '.join(path + n for n in absent)} missing or empty: "
                             "refusing to start without them (run `make deploy` to store them)")

@@ -15,7 +15,6 @@ import pytest
 from cfnlint.api import lint_file
 
 from chalicelib.context import Context
-from chalicelib.fleet.reaper import REAPER_SECRETS
 from chalicelib.jobs.models import JobType
 from chalicelib.jobs.service import JobService
 from chalicelib.platform import aws
@@ -334,11 +333,41 @@ def test_secrets_from_the_deploy_to_the_lambda(moto, stage):
     assert sorted(load_secrets(lambda_env, ssm)) == ["C3_RENDER_API_KEY", "RESULT_LINK_SECRET", "WEBHOOK_SECRET"]
     assert lambda_env["C3_RENDER_API_KEY"] == "k1,k2" and "C3_API_KEY" not in lambda_env  # not the API's
     assert load_secrets({"SECRETS_PATH": f"/c3-render/{stage}/"}, ssm) == []  # outside Lambda: nothing
-    reaper_env = {"SECRETS_PATH": f"/c3-render/{stage}/", "AWS_LAMBDA_FUNCTION_NAME": "gpu_reaper"}
-    assert load_secrets(reaper_env, ssm, wanted=REAPER_SECRETS, required=tuple(REAPER_SECRETS)) == ["C3_API_KEY"]
+    # Each function reads only the parameters its template names (SECRETS_WANTED).
+    reaper_env = {"SECRETS_PATH": f"/c3-render/{stage}/", "AWS_LAMBDA_FUNCTION_NAME": "gpu_reaper",
+                  "SECRETS_WANTED": "comput3-api-key"}
+    assert load_secrets(reaper_env, ssm) == ["C3_API_KEY"]
     assert reaper_env["C3_API_KEY"] == "c3-secret"  # the scheduled reaper's, as the worker gets it from SSM
-    with pytest.raises(MissingSecret, match="api-keys"):
-        load_secrets({"SECRETS_PATH": "/c3-render/nosuchstage/", "AWS_LAMBDA_FUNCTION_NAME": "f"}, ssm)
+    hooks_env = {"SECRETS_PATH": f"/c3-render/{stage}/", "AWS_LAMBDA_FUNCTION_NAME": "webhooks",
+                 "SECRETS_WANTED": "webhook-secret,result-link-secret"}
+    assert sorted(load_secrets(hooks_env, ssm)) == ["RESULT_LINK_SECRET", "WEBHOOK_SECRET"]
+    assert "C3_RENDER_API_KEY" not in hooks_env
+    assert load_secrets({**lambda_env, "SECRETS_WANTED": ""}, ssm=object()) == []  # none: SSM is not called
+    with pytest.raises(MissingSecret, match="unknown parameter.* api-key:"):
+        load_secrets({**lambda_env, "SECRETS_WANTED": "api-key"}, ssm)
+    for wanted, missing in ((None, "api-keys"), ("comput3-api-key", "comput3-api-key")):
+        env = {"SECRETS_PATH": "/c3-render/nosuchstage/", "AWS_LAMBDA_FUNCTION_NAME": "f"}
+        if wanted is not None:
+            env["SECRETS_WANTED"] = wanted
+        with pytest.raises(MissingSecret, match=missing):
+            load_secrets(env, ssm)
+
+
+def test_every_function_is_granted_exactly_the_secrets_it_reads():
+    """SECRETS_WANTED per function in the template, and its role's ssm:GetParameters
+    resources, name the same parameters (the production-shaped profile runs them)."""
+    t = render_app_template("prod")
+    shared = t["Globals"]["Function"]["Environment"]["Variables"]
+    functions = {name: spec for name, spec in t["Resources"].items() if spec["Type"] == "AWS::Serverless::Function"}
+    assert len(functions) == 6
+    for name, spec in functions.items():
+        env = {**shared, **spec["Properties"].get("Environment", {}).get("Variables", {})}
+        wanted = sorted(n for n in env["SECRETS_WANTED"].split(",") if n)
+        role = t["Resources"][spec["Properties"]["Role"]["Fn::GetAtt"][0]]["Properties"]
+        granted = sorted(resource.rsplit("/", 1)[1] for policy in role["Policies"]
+                         for statement in policy["PolicyDocument"]["Statement"]
+                         if "ssm:GetParameters" in statement["Action"] for resource in statement["Resource"])
+        assert granted == wanted, name
 
 
 def test_make_targets_run_the_deploy_script():
