@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from chalicelib.jobs.models import HttpUrlStr, JobStatus, JobType, parse_job_request, validation_details
 from chalicelib.jobs.outbox import Outbox
-from chalicelib.jobs.record import iso
+from chalicelib.jobs.record import OwedMessages, iso
 from chalicelib.jobs.service import JobService, idempotency_job_id, parse_job_id, request_hash
 from chalicelib.jobs.store import NOTIFY, JobStore
 from chalicelib.platform.dynamo import Expr, decode_item, encode_item
@@ -77,7 +77,7 @@ class BatchItem(BaseModel):
 
 
 @dataclass
-class Batch:
+class Batch(OwedMessages):
     id: str
     owner: str
     created_at: float
@@ -88,13 +88,6 @@ class Batch:
     members_created: bool = False
     completed_at: float | None = None
     counts: dict[str, int] | None = None
-    outbox: str | None = None
-    outbox_at: float | None = None
-    outbox_sends: int = 0
-    webhook: str | None = None
-    webhook_attempts: int = 0
-    webhook_error: str | None = None
-    webhook_lease: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -16,8 +16,26 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
+@dataclass(kw_only=True)
+class OwedMessages:
+    """What a record (a job, or a batch: chalicelib/jobs/batches.py) owes and how its final
+    webhook went; the outbox, the reconciler and the deliverer treat both alike."""
+
+    # The outbox (see chalicelib/jobs/outbox.py): which message the record is owed
+    # ("dispatch" while a job is queued or running, "notify" once final until delivered),
+    # when the reconciler should re-send it, and how often it already did.
+    outbox: str | None = None
+    outbox_at: float | None = None
+    outbox_sends: int = 0
+    # Final webhook delivery: pending | delivered | failed (only with a notify_url).
+    webhook: str | None = None
+    webhook_attempts: int = 0
+    webhook_error: str | None = None
+    webhook_lease: float | None = None
+
+
 @dataclass
-class Job:
+class Job(OwedMessages):
     id: str
     type: JobType
     params: dict[str, Any]
@@ -45,17 +63,6 @@ class Job:
     source: str = "http"
     priority: str = "normal"  # the lane (chalicelib/jobs/lanes.py); also in params
     batch_id: str | None = None  # the batch it was submitted in (chalicelib/jobs/batches.py)
-    # The outbox (see chalicelib/jobs/outbox.py): which message this job is owed
-    # ("dispatch" while queued or running, "notify" once final until delivered),
-    # when the reconciler should re-send it, and how often it already did.
-    outbox: str | None = None
-    outbox_at: float | None = None
-    outbox_sends: int = 0
-    # Final webhook delivery: pending | delivered | failed (only with a notify_url).
-    webhook: str | None = None
-    webhook_attempts: int = 0
-    webhook_error: str | None = None
-    webhook_lease: float | None = None
     # The start webhook ("start" in webhook_events_filter): the same states and lease,
     # set pending by the job's first claim.
     start_webhook: str | None = None
