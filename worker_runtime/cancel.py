@@ -21,6 +21,9 @@ class CancelToken:
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
         self.reason: str | None = None
+        # The tenant's text for the reason, when the reason names what tenants never see
+        # (a GPU node's name or workload id: worker_runtime/tenant_errors.py).
+        self.public: str | None = None
         # Why it was stopped; what follows is in worker_runtime/stops.py (RULES).
         self.kind: Stop | None = None
 
@@ -28,12 +31,13 @@ class CancelToken:
     def cancelled(self) -> bool:
         return self._event.is_set()
 
-    def cancel(self, reason: str, kind: Stop | str) -> bool:
+    def cancel(self, reason: str, kind: Stop | str, public: str | None = None) -> bool:
         """Returns True for the first caller only."""
         with self._lock:
             if self._event.is_set():
                 return False
             self.reason = reason
+            self.public = public
             self.kind = Stop(kind)
             self._event.set()
             callbacks = list(self._callbacks)

@@ -40,6 +40,7 @@ from .stops import Message as MessageFate
 from .stops import Record, Stop
 from .supervisor import Outcome, Supervisor
 from .tasks.base import Task, TaskContext
+from .tenant_errors import node_addresses, tenant_error
 
 EXPIRED_ERROR = "Job expired before processing could begin"
 ATTEMPTS_ERROR = ("Job was started {attempts} times and never finished (its worker died or lost "
@@ -274,6 +275,7 @@ class Worker:
     def run_task(self, job: Job, task: Task | None, request: Any, token: CancelToken, phases: PhaseReporter,
                  lease: Lease, log: Any) -> None:
         started = time.monotonic()
+        ctx: TaskContext | None = None
         try:
             if task is None:
                 outcome = Outcome(error=f"No task implementation for job type {job.type.value}")
@@ -294,16 +296,18 @@ class Worker:
             outcome = Outcome(error=str(exc) or type(exc).__name__)
         log.info("job.ran", run_time=round(time.monotonic() - started, 3),
                  stopped=outcome.stop.value if outcome.stop else None, failed=outcome.error is not None)
-        self.finish(job, outcome, lease, log, phases)
+        self.finish(job, outcome, lease, log, phases, node=ctx.node if ctx is not None else None)
 
     # -- writing the outcome ---------------------------------------------------
     def finish(self, job: Job, outcome: Outcome, lease: Lease, log: Any,
-               phases: PhaseReporter | None = None) -> None:
+               phases: PhaseReporter | None = None, node: Any = None) -> None:
+        """``node``: the GPU node the job ran on, if any."""
         if outcome.stop is not None and self.settle_stop(job, outcome.stop, lease, log):
             return
         if outcome.error is not None:
+            error = self.tenant_error(outcome, node, log)
             with lease.kept(self.settings.heartbeat_interval, log):
-                self.write_final(job, JobStatus.FAILED, {"error": outcome.error}, lease, log)
+                self.write_final(job, JobStatus.FAILED, {"error": error}, lease, log)
             return
         result = outcome.result
         assert result is not None
@@ -324,6 +328,18 @@ class Worker:
         fields["result_text"] = result.text
         with lease.kept(self.settings.heartbeat_interval, log):
             self.write_final(job, JobStatus.SUCCESS, fields, lease, log)
+
+    def tenant_error(self, outcome: Outcome, node: Any, log: Any) -> str:
+        """The job's error as its tenant reads it: never a GPU node's name, URL or workload
+        id (worker_runtime/tenant_errors.py). What it leaves out goes to the log, with the job id."""
+        assert outcome.error is not None
+        known = [node, *(self.gpu.recent_nodes() if hasattr(self.gpu, "recent_nodes") else [])]
+        error = tenant_error(outcome.error, outcome.public, node_addresses(known))
+        if error != outcome.error:
+            log.warning("job.node_fault", detail=outcome.error, error=error,
+                        workload=getattr(node, "workload", None), node=getattr(node, "name", None),
+                        reason="the job's error names the step; the node's address and answer are for the operators")
+        return error
 
     def upload_and_write(self, job: Job, result: Any, fields: dict[str, Any], lease: Lease, log: Any,
                          phases: PhaseReporter | None) -> None:

@@ -2,7 +2,8 @@
 
 The csm task first checks the rented node through its Node handle (GET {node}/ with the
 key, as the real tasks reach the node's apps), records which workload it ran on, then
-runs the same tiny script as tests.support.fake_tasks (``sleep:S``, ``fail:msg``, ...)."""
+runs the same tiny script as tests.support.fake_tasks (``sleep:S``, ``fail:msg``, ...);
+``nodeget:/path`` GETs that path of the node and lets requests' HTTPError (naming the URL) out."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class NodeScriptTask(ScriptTask):
             raise TaskError(f"node {node.name} answered HTTP {resp.status_code}")
         record(ctx.job.id, f"node={node.workload}")
         record(ctx.job.id, f"pid={os.getpid()}")  # the process the step runs in
+        command, _, path = (getattr(ctx.request, "text", None) or "").partition(":")
+        if command == "nodeget":  # a library error naming the node's URL, let through (a task's bug)
+            requests.get(f"{node.base_url}{path}", headers=node.headers, timeout=5).raise_for_status()
         return super().run(ctx)
 
 

@@ -9,11 +9,20 @@ import threading
 import time
 
 
+# A gzip member header (RFC 1952) with FLG.FNAME set: a zero-terminated file name follows.
+# A name that never ends decodes to nothing, however many bytes of it arrive.
+GZIP_NAMED = bytes([0x1F, 0x8B, 8, 0x08, 0, 0, 0, 0, 0, 3])
+
+
 class Trickler:
     """Reads a request, then answers one byte every ``every`` seconds: the headers
     (``slow="headers"``) or, after whole headers, a body of ``body_bytes``
-    (``slow="body"``). Records each connection's start and end, and whether the client
-    hung up before the answer was complete."""
+    (``slow="body"``); or, with ``slow="encoded"``, after whole headers
+    (``Content-Encoding: gzip``, no length), a gzip header whose file name never ends,
+    a byte at a time until the client hangs up: every read gets a byte in time and a
+    decoding reader gets nothing to return, ever, so only a hard deadline ends it.
+    Records each connection's start and end, and whether the client hung up before the
+    answer was complete."""
 
     def __init__(self, slow: str = "headers", every: float = 0.2, body_bytes: int = 2000,
                  content_type: str = "audio/mpeg"):
@@ -53,6 +62,9 @@ class Trickler:
                 if not chunk:
                     return
                 data += chunk
+            if self.slow == "encoded":
+                self._endless_gzip(conn)
+                return
             pad = f"X-Padding: {'p' * self.body_bytes}\r\n" if self.slow == "headers" else ""
             head = (f"HTTP/1.1 200 OK\r\nContent-Type: {self.content_type}\r\n{pad}"
                     f"Content-Length: {self.body_bytes}\r\n\r\n").encode()
@@ -75,6 +87,12 @@ class Trickler:
             with self._lock:
                 self.active -= 1
             conn.close()
+
+    def _endless_gzip(self, conn: socket.socket) -> None:
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: {self.content_type}\r\nContent-Encoding: gzip\r\n"
+                     "Connection: close\r\n\r\n".encode() + GZIP_NAMED)
+        while not self._stop.wait(self.every):
+            conn.sendall(b"a")  # OSError (the client hung up) ends it
 
     def stop(self) -> None:
         self._stop.set()

@@ -104,9 +104,24 @@ def test_only_a_fault_of_the_node_stops_its_instance(genv, c3_sim):
         assert (ledger["launches"], ledger["stops"], ledger["running"]) == (1, 0, 1)
 
         faulted = final(tw.ctx, submit(tw.ctx, "csm", {"text": "nodefail:CUDA error: device lost"}))
-        assert faulted.error == "CUDA error: device lost; the instance was stopped"
+        # The node's answer is the operators' ("job.node_fault" in the log); the tenant reads the rule.
+        assert faulted.error == "GPU node error during the job's work on the GPU node; the instance was stopped"
         ledger = wait_until(lambda: (l := c3_sim.ledger())["stops"] == 1 and l, 10)
         assert (ledger["launches"], ledger["running"]) == (1, 0)
+
+
+def test_a_library_error_naming_the_node_reaches_the_tenant_without_it(genv, c3_sim, caplog):
+    """A task that lets a library's exception out (requests' HTTPError names the node's URL):
+    the job's error keeps the exception's sense, the node's address goes to the log only."""
+    with gpu_worker(genv) as tw:
+        job_id = submit(tw.ctx, "csm", {"text": "nodeget:/no-such-page"})
+        job = final(tw.ctx, job_id)
+        [instance] = c3_sim.ledger()["instances"]
+        workload, node = instance["workload"], instance["node"]
+        assert job.error == "Task failed: HTTPError: 404 Client Error: Not Found for url: <GPU node>"
+        assert_names_no_node(job.error, workload, node)
+        logged = node_fault_logged(caplog, job_id)
+        assert logged["detail"].endswith(f"Not Found for url: http://{node}/no-such-page"), logged
 
 
 def test_client_cancel_keeps_the_instance(genv, c3_sim, tmp_path):
@@ -154,9 +169,23 @@ DYING_CALLS = {
 }
 
 
+def node_fault_logged(caplog, job_id: str) -> dict:
+    """The worker's "job.node_fault" line for the job: its fields."""
+    lines = [r.fields for r in caplog.records
+             if r.getMessage() == "job.node_fault" and getattr(r, "fields", {}).get("job_id") == job_id]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def assert_names_no_node(text: str, workload: str, node: str) -> None:
+    """Nothing in ``text`` (what a tenant reads) names the node: its host:port, URL, workload id."""
+    assert workload not in text and node not in text and "127.0.0.1" not in text, text
+    assert "http://" not in text and "host=" not in text, text
+
+
 @pytest.mark.parametrize("job_type", list(DYING_CALLS))
 def test_node_dying_mid_call_stops_the_instance_with_a_clear_error(stack_env, sim_with_apps, tmp_path, inputs,
-                                                                   monkeypatch, job_type):
+                                                                   monkeypatch, caplog, job_type):
     monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")
     params, app, event, during = DYING_CALLS[job_type]
     params = {k: inputs.url(v) if k.endswith("_url") else v for k, v in params.items()}
@@ -177,10 +206,38 @@ def test_node_dying_mid_call_stops_the_instance_with_a_clear_error(stack_env, si
         sim.node_action(workload, die=True)
         job = final(tw.ctx, job_id, 60)
         assert job.status is JobStatus.FAILED
-        assert job.error.startswith(f"GPU node {node} stopped answering during {during}"), job.error
+        # The tenant reads the step and the rule, never the node (issue 21) ...
+        assert job.error.startswith(f"The GPU node stopped answering during {during}"), job.error
         assert job.error.endswith("; the instance was stopped"), job.error
+        assert_names_no_node(job.error, workload, node)
+        # ... the operators' log line for the job has the node and the full text.
+        logged = node_fault_logged(caplog, job_id)
+        assert logged["detail"].startswith(f"GPU node {node} stopped answering during {during}"), logged
+        assert (logged["workload"], logged["node"], logged["error"]) == (workload, node, job.error)
         entry = wait_until(lambda: (e := sim.ledger()["instances"][0])["ended_by"] and e, 10)
         assert entry["ended_by"] == "stop"
+
+
+def test_an_app_error_on_the_node_reads_without_its_url(stack_env, sim_with_apps, tmp_path, inputs, monkeypatch,
+                                                        caplog):
+    """Ollama answers HTTP 500: the worker's message names Ollama's URL on the node; the
+    job's error names the step only, and the log keeps the URL and the answer."""
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "true")
+    sim = sim_with_apps
+    sim.set_faults(node={"ollama": "error"})
+    env = {**stack_env, **GPU_FAST, **sim.worker_env(), "OUTPUT_DIR": str(tmp_path / "out"),
+           "WORKER_TASKS": REAL_TASKS}
+    with gpu_worker(env) as tw:
+        job_id = submit(tw.ctx, "analyze", {"image_url": inputs.url("portrait.jpg")})
+        job = final(tw.ctx, job_id, 60)
+        [instance] = sim.ledger()["instances"]
+        workload, node = instance["workload"], instance["node"]
+        assert job.status is JobStatus.FAILED
+        assert job.error == "GPU node error during the Ollama generate call; the instance was stopped"
+        assert_names_no_node(job.error, workload, node)
+        logged = node_fault_logged(caplog, job_id)
+        assert logged["detail"].startswith(f"Ollama at http://{node}/ollama/api/generate answered HTTP 500"), logged
+        assert wait_until(lambda: sim.ledger()["instances"][0]["ended_by"], 10) == "stop"
 
 
 # -- tasks that cannot be stopped, inputs that would not fit ------------------------------
@@ -214,8 +271,9 @@ def test_task_ignoring_its_cancel_is_killed_and_the_next_job_gets_a_watched_heal
         assert workload != first["workload"]
         c3_sim.node_action(workload, die=True)
         job = final(tw.ctx, after)
-        assert job.error.startswith(f"GPU instance {workload} on node "), job.error
-        assert "failed its health check" in job.error and job.error.endswith("the instance was stopped")
+        assert job.error == ("The GPU node failed its health check during the job (its health endpoint did not "
+                             "answer 200 OK, 3 attempts); the instance was stopped"), job.error
+        assert workload not in job.error
         ledger = wait_until(lambda: (l := c3_sim.ledger())["running"] == 0 and l, 10)
         assert (ledger["launches"], ledger["stops"]) == (2, 2)
 

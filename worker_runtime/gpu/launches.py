@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 from chalicelib.fleet.comput3 import Comput3Client, Comput3Error, Launch, LaunchAborted, LaunchFailed, Wait
@@ -37,6 +38,9 @@ class Launches:
         self.reaper = reaper
         self.clock = clock
         self.log = log
+        # The nodes this worker has lately known (launched, reused, adopted, checked): whose
+        # names and workload ids a job's error never shows (worker_runtime/tenant_errors.py).
+        self.recent: deque[Node] = deque(maxlen=32)
 
     def choose_expires(self, records: list[GpuRecord]) -> int:
         """now + GPU_LIFETIME, made unique among records: ``expires`` is how an unrecorded
@@ -83,8 +87,11 @@ class Launches:
 
     def node(self, record: GpuRecord) -> Node:
         assert record.workload and record.node
-        return Node(workload=record.workload, name=record.node, api_key=self.client.api_key,
+        node = Node(workload=record.workload, name=record.node, api_key=self.client.api_key,
                     urls=self.settings.node_urls)
+        if node not in self.recent:
+            self.recent.append(node)
+        return node
 
     def await_boot(self, record: GpuRecord, wait: Wait) -> str | None:
         """Poll the new node's own health URL until it answers (no control-plane calls),

@@ -63,7 +63,8 @@ from .threads import safely, start_daemon
 
 
 class GpuError(TaskError):
-    """No usable GPU instance; the message becomes the job's error verbatim."""
+    """No usable GPU instance. The message becomes the job's error, unless it names an
+    instance, a node or a table: then ``public`` is the tenant's text, the message the log's."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,9 @@ class GpuManager:
             held = [other for other in self._bound if other != job_id]
         if held:
             raise GpuError(f"this worker's GPU instance is still bound to job {held[0]}, whose task "
-                           "has not ended; no instance is shared with a live task")
+                           "has not ended; no instance is shared with a live task",
+                           public="this worker's GPU instance is still bound to an earlier job whose task "
+                                  "has not ended; no instance is shared with a live task")
         asked = self.clock()
         node, cold = self._reuse(token, log), False
         if node is None:
@@ -156,6 +159,11 @@ class GpuManager:
                 cold_start_seconds=max(0.0, handed - asked) if cold else 0.0,
                 launch_seconds=max(0.0, handed - max(launched, asked)) if cold and launched else 0.0)
         return node
+
+    def recent_nodes(self) -> list[Node]:
+        """The nodes this worker has lately known: their names and ids are the addresses a
+        job's error never shows (worker_runtime/tenant_errors.py)."""
+        return list(self.launches.recent)
 
     def watch(self, job_id: str, node: Node, token: CancelToken) -> None:
         with self._lock:
@@ -429,7 +437,9 @@ class GpuManager:
             METRICS.gpu_launch(False, workload=record.workload, error=f"health check: {problem}"[:200])
             self._retire(record.workload, f"failed its first health check: {problem}")
             raise GpuError(f"New GPU instance {record.workload} on {record.node} failed its health check "
-                           f"after launch ({problem}); it was stopped")
+                           f"after launch ({problem}); it was stopped",
+                           public=f"A new GPU instance failed its health check after launch ({_health_public(problem)}); "
+                                  "it was stopped")
         log.info("gpu.ready", workload=record.workload, node=record.node,
                  boot_seconds=round(self.clock() - (record.launched_at or record.created_at), 2))
         return self.launches.node(record), True
@@ -447,8 +457,10 @@ class GpuManager:
             except SlotTaken:
                 continue
             except ClientError as exc:  # no intent, no launch: an unrecorded instance could be orphaned
+                code = exc.response["Error"].get("Code")
                 raise GpuError(f"Could not record the GPU launch intent in table {self.registry.table}: "
-                               f"{exc.response['Error'].get('Code')}; no GPU was launched") from None
+                               f"{code}; no GPU was launched",
+                               public=f"Could not record the GPU launch intent ({code}); no GPU was launched") from None
             with self._lock:
                 self.held.intents[job_id] = intent
             return intent
@@ -473,7 +485,8 @@ class GpuManager:
         except Comput3Error as exc:
             self.log.warning("gpu.stop_failed", workload=workload, error=str(exc),
                              reason="left to the worker that claimed the intent")
-        raise GpuError(f"GPU instance {workload} could not be recorded ({lost}); it was stopped")
+        raise GpuError(f"GPU instance {workload} could not be recorded ({lost}); it was stopped",
+                       public="The new GPU instance could not be recorded; it was stopped")
 
     def _abandon_intent(self, job_id: str, maybe_launched: bool, why: str) -> None:
         with self._lock:
@@ -499,7 +512,7 @@ class GpuManager:
                 self.log.warning("gpu.workloads_unavailable", workload=record.workload, error=str(exc))
                 listed = True
             if not listed:
-                return f"workload {record.workload} is no longer listed by the Comput3 workloads API"
+                return f"workload {record.workload} {NOT_LISTED}"
             return self.client.node_health(base, self.settings.health_timeout)
 
         s = self.settings
@@ -508,8 +521,10 @@ class GpuManager:
     def _instance_failed(self, node: Node, token: CancelToken, reason: str) -> None:
         message = (f"GPU instance {node.workload} on node {node.name} failed its health check "
                    f"({self.settings.health_attempts} attempts): {reason}; the instance was stopped")
+        public = (f"The GPU node failed its health check during the job ({_health_public(reason)}, "
+                  f"{self.settings.health_attempts} attempts); the instance was stopped")
         self.log.error("gpu.unhealthy", workload=node.workload, node=node.name, reason=reason)
-        token.cancel(message, Stop.NODE_FAILED)
+        token.cancel(message, Stop.NODE_FAILED, public=public)
         self._retire(node.workload, f"failed its health check during a job: {reason}")
 
     def _idle_if_cancelled(self, record: GpuRecord, token: CancelToken) -> None:
@@ -530,6 +545,15 @@ class GpuManager:
             claimed = self.reaper.claim(record, reason)
         self.log.info("gpu.stopping", workload=workload, node=record.node, reason=reason)
         return claimed is not None and self.reaper.finish(claimed)
+
+
+NOT_LISTED = "is no longer listed by the Comput3 workloads API"
+
+
+def _health_public(problem: str) -> str:
+    """A failed health check as a tenant reads it: what failed, not where (``_health``'s
+    reasons name the workload or the node's URL)."""
+    return f"the instance {NOT_LISTED}" if NOT_LISTED in problem else "its health endpoint did not answer 200 OK"
 
 
 def _draining(records: list[GpuRecord], now: float) -> list[GpuRecord]:

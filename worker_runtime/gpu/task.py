@@ -50,10 +50,17 @@ class GpuTask:
             else:
                 result = self._step(ctx, self.task.run)
         except (NodeFault, StepDied, StepKilled) as exc:
+            if isinstance(exc, NodeFault) and exc.during is None:
+                exc.during = getattr(self.task, "node_step", None)  # the step the tenant's error names
             # A step that was killed or died may have left its work running on the node.
             stopped = self.gpu.release(job_id, exc if isinstance(exc, NodeFault) else NodeFault(str(exc)))
             message = f"{exc}; the instance was stopped" if stopped else str(exc)
-            raise (TaskCancelled if isinstance(exc, StepKilled) else type(exc))(message) from None
+            if isinstance(exc, StepKilled):
+                raise TaskCancelled(message) from None
+            exc.args = (message,)  # the same fault (its type, its tenant text), saying what became of the node
+            if isinstance(exc, NodeFault):
+                exc.instance_stopped = stopped
+            raise exc from None
         except BaseException:
             self.gpu.release(job_id, _cancel_fault(ctx.cancel), busy_for=ctx.extras.get("node_busy_for"))
             raise

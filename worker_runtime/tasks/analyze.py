@@ -16,6 +16,7 @@ from .settings import TaskSettings
 
 class AnalyzeTask(NodeTask):
     label = "Image analysis"
+    node_step = "the Ollama generate call"
     settings: TaskSettings
     downloader: Downloader
 

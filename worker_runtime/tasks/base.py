@@ -17,13 +17,39 @@ def _ignore_report(phase: str | None = None, progress: float | None = None) -> N
 
 
 class TaskError(Exception):
-    """A task failed for a reason the job's error should carry verbatim."""
+    """A task failed. Its message is the job's error verbatim (a bad input names the field
+    and the rule), unless ``public`` is given: then the message is the operators' (it
+    names a GPU node, a table, ...; it goes to the log) and ``public`` is the tenant's."""
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        self.public = public
+
+    def for_tenant(self) -> str:
+        """What the job's error says (worker_runtime/tenant_errors.py)."""
+        return self.public or str(self)
 
 
 class NodeFault(TaskError):
     """The GPU node failed the job: it stopped answering, or one of its apps failed in a
     way that points at the node (an error answer, a CUDA error, a missing model, a
-    malformed result). The worker stops the instance; any other TaskError keeps it."""
+    malformed result). The worker stops the instance; any other TaskError keeps it.
+
+    The message is the operators' detail (the node's name, URL, its app's answer); the
+    tenant reads ``for_tenant()``: the step (``during``), and ``cause`` when the node
+    stopped answering, written without any address."""
+
+    def __init__(self, detail: str, *, during: str | None = None, cause: str | None = None):
+        super().__init__(detail)
+        self.during = during  # "the CSM call"; GpuTask fills in its task's step when None
+        self.cause = cause  # "connection refused", ... when the node stopped answering
+        self.instance_stopped = False  # set by GpuTask once the instance is stopped
+
+    def for_tenant(self) -> str:
+        during = self.during or NodeTask.node_step
+        text = (f"The GPU node stopped answering during {during} ({self.cause})" if self.cause
+                else f"GPU node error during {during}")
+        return text + ("; the instance was stopped" if self.instance_stopped else "")
 
 
 @dataclass
@@ -71,6 +97,7 @@ class NodeTask:
 
     needs_gpu = True
     label = "This task"
+    node_step = "the job's work on the GPU node"  # named in a node fault's error (NodeFault.during)
 
     def __init__(self, settings: Any, downloader: Any):
         self.settings = settings

@@ -40,6 +40,7 @@ def csm_inputs(request: CsmRequest, reference: Path | None) -> dict[str, object]
 
 class CsmTask(NodeTask):
     label = "CSM"
+    node_step = "the CSM call"
     settings: TaskSettings
     downloader: Downloader
 

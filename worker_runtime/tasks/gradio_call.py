@@ -53,7 +53,8 @@ def connect(ctx: TaskContext, app: str, url: str) -> Client:
         return Client(url, headers=ctx.node.headers, verbose=False, analytics_enabled=False,
                       download_files=str(ctx.path("_gradio")), ssl_verify=TLS)  # type: ignore[arg-type]
     except AuthenticationError:
-        raise TaskError(f"{app} app at {url} refused the node's API key") from None
+        raise TaskError(f"{app} app at {url} refused the node's API key",
+                        public=f"The {app} app on the GPU node refused the node's API key") from None
     except Exception as exc:  # noqa: BLE001 - connection refused, bad config, HTTP errors ...
         raise _fault(ctx, app, exc, f"{app} app at {url} is not reachable: {_describe(exc)}") from None
 

@@ -4,7 +4,9 @@
 
 The cause comes from the exception chain (refused, reset, timed out, closed mid-answer);
 when the chain does not tell (Gradio's CancelledError, a stream that just ended), a
-quick request to the node's root says whether the node is gone or only its app."""
+quick request to the node's root says whether the node is gone or only its app.
+That sentence is the operators' (the log); the tenant reads the NodeFault's
+``for_tenant()``: the step and the cause, without the node (worker_runtime/tenant_errors.py)."""
 
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ def probe(base_url: str, headers: dict[str, str]) -> str | None:
 
 
 def stopped_answering(node: str, during: str, cause: str) -> NodeFault:
-    return NodeFault(f"GPU node {node} stopped answering during {during} ({cause})")
+    """The message names the node (the operators' log); the tenant's text does not."""
+    return NodeFault(f"GPU node {node} stopped answering during {during} ({cause})", during=during, cause=cause)
 
 
 def call_failed(node_name: str, base_url: str, headers: dict[str, str], during: str,
@@ -66,4 +69,4 @@ def call_failed(node_name: str, base_url: str, headers: dict[str, str], during: 
     cause = transport_cause(exc) or probe(base_url, headers)
     if cause is not None:
         return stopped_answering(node_name, during, cause)
-    return NodeFault(otherwise)
+    return NodeFault(otherwise, during=during)

@@ -33,6 +33,7 @@ class PortraitInputs:
 
 class PortraitTask(NodeTask):
     label = "Portrait"
+    node_step = "the ComfyUI workflow"
     settings: TaskSettings
     downloader: Downloader
 

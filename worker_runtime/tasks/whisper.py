@@ -36,6 +36,7 @@ def whisper_inputs(request: WhisperRequest, audio: Path) -> dict[str, object]:
 
 class WhisperTask(NodeTask):
     label = "Whisper"
+    node_step = "the Whisper call"
     settings: TaskSettings
     downloader: Downloader
 
