@@ -100,7 +100,8 @@ def test_the_final_webhook_and_status_carry_the_receipt(genv, c3_sim, receiver, 
 
 
 def test_usage_sums_a_keys_jobs_by_day_and_type_and_no_other_keys(stack_env):
-    ctx = Context(Settings(**stack_env, C3_RENDER_API_KEY="key-one,key-two"))
+    now = time.time()  # one instant for every write and the read: a run across midnight (UTC) is still one day
+    ctx = Context(Settings(**stack_env, C3_RENDER_API_KEY="key-one,key-two"), clock=lambda: now)
     app = create_app(ctx)
     with Client(app) as client:
         ids = {}
