@@ -58,6 +58,8 @@ class NoDelayHandler(ChaliceRequestHandler):
         """Methods no route has (TRACE, QUERY, ...): 405 in the API's error format, as for a
         route's wrong method, instead of http.server's 501 HTML page. (API Gateway never
         passes them to the function.)"""
+        if self._refused_at_the_edge():
+            return
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)  # or it would be read as the next request
@@ -74,12 +76,8 @@ class NoDelayHandler(ChaliceRequestHandler):
     def _generic_handle(self) -> None:
         """A client that hangs up before its answer (Ctrl-C during a held `Prefer: wait`, a
         closed browser tab) is an ordinary event: one log line, no traceback."""
-        if self.edge is not None:
-            verdict = self.edge.check(Request(self.client_address[0],
-                                              {name.lower(): value for name, value in self.headers.items()}))
-            if verdict is not None:
-                self._send_verdict(verdict)
-                return
+        if self._refused_at_the_edge():
+            return
         try:
             super()._generic_handle()
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -87,6 +85,16 @@ class NoDelayHandler(ChaliceRequestHandler):
             print(json.dumps({"level": "INFO", "event": "api.client_gone", "path": self.path.split("?", 1)[0],
                               "reason": f"the client closed the connection before the answer ({type(exc).__name__})"}),
                   flush=True)
+
+    def _refused_at_the_edge(self) -> bool:
+        """WAF sees every request, whatever its method: True when a rule answered it."""
+        if self.edge is None:
+            return False
+        verdict = self.edge.check(Request(self.client_address[0],
+                                          {name.lower(): value for name, value in self.headers.items()}))
+        if verdict is not None:
+            self._send_verdict(verdict)
+        return verdict is not None
 
     def _send_verdict(self, verdict: Verdict) -> None:
         """The edge's answer, as WAF gives it: the function never sees the request, whose body

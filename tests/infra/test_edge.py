@@ -17,7 +17,7 @@ from infra.local.edge import Edge, EdgeTemplateError, Request, web_acl_from_temp
 from infra.local.stack import create_stack
 from tests.conftest import resource_env
 from tests.support import procs
-from tests.support.harness import get_from
+from tests.support.harness import send_from
 
 LIMITS = {"ApiTenantRateLimit": "10", "ApiAnonymousRateLimit": "10", "ApiAddressRateLimit": "40",
           "ApiRateWindowSeconds": "60"}
@@ -109,18 +109,19 @@ def test_the_api_answers_behind_the_edge(aws_endpoints, tmp_path: Path) -> None:
     log = tmp_path / "api.log"
     proc = procs.start_api(port, env, log, edge_acl=acl)
     try:
-        assert [get_from("127.0.0.2", port, "/jobs", KEY_A)[0] for _ in range(10)] == [200] * 10
-        status, headers, body = get_from("127.0.0.2", port, "/jobs", KEY_A)
+        assert [send_from("127.0.0.2", port, "/jobs", KEY_A)[0] for _ in range(10)] == [200] * 10
+        status, headers, body = send_from("127.0.0.2", port, "/jobs", KEY_A)
         assert (status, headers["retry-after"], headers["content-type"]) == (429, "60", "application/json")
         assert json.loads(body)["error"] == "Too many requests for this API key"
-        assert get_from("127.0.0.2", port, "/jobs", KEY_B)[0] == 200  # the other tenant, same address
-        assert [get_from("127.0.0.3", port, "/health")[0] for _ in range(10)] == [200] * 10
-        status, _, body = get_from("127.0.0.3", port, "/health")
+        assert send_from("127.0.0.2", port, "/jobs", KEY_B)[0] == 200  # the other tenant, same address
+        assert [send_from("127.0.0.3", port, "/health")[0] for _ in range(10)] == [200] * 10
+        status, _, body = send_from("127.0.0.3", port, "/health")
         assert status == 429 and json.loads(body)["error"] == "Too many requests without an API key from this address"
-        assert get_from("127.0.0.4", port, "/health")[0] == 200
-        assert get_from("127.0.0.3", port, "/jobs", KEY_B)[0] == 200
+        assert send_from("127.0.0.3", port, "/health", method="TRACE")[0] == 429  # any method: WAF sees all
+        assert send_from("127.0.0.4", port, "/health")[0] == 200
+        assert send_from("127.0.0.3", port, "/jobs", KEY_B)[0] == 200
     finally:
         procs.stop(proc)
     blocked = [json.loads(line) for line in log.read_text().splitlines() if '"edge.blocked"' in line]
-    assert [(b["rule"], b["address"]) for b in blocked] == [("per-key-header", "127.0.0.2"),
-                                                            ("per-address-without-key", "127.0.0.3")]
+    assert [(b["rule"], b["address"]) for b in blocked] == [("per-key-header", "127.0.0.2")] + [
+        ("per-address-without-key", "127.0.0.3")] * 2

@@ -19,7 +19,7 @@ from infra.local.prod_profile import (CREDENTIALS, LAMBDA_RUNTIME, LOCAL_OVERRID
 from infra.local.samples import write_samples
 from infra.local.simulator import SimulatorProcess
 from tests.support import samples
-from tests.support.harness import get_from, wait_until
+from tests.support.harness import send_from, wait_until
 from tests.support.receiver import Receiver
 
 KEY = {"X-C3-RENDER-KEY": "prod-key-a"}
@@ -129,9 +129,9 @@ def test_the_api_answers_behind_the_templates_edge_rules(prod: dict[str, Any]) -
     limit = next(int(r["Statement"]["RateBasedStatement"]["Limit"]) for r in acl["Rules"]
                  if r["Name"] == "per-address-without-key")
     port = int(prod["api"].rsplit(":", 1)[1])
-    statuses = [get_from("127.0.0.9", port, "/health")[0] for _ in range(limit + 1)]
+    statuses = [send_from("127.0.0.9", port, "/health")[0] for _ in range(limit + 1)]
     assert statuses == [200] * limit + [429]
-    assert get_from("127.0.0.9", port, "/health", KEY)[0] == 200
+    assert send_from("127.0.0.9", port, "/health", KEY)[0] == 200
 
 
 def test_a_removed_permission_is_caught_naming_role_action_and_resource(prod: dict[str, Any]) -> None:

@@ -145,13 +145,13 @@ def log_events(log_path: Path, event: str) -> list[dict[str, Any]]:
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
-def get_from(source: str, port: int, path: str,
-             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """GET http://127.0.0.1:port/path sent from ``source``, an address of the loopback network
-    (127.0.0.0/8): the API's edge tells callers apart by address, as WAF does."""
+def send_from(source: str, port: int, path: str, headers: dict[str, str] | None = None,
+              method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """A request to http://127.0.0.1:port/path sent from ``source``, an address of the loopback
+    network (127.0.0.0/8): the API's edge tells callers apart by address, as WAF does."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
