@@ -17,7 +17,7 @@ from chalicelib.platform.logs import EventLogger
 
 from ..node import Node
 from .settings import GpuSettings
-from .threads import safely, start_daemon
+from .threads import in_background, safely, start_daemon
 
 # settle(launch, error): what becomes of a launch whose caller stopped waiting for it.
 LateLaunch = Callable[[Launch | None, Comput3Error | None], None]
@@ -103,7 +103,8 @@ class Launches:
             problem = self.client.node_health(base, s.health_timeout)
             if problem is None:
                 if self.traffic is not None:  # intent to ready: what a relaunch costs
-                    self.traffic.record_boot(self.clock() - record.created_at)
+                    traffic, seconds = self.traffic, self.clock() - record.created_at
+                    in_background(lambda: traffic.record_boot(seconds), "boot record", self.log)
                 return None
             if time.monotonic() >= deadline:
                 return f"{problem} (still not ready after GPU_BOOT_TIMEOUT={s.boot_timeout:g} s)"

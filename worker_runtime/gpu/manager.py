@@ -59,7 +59,7 @@ from .keeper import PoolKeeper
 from .launches import LaunchHandedOver, Launches
 from .monitor import Listing, Monitor
 from .settings import GpuSettings
-from .threads import safely, start_daemon
+from .threads import in_background, safely, start_daemon
 
 
 class GpuError(TaskError):
@@ -136,7 +136,8 @@ class GpuManager:
         if self._closed.is_set():
             raise GpuError("the worker is shutting down; no GPU instance is launched")
         if self.traffic is not None:
-            self.traffic.record_arrival(arrived_at if arrived_at is not None else self.clock())
+            traffic, at = self.traffic, arrived_at if arrived_at is not None else self.clock()
+            in_background(lambda: traffic.record_arrival(at), "arrival record", self.log)
         self.keeper.nudge.set()  # the keeper looks at the queue now: more jobs may need instances
         with self._lock:
             held = [other for other in self._bound if other != job_id]

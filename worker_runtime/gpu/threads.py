@@ -19,3 +19,9 @@ def start_daemon(target: Callable[[], object], name: str) -> threading.Thread:
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def in_background(step: Callable[[], object], what: str, log: EventLogger) -> None:
+    """A best-effort write off the job's path (what the idle policy learns: an arrival, a
+    boot time): the job never waits for its DynamoDB round trips or their retries."""
+    start_daemon(lambda: safely(step, what, log), f"gpu-{what.replace(' ', '-')}")
