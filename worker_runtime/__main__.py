@@ -26,7 +26,8 @@ def build_worker() -> Worker:
         from .isolation import warm_up
         gpu = build_gpu_manager(ctx, settings.worker_id)
         warm_up(sorted({type(task).__module__ for task in tasks.values()}))  # GPU tasks' steps run in children
-    return Worker(ctx, settings, tasks, gpu=gpu, delivery=build_direct_delivery(ctx))
+    delivery = build_direct_delivery(ctx) if settings.webhook_direct else None
+    return Worker(ctx, settings, tasks, gpu=gpu, delivery=delivery)
 
 
 def install_signal_handlers(worker: Worker) -> None:

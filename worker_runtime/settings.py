@@ -33,6 +33,11 @@ class WorkerSettings(Settings):
     # it gets to stop after a cancel before it is killed.
     task_memory_limit_mb: int = Field(1024, ge=0, validation_alias="TASK_MEMORY_LIMIT_MB")
     task_wind_down: float = Field(5.0, gt=0, validation_alias="TASK_WIND_DOWN")
+    # true: the worker that writes a job's final state POSTs its webhook itself (the queue's
+    # delayed copy as the fallback: worker_runtime/direct_delivery.py), a queue hop faster,
+    # but a worker killed between the receiver's 200 and recording it leaves the webhook to
+    # be sent again. false: the Webhooks function delivers it from the queue, sent at once.
+    webhook_direct: bool = Field(False, validation_alias="WEBHOOK_DIRECT")
 
     @property
     def heartbeat_interval(self) -> float:

@@ -236,7 +236,7 @@ def test_the_worker_delivers_the_final_webhook_itself_and_the_queue_copy_finds_i
     come from the worker process. Its fallback message (delayed past the attempt's lease)
     then reaches a deliverer, which finds nothing owed: one webhook."""
     ctx = Context(Settings(**wenv))
-    worker = start_worker_process(wenv, tmp_path / "w.log")
+    worker = start_worker_process(wenv, tmp_path / "w.log", WEBHOOK_DIRECT="true")
     children.append(worker)
     job_id = submit(ctx, "csm", {"text": "quick", "notify_url": receiver.url})
     wait_until(lambda: receiver.accepted_for(job_id), 30)
@@ -257,7 +257,7 @@ def test_a_refused_direct_webhook_is_retried_through_the_queue(wenv, tmp_path, c
     makes attempt 2 from the queue, same webhook-id, one accepted delivery."""
     ctx = Context(Settings(**wenv))
     receiver.script = [503]
-    worker = start_worker_process(wenv, tmp_path / "w.log")
+    worker = start_worker_process(wenv, tmp_path / "w.log", WEBHOOK_DIRECT="true")
     children.append(worker)
     with Handlers(ctx.settings):
         job_id = submit(ctx, "csm", {"text": "quick", "notify_url": receiver.url})
