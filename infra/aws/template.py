@@ -48,6 +48,11 @@ def env_name(parameter: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", parameter).upper()
 
 
+# What a local stack gives the parameters only a real account can fill (the worker's image,
+# its network): the production-shaped profile and the local edge resolve app.yaml with these.
+LOCAL_PARAMETERS = {"WorkerImage": "local", "VpcId": "vpc-local", "SubnetIds": "subnet-local"}
+
+
 class ParameterError(ValueError):
     """Missing or invalid template parameters; the message lists every one."""
 

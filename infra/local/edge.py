@@ -183,16 +183,14 @@ def _verdict(rule: Mapping[str, Any], bodies: Mapping[str, Any], where: str) -> 
     return Verdict(rule["Name"], int(custom["ResponseCode"]), headers, content)
 
 
-def web_acl_from_template(parameters: Mapping[str, str] | None = None, stage: str = "dev",
-                          template: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def web_acl_from_template(parameters: Mapping[str, str] | None = None, stage: str = "dev") -> dict[str, Any]:
     """``ApiWebAcl``'s properties from app.yaml, resolved with its parameters' defaults
     and ``parameters`` (the deploy's parameter overrides)."""
     from infra.aws.emulator import Resolver
-    from infra.aws.template import APP_TEMPLATE, load_template, resolve_parameters
+    from infra.aws.template import APP_TEMPLATE, LOCAL_PARAMETERS, load_template, resolve_parameters
 
-    app = template if template is not None else load_template(APP_TEMPLATE)
-    given = {"Stage": stage, "WorkerImage": "local", "VpcId": "vpc-local", "SubnetIds": "subnet-local",
-             **(parameters or {})}
+    app = load_template(APP_TEMPLATE)
+    given = {"Stage": stage, **LOCAL_PARAMETERS, **(parameters or {})}
     resolver = Resolver(resolve_parameters(app, given, {}), {"AWS::Region": "us-east-1",
                                                              "AWS::AccountId": "000000000000"})
     return resolver.resolve(app["Resources"]["ApiWebAcl"]["Properties"])

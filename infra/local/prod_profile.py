@@ -39,7 +39,8 @@ import requests
 from chalicelib.platform.aws import client_config
 from infra.aws.emulator import Applier, Resolver
 from infra.aws.ssm_secrets import plan_secrets, store_secrets
-from infra.aws.template import DATA_TEMPLATE, load_template, render_app_template, resolve_parameters
+from infra.aws.template import (DATA_TEMPLATE, LOCAL_PARAMETERS, load_template, render_app_template,
+                                resolve_parameters)
 from infra.local import processes
 
 REGION = "us-east-1"
@@ -119,8 +120,7 @@ class Templates:
     @classmethod
     def load(cls, stage: str = STAGE, parameters: Mapping[str, str] | None = None) -> "Templates":
         app = render_app_template(stage)
-        given = {"Stage": stage, "WorkerImage": "local", "VpcId": "vpc-local", "SubnetIds": "subnet-local",
-                 **(parameters or {})}
+        given = {"Stage": stage, **LOCAL_PARAMETERS, **(parameters or {})}
         params = resolve_parameters(app, given, {})
         resolver = Resolver(params, {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT,
                                      "AWS::StackName": f"c3-render-{stage}-app"})
