@@ -16,7 +16,7 @@ from chalicelib.jobs.models import JobStatus
 from chalicelib.platform.settings import Settings
 from tests.support import emf, procs
 from tests.support.fake_gpu_tasks import GPU_FAST
-from tests.support.harness import start_worker_process, submit, task_events, wait_until
+from tests.support.harness import final, start_worker_process, submit, task_events, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,10 +46,6 @@ def start_scheduled_handlers(workers, env, tmp_path):
 def registry(env):
     ctx = Context(Settings(**env))
     return GpuRegistry(ctx.dynamodb, ctx.settings.gpu_table, time.time)
-
-
-def final(ctx, job_id, timeout=30.0):
-    return wait_until(lambda: (j := ctx.store.get(job_id)) and j.status.is_terminal and j, timeout)
 
 
 def running_on_node(tmp_path, job_id):

@@ -97,6 +97,11 @@ class ThreadWorker:
             self.handlers.__exit__()
 
 
+def final(ctx: Context, job_id: str, timeout: float = 30.0) -> Any:
+    """The job's record once it is in a terminal state."""
+    return wait_until(lambda: (j := ctx.store.get(job_id)) and j.status.is_terminal and j, timeout)
+
+
 def settled(ctx: Context, job_id: str, timeout: float = 15.0) -> Any:
     """Every copy of the job's message consumed and its delivery settled (webhook
     delivered or given up, event sent): nothing left that could cause another webhook."""

@@ -4,7 +4,6 @@ Comput3 over HTTP and the moto-backed registry; the simulator's ledger is the ev
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -14,7 +13,8 @@ from chalicelib.fleet.registry import LAUNCHING, RUNNING, GpuRegistry
 from chalicelib.platform.logs import get_logger
 from chalicelib.platform.settings import Settings
 from tests.support.fake_gpu_tasks import GPU_FAST
-from tests.support.harness import FAST, ThreadWorker, service, submit, wait_until
+from tests.support.harness import FAST, ThreadWorker, final, service, submit, wait_until
+from tests.support.node_apps import run_in_thread
 from worker_runtime.cancel import CancelToken, TaskCancelled
 from worker_runtime.gpu import GpuError, GpuSettings, build_gpu_manager
 from worker_runtime.stops import Stop
@@ -38,20 +38,6 @@ def registry(env):
     return GpuRegistry(ctx.dynamodb, ctx.settings.gpu_table, time.time)
 
 
-def in_thread(fn, box=None):
-    box = {} if box is None else box
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - the test reads it
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, box
-
-
 def test_a_cancel_during_a_hanging_launch_leaves_the_next_job_its_own_launch(genv, c3_sim):
     """Job A's launch call hangs; A is cancelled and returns at once (before Comput3 answers);
     job B launches meanwhile. A's late answer must not take B's intent (B fails with "could
@@ -63,25 +49,26 @@ def test_a_cancel_during_a_hanging_launch_leaves_the_next_job_its_own_launch(gen
         c3_sim.set_faults(launch_delay=3, launch_delay_count=1)
         token_a = CancelToken()
 
+        seen: dict = {}
+
         def job_a():
             try:
                 return gpu.acquire("job-a", token_a, log)
             finally:  # what the registry shows the moment A's acquire returned
-                box_a["seen"] = registry(genv).all()
+                seen["records"] = registry(genv).all()
 
-        box_a: dict = {}
-        thread_a, _ = in_thread(job_a, box_a)
+        thread_a, box_a = run_in_thread(job_a)
         wait_until(lambda: c3_sim.ledger()["launches"] == 1)  # A's launch call is in flight
         token_a.cancel("cancelled by the client", Stop.CLIENT)
         c3_sim.set_faults(launch_delay=6, launch_delay_count=1)  # B's launch answers after A's
-        thread_b, box_b = in_thread(lambda: gpu.acquire("job-b", CancelToken(), log))
+        thread_b, box_b = run_in_thread(lambda: gpu.acquire("job-b", CancelToken(), log))
         thread_a.join(10)
         assert isinstance(box_a.get("error"), TaskCancelled)
         # A returned while its launch was still unanswered: no record knows a workload yet.
-        assert box_a["seen"] and all(r.state == LAUNCHING and r.workload is None for r in box_a["seen"])
+        assert seen["records"] and all(r.state == LAUNCHING and r.workload is None for r in seen["records"])
         thread_b.join(20)
         assert "error" not in box_b, box_b.get("error")
-        node_b = box_b["value"]
+        node_b = box_b["result"]
         first, second = sorted(c3_sim.ledger()["instances"], key=lambda i: i["launched_at"])
         assert node_b.workload == second["workload"]
         # A's late answer is recorded (idle, for any job), every record known, none orphaned.
@@ -148,14 +135,6 @@ def test_a_launch_answering_200_with_an_unexpected_body_leaves_no_instance_runni
 
 
 # -- cancelled work on the node ------------------------------------------------------------
-@pytest.fixture
-def sim_with_apps(log_dir, request):
-    from infra.local.simulator import SimulatorProcess
-
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)
-    sim = SimulatorProcess.start(log_path=log_dir / f"c3sim-{name}.log")
-    yield sim
-    sim.stop()
 
 
 def app_worker(env, sim, **overrides):
@@ -191,7 +170,7 @@ def test_a_node_busy_with_cancelled_work_waits_for_it_before_the_next_job(stack_
                     GPU_CANCELLED_WORK_LIMIT="60") as tw:
         job_a, workload = cancel_mid_render(tw, sim, slow_seconds=5)
         job_b = submit(tw.ctx, "csm", {"text": "Short."})
-        done = wait_until(lambda: (j := tw.ctx.store.get(job_b)).status.is_terminal and j, 60)
+        done = final(tw.ctx, job_b, 60)
         assert done.status.value == "success", done.error
         assert "waiting_for_node" in (done.phases or {})
         [a_finished] = node_events(sim, workload, "csm", "finished")[:1]
@@ -211,7 +190,7 @@ def test_cancelled_work_past_the_limit_stops_the_instance(stack_env, sim_with_ap
         ledger = wait_until(lambda: (l := sim.ledger())["stops"] == 1 and l, 20)
         assert [i["ended_by"] for i in ledger["instances"] if i["workload"] == workload] == ["stop"]
         job_b = submit(tw.ctx, "csm", {"text": "Short."})
-        done = wait_until(lambda: (j := tw.ctx.store.get(job_b)).status.is_terminal and j, 60)
+        done = final(tw.ctx, job_b, 60)
         assert done.status.value == "success", done.error
         assert sim.ledger()["launches"] == 2
 
@@ -225,7 +204,7 @@ def test_with_a_free_slot_the_next_job_launches_rather_than_wait_for_cancelled_w
                     GPU_CANCELLED_WORK_LIMIT="60") as tw:
         job_a, busy = cancel_mid_render(tw, sim, slow_seconds=8)
         job_b = submit(tw.ctx, "csm", {"text": "Short."})
-        done = wait_until(lambda: (j := tw.ctx.store.get(job_b)).status.is_terminal and j, 60)
+        done = final(tw.ctx, job_b, 60)
         assert done.status.value == "success", done.error
         ledger = sim.ledger()
         assert ledger["launches"] == 2

@@ -16,7 +16,8 @@ from chalicelib.platform.logs import get_logger
 from chalicelib.platform.settings import Settings
 from tests.support import samples
 from tests.support.fake_gpu_tasks import GPU_FAST
-from tests.support.harness import FAST, ThreadWorker, service, start_worker_process, submit, task_events, wait_until
+from tests.support.harness import (FAST, ThreadWorker, final, service, start_worker_process, submit, task_events,
+                                   wait_until)
 from tests.support.node_apps import inputs  # noqa: F401 - fixture
 from tests.support.samples import SampleServer
 from worker_runtime.cancel import CancelToken
@@ -38,10 +39,6 @@ def gpu_worker(env, **overrides):
     worker_id = f"w-{time.monotonic_ns()}"
     gpu = build_gpu_manager(Context(Settings(**full)), worker_id, GpuSettings(**full))
     return ThreadWorker(env, gpu=gpu, WORKER_ID=worker_id, **overrides)
-
-
-def final(ctx, job_id, timeout=30.0):
-    return wait_until(lambda: (j := ctx.store.get(job_id)) and j.status.is_terminal and j, timeout)
 
 
 def events(tmp_path, job_id) -> list[str]:
@@ -147,17 +144,6 @@ def test_max_time_the_node_honoured_keeps_the_instance(genv, c3_sim, tmp_path):
 
 
 # -- a node that dies mid-call -----------------------------------------------------------
-
-@pytest.fixture
-def sim_with_apps(log_dir, request):
-    """A simulated Comput3 whose nodes serve the real node apps (CSM, Whisper, ComfyUI, Ollama)."""
-    from infra.local.simulator import SimulatorProcess
-
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.name)
-    sim = SimulatorProcess.start(log_path=log_dir / f"c3sim-{name}.log")
-    yield sim
-    sim.stop()
-
 
 DYING_CALLS = {
     # params, the slowed app, the request it got when the node dies, the interrupted call

@@ -5,6 +5,7 @@ stops and billed seconds."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import pytest
 
@@ -15,7 +16,7 @@ from chalicelib.fleet.settings import FleetSettings
 from chalicelib.jobs.models import JobStatus
 from chalicelib.platform.settings import Settings
 from tests.support.fake_gpu_tasks import GPU_FAST
-from tests.support.harness import FAST, ThreadWorker, submit, task_events, wait_until
+from tests.support.harness import FAST, ThreadWorker, final as final_job, submit, task_events, wait_until
 from worker_runtime.gpu import GpuSettings, build_gpu_manager
 
 pytestmark = pytest.mark.integration
@@ -36,8 +37,7 @@ def gpu_worker(env, **overrides):
     return ThreadWorker(env, gpu=gpu, WORKER_ID=worker_id, **overrides)
 
 
-def final(ctx, job_id, timeout=20.0):
-    return wait_until(lambda: (j := ctx.store.get(job_id)) and j.status.is_terminal and j, timeout)
+final = partial(final_job, timeout=20.0)
 
 
 def registry(env):

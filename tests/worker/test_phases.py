@@ -17,10 +17,11 @@ from chalicelib.jobs.models import JobStatus
 from chalicelib.platform.settings import Settings
 from infra.local.fault_proxy import Rule
 from tests.support.fake_gpu_tasks import GPU_FAST
-from tests.support.harness import Handlers, ThreadWorker, log_events, settled, start_worker_process, submit, wait_until
+from tests.support.harness import (Handlers, ThreadWorker, final, log_events, settled, start_worker_process, submit,
+                                   wait_until)
 from tests.support.node_apps import inputs  # noqa: F401 - fixture
 from tests.system.test_durability import children, via, wenv  # noqa: F401 - fixtures
-from tests.worker.test_gpu_jobs import REAL_TASKS, final, gpu_worker, sim_with_apps  # noqa: F401 - fixtures
+from tests.worker.test_gpu_jobs import REAL_TASKS, gpu_worker
 
 GPU_ORDER = ["queued", "downloading", "launching_gpu", "rendering", "uploading"]
 

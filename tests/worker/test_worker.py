@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from functools import partial
 
 import pytest
 import requests
@@ -14,7 +15,7 @@ import requests
 from chalicelib.context import Context
 from chalicelib.jobs.models import JobStatus
 from chalicelib.platform.settings import Settings
-from tests.support.harness import Handlers, ThreadWorker, settled, submit, task_events, wait_until
+from tests.support.harness import Handlers, ThreadWorker, final as final_job, settled, submit, task_events, wait_until
 from worker_runtime.worker import ATTEMPTS_ERROR, EXPIRED_ERROR
 
 pytestmark = pytest.mark.integration
@@ -33,8 +34,7 @@ def wenv(stack_env, tmp_path, monkeypatch):
     return {**stack_env, "OUTPUT_DIR": str(tmp_path / "out")}
 
 
-def final(ctx, job_id, timeout=15.0):
-    return wait_until(lambda: (j := ctx.store.get(job_id)) and j.status.is_terminal and j, timeout)
+final = partial(final_job, timeout=15.0)
 
 
 def test_media_job_end_to_end(wenv, receiver, tmp_path):
