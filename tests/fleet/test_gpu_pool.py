@@ -211,6 +211,63 @@ def test_two_workers_launching_ahead_at_once_launch_each_instance_once(stack_env
     assert wait_until(lambda: c3_sim.ledger()["running"] == 0, 10)
 
 
+def pool_managers(env, *demands):
+    """GpuManagers on the simulator and the stack's registry, one per demand reader."""
+    from worker_runtime.gpu import GpuManager, GpuSettings
+
+    settings = GpuSettings(**env)
+    registry = GpuRegistry(Context(Settings(**env)).dynamodb, Settings(**env).gpu_table, time.time)
+    return [GpuManager(settings, settings.client(), registry, f"w{i}", demand=d) for i, d in enumerate(demands)]
+
+
+@pytest.mark.integration
+def test_a_launch_ahead_whose_job_a_worker_took_meanwhile_is_withdrawn_before_the_call(stack_env, c3_sim):
+    """The keeper read one queued job and a free worker; by the time its intent is written
+    the worker holds that job (it claims its own slot): the intent is withdrawn, unlaunched."""
+    from tests.support.fake_gpu_tasks import GPU_FAST
+
+    env = {**stack_env, **GPU_FAST, **c3_sim.worker_env()}
+    readings = iter([Demand(queued=1, running=0, workers=1), Demand(queued=0, running=1, workers=1)])
+    [keeper] = pool_managers(env, lambda: next(readings))
+    keeper.keeper.pool_pass()
+    assert next(readings, None) is None  # read twice: to decide, and again once the intent was written
+    assert keeper.keeper.registry.all() == [] and not keeper.held.ahead  # withdrawn, never launched
+    assert c3_sim.ledger()["launch_requests"] == 0
+    keeper.shutdown()
+
+
+@pytest.mark.integration
+def test_a_job_claim_yields_to_a_pool_launch_written_after_its_registry_read(stack_env, c3_sim, tmp_path, monkeypatch):
+    """Another worker's keeper launches ahead for the job this worker just took, between this
+    worker's registry read and its own claim: the claim yields and the job adopts that launch."""
+    from tests.support.fake_gpu_tasks import GPU_FAST
+    from tests.worker.test_gpu_manager import gpu_worker
+
+    monkeypatch.setenv("FAKE_TASK_LOG", str(tmp_path / "tasks.log"))
+    env = {**stack_env, **GPU_FAST, **c3_sim.worker_env(), "OUTPUT_DIR": str(tmp_path / "out")}
+    [other] = pool_managers(env, lambda: Demand(queued=1, running=0, workers=2))  # it saw the job queued
+    tw = gpu_worker(env)
+    mine = tw.worker.gpu
+    claim = mine.registry.create_intent
+
+    def keeper_writes_first(owner, expires, workload_type, slot, ahead=False):
+        if not ahead and not other.keeper.registry.all():
+            other.keeper.pool_pass()  # its intent lands between this worker's read and its write
+        return claim(owner, expires, workload_type, slot, ahead)
+
+    monkeypatch.setattr(mine.registry, "create_intent", keeper_writes_first)
+    with tw:
+        job = submit(tw.ctx, "csm", {"text": "quick"})
+        assert wait_until(lambda: (x := tw.ctx.store.get(job)).status.is_terminal and x, 30).status is JobStatus.SUCCESS
+        ledger = c3_sim.ledger()
+        assert (ledger["launch_requests"], ledger["launches"]) == (1, 1)  # the pool's launch only
+        [record] = mine.registry.all()
+        assert record.workload == ledger["instances"][0]["workload"] and record.owner == tw.settings.worker_id
+        assert [e for _, e in task_events(tmp_path / "tasks.log", job) if e.startswith("node=")] == \
+            [f"node={record.workload}"]
+    other.shutdown()
+
+
 def test_a_worker_between_two_jobs_is_not_a_free_worker():
     """Its message is acked before it receives the next one, and its instance is busy again
     by the time the registry is read: three busy instances mean three busy workers."""

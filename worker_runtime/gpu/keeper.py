@@ -70,19 +70,44 @@ class PoolKeeper:
     def _scale_out(self, records: list[GpuRecord], demand: Demand) -> None:
         slots, why = slots_to_launch(records, demand, self.settings.max_gpus)
         expires = self.launches.choose_expires(records)
+        intents: list[GpuRecord] = []
         for position, slot in enumerate(slots):
             if self.closed.is_set():
                 return
             try:  # the same lowest free slots (and expires) for every decider: one launch per slot
-                intent = self.registry.create_intent(self.worker_id, expires - position,
-                                                     self.settings.workload_type, slot, ahead=True)
+                intents.append(self.registry.create_intent(self.worker_id, expires - position,
+                                                           self.settings.workload_type, slot, ahead=True))
             except SlotTaken:
                 continue
+        for intent in self._still_wanted(intents):
             with self.held.lock:
                 self.held.ahead[intent.id] = intent
             self.log.info("gpu.pool_launching", record=intent.id, expires=intent.expires, reason=why)
             start_daemon(lambda i=intent: safely(lambda: self._launch_ahead(i), "pool launch", self.log),
-                         f"gpu-launch-{slot}")
+                         f"gpu-launch-{intent.slot}")
+
+    def _still_wanted(self, intents: list[GpuRecord]) -> list[GpuRecord]:
+        """The intents the pool still wants once they are written; the others are withdrawn
+        before any launch call. The demand was read before the intents were: a free worker
+        may have taken the queued job meanwhile and claimed a slot for it itself. Deciding
+        again after the write closes that race from this side; the worker closes it from
+        its side by yielding its claim to a pool launch it sees after its own write
+        (GpuManager._claim), so one of the two always sees the other (each writes, then reads)."""
+        if not intents:
+            return []
+        demand = self.demand()
+        if demand is None:  # unreadable now: keep the decision made on the first reading
+            return intents
+        mine = {i.id for i in intents}
+        others = [r for r in self.registry.all() if r.id not in mine]
+        wanted, why = slots_to_launch(others, demand, self.settings.max_gpus)
+        intents = sorted(intents, key=lambda i: i.slot or 0)
+        for intent in intents[len(wanted):]:
+            self.log.info("gpu.pool_launch_withdrawn", record=intent.id,
+                          reason=f"no longer wanted once recorded ({demand}; {why or 'the queue is covered'}); "
+                                 "withdrawn before any launch call")
+            self.launches.abandon(intent, False, "withdrawn")
+        return intents[:len(wanted)]
 
     def _launch_ahead(self, intent: GpuRecord) -> None:
         """Launch, record and boot one instance for the pool, then leave it idle for any job."""

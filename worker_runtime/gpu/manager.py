@@ -378,9 +378,8 @@ class GpuManager:
         launch to boot (its own, or the pool's)."""
         s = self.settings
         records = self.registry.all()
-        booting = self.keeper.booting_for_pool(records)
+        intent, booting = self._claim(job_id, records, log)
         waited_for_boot = bool(booting)
-        intent = None if booting else self._claim_slot(job_id, records)
         while intent is None:  # a pool launch is booting, or all MAX_GPUS slots are in use
             draining = [] if booting else _draining(records, self.clock())
             on_phase("launching_gpu" if booting else "waiting_for_node" if draining else "waiting_for_gpu")
@@ -403,9 +402,8 @@ class GpuManager:
             node = self._adopt(records, token, log)
             if node is not None:
                 return node, waited_for_boot
-            booting = self.keeper.booting_for_pool(records)
+            intent, booting = self._claim(job_id, records, log)
             waited_for_boot = waited_for_boot or bool(booting)
-            intent = None if booting else self._claim_slot(job_id, records)
         on_phase("launching_gpu")
         log.info("gpu.launching", record=intent.id, workload_type=s.workload_type, expires=intent.expires,
                  reason="intent recorded first, so a crash mid-launch leaves a trace to reconcile")
@@ -444,6 +442,28 @@ class GpuManager:
         log.info("gpu.ready", workload=record.workload, node=record.node,
                  boot_seconds=round(self.clock() - (record.launched_at or record.created_at), 2))
         return self.launches.node(record), True
+
+    def _claim(self, job_id: str, records: list[GpuRecord], log: EventLogger) -> tuple[GpuRecord | None, list[str]]:
+        """This job's launch intent, or the pool launches booting that it waits for instead
+        (none and no intent: every slot is in use). A pool launch that shows up only after
+        the intent is written was decided on a queue that still held this job: the intent
+        yields to it, and the pool keeper, which decides again after its own write
+        (PoolKeeper._still_wanted), withdraws its launch when it sees this intent first.
+        Both may yield at once; the job then claims again after GPU_BOOT_POLL."""
+        booting = self.keeper.booting_for_pool(records)
+        if booting:
+            return None, booting
+        intent = self._claim_slot(job_id, records)
+        if intent is None:
+            return None, []
+        booting = self.keeper.booting_for_pool(self.registry.all())
+        if booting:
+            log.info("gpu.launch_yielded", record=intent.id, pool_launches=booting,
+                     reason="a pool launch for the queue this job was taken from appeared while its slot was "
+                            "claimed; the claim is withdrawn and the job waits for that launch")
+            self._abandon_intent(job_id, False, "yielded to a pool launch")
+            return None, booting
+        return intent, []
 
     def _claim_slot(self, job_id: str, records: list[GpuRecord]) -> GpuRecord | None:
         """Create the "launching" record of a free slot (the intent, written before the
