@@ -92,7 +92,8 @@ class PoolKeeper:
         may have taken the queued job meanwhile and claimed a slot for it itself. Deciding
         again after the write closes that race from this side; the worker closes it from
         its side by yielding its claim to a pool launch it sees after its own write
-        (GpuManager._claim), so one of the two always sees the other (each writes, then reads)."""
+        (GpuManager._claim): each writes, then reads, so one sees the other (on AWS the
+        registry's index is eventually consistent: there the window narrows to its lag)."""
         if not intents:
             return []
         demand = self.demand()
