@@ -237,15 +237,20 @@ def test_a_launch_ahead_whose_job_a_worker_took_meanwhile_is_withdrawn_before_th
 
 
 @pytest.mark.integration
-def test_a_job_claim_yields_to_a_pool_launch_written_after_its_registry_read(stack_env, c3_sim, tmp_path, monkeypatch):
+@pytest.mark.parametrize("launch", ["booting", "idle"])
+def test_a_job_claim_yields_to_a_pool_launch_written_after_its_registry_read(stack_env, c3_sim, tmp_path,
+                                                                             monkeypatch, caplog, launch):
     """Another worker's keeper launches ahead for the job this worker just took, between this
-    worker's registry read and its own claim: the claim yields and the job adopts that launch."""
+    worker's registry read and its own claim: the claim yields and the job adopts that launch,
+    whether it is still booting when the claim reads again or already idle (a quick boot)."""
     from tests.support.fake_gpu_tasks import GPU_FAST
     from tests.worker.test_gpu_manager import gpu_worker
 
     monkeypatch.setenv("FAKE_TASK_LOG", str(tmp_path / "tasks.log"))
     env = {**stack_env, **GPU_FAST, **c3_sim.worker_env(), "OUTPUT_DIR": str(tmp_path / "out")}
     [other] = pool_managers(env, lambda: Demand(queued=1, running=0, workers=2))  # it saw the job queued
+    if launch == "booting":
+        c3_sim.set_faults(launch_delay=1.0)  # still booting when this worker reads again
     tw = gpu_worker(env)
     mine = tw.worker.gpu
     claim = mine.registry.create_intent
@@ -253,6 +258,8 @@ def test_a_job_claim_yields_to_a_pool_launch_written_after_its_registry_read(sta
     def keeper_writes_first(owner, expires, workload_type, slot, ahead=False):
         if not ahead and not other.keeper.registry.all():
             other.keeper.pool_pass()  # its intent lands between this worker's read and its write
+            if launch == "idle":
+                wait_until(lambda: any(r.idle for r in other.keeper.registry.all()), 10)
         return claim(owner, expires, workload_type, slot, ahead)
 
     monkeypatch.setattr(mine.registry, "create_intent", keeper_writes_first)
@@ -265,6 +272,8 @@ def test_a_job_claim_yields_to_a_pool_launch_written_after_its_registry_read(sta
         assert record.workload == ledger["instances"][0]["workload"] and record.owner == tw.settings.worker_id
         assert [e for _, e in task_events(tmp_path / "tasks.log", job) if e.startswith("node=")] == \
             [f"node={record.workload}"]
+        [yielded] = [r.fields for r in caplog.records if r.getMessage() == "gpu.launch_yielded"]
+        assert yielded["job_id"] == job and ("waits for it" if launch == "booting" else "adopts it") in yielded["reason"]
     other.shutdown()
 
 

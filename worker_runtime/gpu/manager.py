@@ -332,8 +332,7 @@ class GpuManager:
         """Take over an idle instance from the registry, whichever worker left it (one that
         scaled in or died included): the conditional write lets exactly one worker have it."""
         now = self.clock()
-        idle = [r for r in records if r.idle and r.expires > now + self.settings.health_interval]
-        for record in sorted(idle, key=lambda r: r.launched_at or r.created_at, reverse=True):
+        for record in self._adoptable(records):
             if record.age(now) >= self.settings.refresh_after:
                 self.reaper.stop(record, f"idle and up for {record.age(now):.0f} s, past GPU_REFRESH_AFTER="
                                          f"{self.settings.refresh_after:g}")
@@ -354,6 +353,12 @@ class GpuManager:
                      age=round(adopted.age(now), 1), reason="an idle instance in the registry; no launch needed")
             return self.launches.node(adopted)
         return None
+
+    def _adoptable(self, records: list[GpuRecord]) -> list[GpuRecord]:
+        """Idle instances with time left on their rental, the most recently launched first."""
+        now = self.clock()
+        idle = [r for r in records if r.idle and r.expires > now + self.settings.health_interval]
+        return sorted(idle, key=lambda r: r.launched_at or r.created_at, reverse=True)
 
     def _take_idle(self, record: GpuRecord, tries: int = 5) -> GpuRecord | None:
         """The adopting conditional write. Losing it to a write that left the record idle
@@ -378,7 +383,13 @@ class GpuManager:
         launch to boot (its own, or the pool's)."""
         s = self.settings
         records = self.registry.all()
-        intent, booting = self._claim(job_id, records, log)
+        intent, booting, to_idle = self._claim(job_id, records, log, yield_to_idle=True)
+        if to_idle:  # the claim yielded to an instance that came idle meanwhile (once: no loop)
+            records = self.registry.all()
+            node = self._adopt(records, token, log)
+            if node is not None:
+                return node, False
+            intent, booting, _ = self._claim(job_id, records, log)
         waited_for_boot = bool(booting)
         while intent is None:  # a pool launch is booting, or all MAX_GPUS slots are in use
             draining = [] if booting else _draining(records, self.clock())
@@ -402,7 +413,7 @@ class GpuManager:
             node = self._adopt(records, token, log)
             if node is not None:
                 return node, waited_for_boot
-            intent, booting = self._claim(job_id, records, log)
+            intent, booting, _ = self._claim(job_id, records, log)
             waited_for_boot = waited_for_boot or bool(booting)
         on_phase("launching_gpu")
         log.info("gpu.launching", record=intent.id, workload_type=s.workload_type, expires=intent.expires,
@@ -443,27 +454,34 @@ class GpuManager:
                  boot_seconds=round(self.clock() - (record.launched_at or record.created_at), 2))
         return self.launches.node(record), True
 
-    def _claim(self, job_id: str, records: list[GpuRecord], log: EventLogger) -> tuple[GpuRecord | None, list[str]]:
-        """This job's launch intent, or the pool launches booting that it waits for instead
-        (none and no intent: every slot is in use). A pool launch that shows up only after
-        the intent is written was decided on a queue that still held this job: the intent
-        yields to it, and the pool keeper, which decides again after its own write
+    def _claim(self, job_id: str, records: list[GpuRecord], log: EventLogger,
+               yield_to_idle: bool = False) -> tuple[GpuRecord | None, list[str], bool]:
+        """This job's launch intent; or the pool launches booting that it waits for instead;
+        or neither (every slot is in use). The last item is True when the intent yielded to
+        an instance that came idle meanwhile (only with ``yield_to_idle``): adopt it.
+
+        A pool launch that shows up only after the intent is written was decided on a queue
+        that still held this job: the intent yields to it (booting, or already idle when
+        the boot was quick), and the pool keeper, which decides again after its own write
         (PoolKeeper._still_wanted), withdraws its launch when it sees this intent first.
         Both may yield at once; the job then claims again after GPU_BOOT_POLL."""
         booting = self.keeper.booting_for_pool(records)
         if booting:
-            return None, booting
+            return None, booting, False
         intent = self._claim_slot(job_id, records)
         if intent is None:
-            return None, []
-        booting = self.keeper.booting_for_pool(self.registry.all())
-        if booting:
-            log.info("gpu.launch_yielded", record=intent.id, pool_launches=booting,
-                     reason="a pool launch for the queue this job was taken from appeared while its slot was "
-                            "claimed; the claim is withdrawn and the job waits for that launch")
-            self._abandon_intent(job_id, False, "yielded to a pool launch")
-            return None, booting
-        return intent, []
+            return None, [], False
+        fresh = self.registry.all()
+        booting = self.keeper.booting_for_pool(fresh)
+        idle = [r.id for r in self._adoptable(fresh)] if yield_to_idle and not booting else []
+        if not booting and not idle:
+            return intent, [], False
+        log.info("gpu.launch_yielded", record=intent.id, instances=booting or idle,
+                 reason="a pool launch (decided on the queue this job was taken from) appeared while its slot was "
+                        "claimed: the claim is withdrawn and the job waits for it" if booting else
+                        "an instance came idle while its slot was claimed: the claim is withdrawn and the job adopts it")
+        self._abandon_intent(job_id, False, "yielded to a pool launch")
+        return None, booting, bool(idle)
 
     def _claim_slot(self, job_id: str, records: list[GpuRecord]) -> GpuRecord | None:
         """Create the "launching" record of a free slot (the intent, written before the
