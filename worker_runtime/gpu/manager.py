@@ -383,32 +383,13 @@ class GpuManager:
         launch to boot (its own, or the pool's)."""
         s = self.settings
         records = self.registry.all()
-        intent, booting, to_idle = self._claim(job_id, records, log, yield_to_idle=True)
-        if to_idle:  # the claim yielded to an instance that came idle meanwhile (once: no loop)
-            records = self.registry.all()
-            node = self._adopt(records, token, log)
-            if node is not None:
-                return node, False
-            intent, booting, _ = self._claim(job_id, records, log)
+        # Only the first claim may yield to an instance that came idle meanwhile: no loop.
+        intent, booting, adopt_now = self._claim(job_id, records, log, yield_to_idle=True)
         waited_for_boot = bool(booting)
         while intent is None:  # a pool launch is booting, or all MAX_GPUS slots are in use
-            draining = [] if booting else _draining(records, self.clock())
-            on_phase("launching_gpu" if booting else "waiting_for_node" if draining else "waiting_for_gpu")
-            if booting:
-                log.info("gpu.awaiting_pool_launch", records=booting, retry_in=s.boot_poll,
-                         reason="instances launched ahead of the queue are booting; the first idle one is taken")
-            elif draining:
-                log.info("gpu.waiting_for_node", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
-                         draining={r.workload: round(r.draining_until - self.clock(), 1) for r in draining},
-                         reason="every launch slot is taken and these instances are busy with a cancelled "
-                                "job's work the node could not stop (seconds left); the first free one is taken")
-            else:
-                log.info("gpu.at_capacity", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
-                         reason="every launch slot is taken; waiting for an idle instance or a free slot")
-            if token.wait(s.boot_poll if booting else s.capacity_poll):
-                token.raise_if_cancelled()
-            if self._closed.is_set():
-                raise GpuError("the worker is shutting down; no GPU instance is launched")
+            if not adopt_now:  # else the claim yielded to an idle instance: adopt it without waiting
+                self._wait_for_an_instance(records, booting, token, log, on_phase)
+            adopt_now = False
             records = self.registry.all()
             node = self._adopt(records, token, log)
             if node is not None:
@@ -453,6 +434,28 @@ class GpuManager:
         log.info("gpu.ready", workload=record.workload, node=record.node,
                  boot_seconds=round(self.clock() - (record.launched_at or record.created_at), 2))
         return self.launches.node(record), True
+
+    def _wait_for_an_instance(self, records: list[GpuRecord], booting: list[str], token: CancelToken,
+                              log: EventLogger, on_phase: Callable[[str], None]) -> None:
+        """One wait, saying why: for a pool launch to boot, or for a free slot or instance."""
+        s = self.settings
+        draining = [] if booting else _draining(records, self.clock())
+        on_phase("launching_gpu" if booting else "waiting_for_node" if draining else "waiting_for_gpu")
+        if booting:
+            log.info("gpu.awaiting_pool_launch", records=booting, retry_in=s.boot_poll,
+                     reason="instances launched ahead of the queue are booting; the first idle one is taken")
+        elif draining:
+            log.info("gpu.waiting_for_node", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
+                     draining={r.workload: round(r.draining_until - self.clock(), 1) for r in draining},
+                     reason="every launch slot is taken and these instances are busy with a cancelled "
+                            "job's work the node could not stop (seconds left); the first free one is taken")
+        else:
+            log.info("gpu.at_capacity", max_gpus=s.max_gpus, retry_in=s.capacity_poll,
+                     reason="every launch slot is taken; waiting for an idle instance or a free slot")
+        if token.wait(s.boot_poll if booting else s.capacity_poll):
+            token.raise_if_cancelled()
+        if self._closed.is_set():
+            raise GpuError("the worker is shutting down; no GPU instance is launched")
 
     def _claim(self, job_id: str, records: list[GpuRecord], log: EventLogger,
                yield_to_idle: bool = False) -> tuple[GpuRecord | None, list[str], bool]:
