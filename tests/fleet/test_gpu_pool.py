@@ -17,7 +17,8 @@ from chalicelib.fleet.settings import FleetSettings
 from chalicelib.jobs.models import JobStatus
 from chalicelib.platform.logs import get_logger
 from chalicelib.platform.settings import Settings
-from tests.fleet.test_gpu_processes import penv, spawn, start_scheduled_handlers  # noqa: F401 - fixture
+from tests.fleet.test_gpu_processes import penv, registry, spawn, start_scheduled_handlers  # noqa: F401 - fixture
+from tests.support.fake_gpu_tasks import GPU_FAST
 from tests.support.harness import submit, task_events, wait_until
 
 NOW = 10_000.0
@@ -176,17 +177,22 @@ def test_a_job_arriving_in_the_surplus_window_reuses_an_idle_instance(penv, tmp_
     assert (ledger["launches"], ledger["stops"]) == (2, 0)
 
 
-@pytest.mark.integration
-def test_two_workers_launching_ahead_at_once_launch_each_instance_once(stack_env, c3_sim, monkeypatch):
-    from tests.support.fake_gpu_tasks import GPU_FAST
+def pool_managers(env, *demands):
+    """GpuManagers on the simulator and the stack's registry (one registry client), one per
+    demand reader."""
     from worker_runtime.gpu import GpuManager, GpuSettings
 
-    env = {**stack_env, **GPU_FAST, **c3_sim.worker_env()}
-    ctx = Context(Settings(**env))
-    registry = GpuRegistry(ctx.dynamodb, ctx.settings.gpu_table, time.time)
-    demand = Demand(queued=5, running=0, workers=3)  # 3 free workers, 5 jobs queued: 3 instances
     settings = GpuSettings(**env)
-    managers = [GpuManager(settings, settings.client(), registry, f"w{i}", demand=lambda: demand) for i in range(2)]
+    shared = registry(env)
+    return [GpuManager(settings, settings.client(), shared, f"w{i}", demand=d) for i, d in enumerate(demands)]
+
+
+@pytest.mark.integration
+def test_two_workers_launching_ahead_at_once_launch_each_instance_once(stack_env, c3_sim, monkeypatch):
+    env = {**stack_env, **GPU_FAST, **c3_sim.worker_env()}
+    demand = Demand(queued=5, running=0, workers=3)  # 3 free workers, 5 jobs queued: 3 instances
+    managers = pool_managers(env, lambda: demand, lambda: demand)
+    shared = managers[0].registry
     barrier = threading.Barrier(2)
 
     def decide(m):
@@ -198,7 +204,7 @@ def test_two_workers_launching_ahead_at_once_launch_each_instance_once(stack_env
         t.start()
     for t in threads:
         t.join()
-    idle = wait_until(lambda: len(r := [x for x in registry.all() if x.idle]) == 3 and r, 20)
+    idle = wait_until(lambda: len(r := [x for x in shared.all() if x.idle]) == 3 and r, 20)
     assert all(r.ahead for r in idle) and sorted(r.slot for r in idle) == [0, 1, 2]
     assert (c3_sim.ledger()["launch_requests"], c3_sim.ledger()["launches"]) == (3, 3)
     for m in managers:  # covered now: another pass launches nothing
@@ -206,26 +212,16 @@ def test_two_workers_launching_ahead_at_once_launch_each_instance_once(stack_env
     assert c3_sim.ledger()["launches"] == 3
     for m in managers:
         m.shutdown()
-    for r in registry.all():
-        Reaper(settings.client(), registry, settings, "test", time.time, get_logger("test.pool")).stop(r, "test over")
+    first = managers[0]
+    for r in shared.all():
+        Reaper(first.client, shared, first.settings, "test", time.time, get_logger("test.pool")).stop(r, "test over")
     assert wait_until(lambda: c3_sim.ledger()["running"] == 0, 10)
-
-
-def pool_managers(env, *demands):
-    """GpuManagers on the simulator and the stack's registry, one per demand reader."""
-    from worker_runtime.gpu import GpuManager, GpuSettings
-
-    settings = GpuSettings(**env)
-    registry = GpuRegistry(Context(Settings(**env)).dynamodb, Settings(**env).gpu_table, time.time)
-    return [GpuManager(settings, settings.client(), registry, f"w{i}", demand=d) for i, d in enumerate(demands)]
 
 
 @pytest.mark.integration
 def test_a_launch_ahead_whose_job_a_worker_took_meanwhile_is_withdrawn_before_the_call(stack_env, c3_sim):
     """The keeper read one queued job and a free worker; by the time its intent is written
     the worker holds that job (it claims its own slot): the intent is withdrawn, unlaunched."""
-    from tests.support.fake_gpu_tasks import GPU_FAST
-
     env = {**stack_env, **GPU_FAST, **c3_sim.worker_env()}
     readings = iter([Demand(queued=1, running=0, workers=1), Demand(queued=0, running=1, workers=1)])
     [keeper] = pool_managers(env, lambda: next(readings))
@@ -243,7 +239,6 @@ def test_a_job_claim_yields_to_a_pool_launch_written_after_its_registry_read(sta
     """Another worker's keeper launches ahead for the job this worker just took, between this
     worker's registry read and its own claim: the claim yields and the job adopts that launch,
     whether it is still booting when the claim reads again or already idle (a quick boot)."""
-    from tests.support.fake_gpu_tasks import GPU_FAST
     from tests.worker.test_gpu_manager import gpu_worker
 
     monkeypatch.setenv("FAKE_TASK_LOG", str(tmp_path / "tasks.log"))
