@@ -33,7 +33,7 @@ KILL_SLACK_SECONDS = 10.0
 class Outcome:
     result: TaskResult | None = None
     error: str | None = None  # why the job failed, in full (the operators' log)
-    # The tenant's text for ``error`` when that names what tenants never see (a GPU node's
+    # The tenant's text for ``error``, which leaves out what tenants never see (a GPU node's
     # name, URL or workload id); None: ``error`` itself. Worker.finish decides what is written.
     public: str | None = None
     stop: Stop | None = None  # set when the task was stopped: see worker_runtime/stops.py
@@ -65,7 +65,7 @@ class Supervisor:
                 box["outcome"] = (Outcome(stop=token.kind, error=str(exc)) if token.kind
                                   else Outcome(error=f"Task stopped: {exc}"))
             except TaskError as exc:
-                box["outcome"] = Outcome(error=str(exc), public=_public(exc))
+                box["outcome"] = Outcome(error=str(exc), public=exc.for_tenant())
             except Exception as exc:  # noqa: BLE001 - any task crash fails the job, readably
                 log.error("task.crashed", exc_info=True)
                 box["outcome"] = Outcome(error=f"Task failed: {type(exc).__name__}: {exc}")
@@ -133,8 +133,3 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - a transient AWS error: retry at the next beat
             log.warning("lease.renew_failed", exc_info=True,
                         reason="could not renew the lease; retrying at the next heartbeat")
-
-
-def _public(exc: TaskError) -> str | None:
-    text = exc.for_tenant()
-    return None if text == str(exc) else text
